@@ -1,0 +1,332 @@
+//! The control protocol between `switchd` and its clients (`switchd-cni`, `switchctl`).
+//!
+//! Transport: a Unix stream socket. Framing: every message is a 4-byte big-endian length
+//! followed by that many bytes of JSON. Every request and every response is wrapped in an
+//! [`Envelope`] that carries [`PROTO_VERSION`]; a server that receives a version it does not
+//! speak answers with [`ErrorKind::VersionMismatch`] instead of guessing, so an old client
+//! never hangs on a new daemon (or the reverse).
+//!
+//! This crate has no async runtime in it: `switchd-cni` must start fast and stays synchronous,
+//! the daemon reads the same frames from tokio streams.
+
+use std::io::{self, Read, Write};
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks. Bump it on any incompatible change.
+pub const PROTO_VERSION: u32 = 1;
+
+/// Largest frame either side accepts (a full `switchctl ports` on a big node fits easily).
+pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
+
+/// The wrapper around every message on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Envelope<T> {
+    pub version: u32,
+    pub body: T,
+}
+
+impl<T> Envelope<T> {
+    pub fn new(body: T) -> Self {
+        Envelope { version: PROTO_VERSION, body }
+    }
+}
+
+/// Just enough of an envelope to read its version before trusting the body's shape.
+#[derive(Debug, Deserialize)]
+pub struct VersionProbe {
+    pub version: u32,
+}
+
+/// Identifies one attachment: the CNI (container id, interface name) pair.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttachmentKey {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// The pod a network namespace belongs to, from `CNI_ARGS` (`K8S_POD_NAMESPACE` etc.).
+/// Empty strings when the runtime did not say (podman, ctr).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum Request {
+    /// Create the pod's interface, give it an address and plug it into the switch.
+    Attach {
+        key: AttachmentKey,
+        network: String,
+        netns: String,
+        pod: PodRef,
+    },
+    /// Unplug and remove the pod's interface and release its address. Idempotent.
+    Detach { key: AttachmentKey, netns: Option<String> },
+    /// Verify the pod's interface, address and routes are still as attached.
+    Check { key: AttachmentKey, netns: String },
+    /// Remove every attachment of `network` whose key is not in `valid`.
+    Gc { network: String, valid: Vec<AttachmentKey> },
+    /// Is the daemon ready to attach pods?
+    Status,
+    /// Operator views.
+    ListPorts,
+    ListTable,
+    Stats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case", tag = "result")]
+pub enum Response {
+    Attached(Attachment),
+    Detached { existed: bool },
+    Checked,
+    GcDone { removed: Vec<AttachmentKey> },
+    Status(StatusInfo),
+    Ports { ports: Vec<PortInfo> },
+    Table { entries: Vec<TableEntry> },
+    Stats(StatsInfo),
+    Error(ErrorReply),
+}
+
+/// What the pod got: everything a CNI result needs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Attachment {
+    pub ifname: String,
+    pub mac: String,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+    /// Routes installed in the pod, as (destination CIDR, gateway).
+    pub routes: Vec<RouteInfo>,
+    pub netns: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RouteInfo {
+    pub dst: String,
+    pub gw: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusInfo {
+    pub ready: bool,
+    pub node_name: String,
+    pub pod_cidr: String,
+    pub ports: usize,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Counters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub drops: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PortInfo {
+    pub id: u32,
+    /// "host" for the node's own port, "pod" for a pod.
+    pub kind: String,
+    pub pod: PodRef,
+    pub container_id: String,
+    pub ifname: String,
+    pub mac: String,
+    pub address: Ipv4Addr,
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TableEntry {
+    pub address: Ipv4Addr,
+    pub mac: String,
+    pub port: u32,
+    pub port_name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatsInfo {
+    pub totals: Counters,
+    /// (reason, count), every reason listed even at zero so operators learn the names.
+    pub drops: Vec<(String, u64)>,
+    pub attaches: u64,
+    pub detaches: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorReply {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// Error classes, chosen so that `switchd-cni` can map each to a CNI error code.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Client and daemon speak different protocol versions.
+    VersionMismatch,
+    /// The request could not be decoded.
+    BadRequest,
+    /// The pod CIDR has no free address.
+    AddressesExhausted,
+    /// The attachment or interface already exists.
+    AlreadyExists,
+    /// No such attachment.
+    NotFound,
+    /// The pod's network namespace cannot be opened.
+    NetnsUnavailable,
+    /// CHECK found the pod's network differs from what was attached.
+    CheckFailed,
+    /// The daemon is starting or shutting down.
+    NotReady,
+    /// Anything else: a kernel or I/O error.
+    Internal,
+}
+
+impl ErrorReply {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ErrorReply { kind, message: message.into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed by peer")]
+    Closed,
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_LEN} bytes")]
+    TooLarge(usize),
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("malformed message: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(
+        "protocol version mismatch: this program speaks v{ours}, the other side v{theirs}; \
+         install switchd, switchd-cni and switchctl from the same release"
+    )]
+    Version { ours: u32, theirs: u32 },
+}
+
+/// Encode a message body as a complete frame (length prefix included).
+pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, FrameError> {
+    let json = serde_json::to_vec(&Envelope::new(body))?;
+    if json.len() > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge(json.len()));
+    }
+    let mut out = Vec::with_capacity(4 + json.len());
+    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    out.extend_from_slice(&json);
+    Ok(out)
+}
+
+/// Parse a frame's payload (without the length prefix), checking the version first.
+pub fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, FrameError> {
+    let probe: VersionProbe = serde_json::from_slice(payload)?;
+    if probe.version != PROTO_VERSION {
+        return Err(FrameError::Version { ours: PROTO_VERSION, theirs: probe.version });
+    }
+    let env: Envelope<T> = serde_json::from_slice(payload)?;
+    Ok(env.body)
+}
+
+/// Validate a length prefix.
+pub fn frame_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Blocking write of one message.
+pub fn write_message<W: Write, T: Serialize>(w: &mut W, body: &T) -> Result<(), FrameError> {
+    w.write_all(&encode(body)?)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Blocking read of one message.
+pub fn read_message<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R) -> Result<T, FrameError> {
+    let mut prefix = [0u8; 4];
+    if let Err(e) = r.read_exact(&mut prefix) {
+        return Err(if e.kind() == io::ErrorKind::UnexpectedEof { FrameError::Closed } else { e.into() });
+    }
+    let mut payload = vec![0u8; frame_len(prefix)?];
+    r.read_exact(&mut payload)?;
+    decode(&payload)
+}
+
+/// Blocking request/response round trip for clients.
+pub fn call<S: Read + Write>(stream: &mut S, req: &Request) -> Result<Response, FrameError> {
+    write_message(stream, req)?;
+    read_message(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> AttachmentKey {
+        AttachmentKey { container_id: "abc".into(), ifname: "eth0".into() }
+    }
+
+    #[test]
+    fn request_round_trips_through_a_frame() {
+        let req = Request::Attach {
+            key: key(),
+            network: "k8s-pod-network".into(),
+            netns: "/var/run/netns/x".into(),
+            pod: PodRef { namespace: "default".into(), name: "web".into(), uid: "u1".into() },
+        };
+        let bytes = encode(&req).unwrap();
+        let back: Request = read_message(&mut &bytes[..]).unwrap();
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn response_round_trips_through_a_frame() {
+        let resp = Response::Attached(Attachment {
+            ifname: "eth0".into(),
+            mac: "0a:58:0a:f4:01:02".into(),
+            address: Ipv4Addr::new(10, 244, 1, 2),
+            prefix_len: 24,
+            gateway: Ipv4Addr::new(10, 244, 1, 1),
+            mtu: 1450,
+            routes: vec![RouteInfo { dst: "0.0.0.0/0".into(), gw: Ipv4Addr::new(10, 244, 1, 1) }],
+            netns: "/var/run/netns/x".into(),
+        });
+        let bytes = encode(&resp).unwrap();
+        let back: Response = read_message(&mut &bytes[..]).unwrap();
+        assert_eq!(back, resp);
+    }
+
+    #[test]
+    fn other_version_is_refused_with_both_numbers() {
+        let payload = br#"{"version":2,"body":{"op":"status"}}"#;
+        let err = decode::<Request>(payload).unwrap_err();
+        assert!(matches!(err, FrameError::Version { ours: 1, theirs: 2 }), "{err}");
+        assert!(err.to_string().contains("v2"));
+    }
+
+    #[test]
+    fn oversized_prefix_is_refused_before_allocating() {
+        let prefix = (MAX_FRAME_LEN as u32 + 1).to_be_bytes();
+        assert!(matches!(frame_len(prefix), Err(FrameError::TooLarge(_))));
+    }
+
+    #[test]
+    fn truncated_stream_is_reported_as_closed_or_io() {
+        let bytes = encode(&Request::Status).unwrap();
+        let err = read_message::<_, Request>(&mut &bytes[..3]).unwrap_err();
+        assert!(matches!(err, FrameError::Closed));
+        let err = read_message::<_, Request>(&mut &bytes[..bytes.len() - 1]).unwrap_err();
+        assert!(matches!(err, FrameError::Io(_)));
+    }
+}

@@ -1,0 +1,71 @@
+//! The sans-IO forwarding core: frames in, verdicts out.
+//!
+//! Nothing in here performs a system call, awaits, locks or allocates per frame. The port
+//! shells (`crate::port`) read frames from TAP devices, hand each one to [`forward`] together
+//! with a table snapshot loaded once per batch, and carry out the [`Verdict`].
+
+pub mod arp;
+pub mod craft;
+pub mod forward;
+pub mod frame;
+pub mod table;
+
+pub use forward::{forward, Verdict};
+pub use table::{Endpoint, PortEntry, PortId, Table, HOST_PORT};
+
+/// Why a frame was not delivered. Each reason has its own counter and a stable name that
+/// shows up in `switchctl stats` (and later in metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// Too short, or a header that does not parse.
+    Malformed,
+    /// Neither IPv4 nor ARP (IPv6 is not routed yet).
+    UnsupportedProtocol,
+    /// Broadcast or multicast IPv4; the switch does not flood.
+    Multicast,
+    /// The destination is in a pod network but no pod has that address.
+    NoRoute,
+    /// A pod sent a frame whose source address is not the one it was given.
+    SpoofedSource,
+    /// ARP for an address the switch does not know.
+    ArpUnknownTarget,
+    /// ARP replies, gratuitous ARP and probes of a port's own address: nothing to answer.
+    ArpIgnored,
+    /// A frame without segmentation offload larger than the port MTU.
+    TooBig,
+    /// The destination is the port the frame came from.
+    Loop,
+    /// The destination port rejected the write (interface down or deleted).
+    WriteFailed,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 10] = [
+        DropReason::Malformed,
+        DropReason::UnsupportedProtocol,
+        DropReason::Multicast,
+        DropReason::NoRoute,
+        DropReason::SpoofedSource,
+        DropReason::ArpUnknownTarget,
+        DropReason::ArpIgnored,
+        DropReason::TooBig,
+        DropReason::Loop,
+        DropReason::WriteFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::UnsupportedProtocol => "unsupported_protocol",
+            DropReason::Multicast => "multicast",
+            DropReason::NoRoute => "no_route",
+            DropReason::SpoofedSource => "spoofed_source",
+            DropReason::ArpUnknownTarget => "arp_unknown_target",
+            DropReason::ArpIgnored => "arp_ignored",
+            DropReason::TooBig => "too_big",
+            DropReason::Loop => "loop",
+            DropReason::WriteFailed => "write_failed",
+        }
+    }
+}

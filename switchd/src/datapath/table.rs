@@ -1,0 +1,100 @@
+//! The forwarding table the core reads: an immutable value, rebuilt by the control plane on
+//! every attach or detach and published as a whole (see `crate::switch`), so readers never
+//! wait and never see half an update.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+/// A port number. 0 is always the host port (`switchd0`).
+pub type PortId = u32;
+pub const HOST_PORT: PortId = 0;
+
+/// Where an address lives: which port, and the MAC to put in the frame for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub port: PortId,
+    pub mac: [u8; 6],
+}
+
+/// What the core needs to know about a port itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortEntry {
+    /// The only source address this port may send from; `None` for the host port, which
+    /// carries the node's traffic from any of its addresses.
+    pub allowed_src: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub router_mac: [u8; 6],
+    pub gateway: Ipv4Addr,
+    pub pod_cidr: Ipv4Net,
+    pub cluster_cidr: Ipv4Net,
+    /// Largest Ethernet payload a port accepts without segmentation offload.
+    pub mtu: u32,
+    /// Every address the switch answers for: pods, and the gateway on the host port.
+    pub by_ip: HashMap<u32, Endpoint, FastU32>,
+    pub ports: HashMap<PortId, PortEntry, FastU32>,
+}
+
+impl Table {
+    pub fn new(pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net, router_mac: [u8; 6], mtu: u32) -> Self {
+        let gateway = gateway_of(pod_cidr);
+        let mut table = Table {
+            router_mac,
+            gateway,
+            pod_cidr,
+            cluster_cidr,
+            mtu,
+            by_ip: HashMap::default(),
+            ports: HashMap::default(),
+        };
+        table.by_ip.insert(u32::from(gateway), Endpoint { port: HOST_PORT, mac: router_mac });
+        table.ports.insert(HOST_PORT, PortEntry { allowed_src: None });
+        table
+    }
+
+    /// Add a pod port.
+    pub fn insert_pod(&mut self, port: PortId, ip: Ipv4Addr, mac: [u8; 6]) {
+        self.by_ip.insert(u32::from(ip), Endpoint { port, mac });
+        self.ports.insert(port, PortEntry { allowed_src: Some(ip) });
+    }
+
+    #[inline]
+    pub fn lookup(&self, ip: [u8; 4]) -> Option<&Endpoint> {
+        self.by_ip.get(&u32::from_be_bytes(ip))
+    }
+}
+
+/// The gateway of a pod CIDR: its first host address (`.1` of a /24).
+pub fn gateway_of(pod_cidr: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(pod_cidr.network()) + 1)
+}
+
+/// A multiplicative hasher for the `u32` keys of the table. SipHash, the std default, guards
+/// against hash flooding by untrusted keys; these keys are addresses and port numbers that
+/// the control plane chose, so the cheaper hash is safe and the lookup is the hot path.
+pub type FastU32 = BuildHasherDefault<U32Hasher>;
+
+#[derive(Default)]
+pub struct U32Hasher(u64);
+
+impl Hasher for U32Hasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}

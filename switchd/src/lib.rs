@@ -1,0 +1,11 @@
+//! switchd: a per-node userspace virtual switch for Kubernetes pods.
+//!
+//! - [`datapath`]: the sans-IO forwarding core (parse, decide, rewrite).
+//! - [`port`]: TAP devices and the per-port I/O loops around the core.
+//! - [`switch`]: the running switch: ports, table publication, attach and detach.
+//! - [`ipam`]: address allocation, persisted crash-safely.
+//! - [`netns`]: configuring interfaces inside pod network namespaces (netlink).
+//! - [`control`]: the Unix-socket server speaking `switchd-proto`.
+//! - [`config`]: the TOML configuration and its validation.
+
+pub mod datapath;

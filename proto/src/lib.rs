@@ -84,7 +84,7 @@ pub enum Request {
 pub enum Response {
     Attached(Attachment),
     Detached { existed: bool },
-    Checked,
+    Checked(Attachment),
     GcDone { removed: Vec<AttachmentKey> },
     Status(StatusInfo),
     Ports { ports: Vec<PortInfo> },

@@ -9,3 +9,10 @@
 //! - [`config`]: the TOML configuration and its validation.
 
 pub mod datapath;
+pub mod config;
+pub mod control;
+pub mod ipam;
+pub mod netns;
+pub mod port;
+pub mod stats;
+pub mod switch;

@@ -1,1 +1,102 @@
-fn main(){}
+//! `switchd`: the per-node userspace switch daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use switchd::config::{Config, Overrides};
+use switchd::{control, switch::Switch};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Per-node userspace virtual switch for Kubernetes pods.
+///
+/// Reads its configuration from a TOML file; flags override the file's values.
+/// Logging follows RUST_LOG (e.g. RUST_LOG=switchd=debug); the default is info.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Configuration file.
+    #[arg(long, default_value = "/etc/switchd/switchd.toml")]
+    config: PathBuf,
+    /// This node's name (default: the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// This node's pod CIDR, e.g. 10.244.1.0/24.
+    #[arg(long)]
+    pod_cidr: Option<String>,
+    /// The whole cluster's pod CIDR, e.g. 10.244.0.0/16.
+    #[arg(long)]
+    cluster_cidr: Option<String>,
+    /// Control socket path.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Directory for persistent state (address allocations).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Pod interface MTU (default: default-route interface MTU minus 50).
+    #[arg(long)]
+    mtu: Option<u32>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let overrides = Overrides {
+        node_name: args.node_name,
+        pod_cidr: args.pod_cidr,
+        cluster_cidr: args.cluster_cidr,
+        socket: args.socket,
+        state_dir: args.state_dir,
+        mtu: args.mtu,
+    };
+    let cfg = match Config::load(&args.config, overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("switchd").build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "switchd failed");
+            eprintln!("switchd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let socket = cfg.socket.clone();
+    let sw = Switch::start(cfg).await?;
+    let listener = control::bind(&socket)?;
+    sw.set_ready();
+    tracing::info!(
+        node = %sw.cfg.node_name,
+        pod_cidr = %sw.cfg.pod_cidr,
+        gateway = %sw.cfg.gateway(),
+        mtu = sw.mtu,
+        ports = sw.port_count(),
+        socket = %socket.display(),
+        "switchd ready"
+    );
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = control::serve(sw.clone(), listener) => {}
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down; pod interfaces stay up and are re-adopted on start"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down; pod interfaces stay up and are re-adopted on start"),
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! Everything that happens inside a network namespace: creating a pod's TAP there,
+//! configuring it over netlink, checking it, and configuring the host port.
+//!
+//! A namespace is entered only on a fresh OS thread that exits afterwards (`setns` changes
+//! the calling thread for good, so tokio's workers and its blocking pool must never do it).
+//! That thread runs its own single-threaded runtime for the netlink connection, whose socket
+//! therefore belongs to the namespace.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+use crate::datapath::frame::format_mac;
+use crate::port::tap::Tap;
+
+/// The network side of one pod interface, as it must look inside the pod.
+#[derive(Debug, Clone)]
+pub struct PodIface {
+    pub ifname: String,
+    pub mac: [u8; 6],
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+}
+
+/// Errors a caller must tell apart (the rest are plain context chains).
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("network namespace {path} cannot be opened: {source}")]
+    Unavailable { path: String, source: std::io::Error },
+    #[error("interface {ifname} already exists in network namespace {path}")]
+    IfaceExists { ifname: String, path: String },
+}
+
+/// Run `f` on a new OS thread inside the network namespace at `path` (a `/proc/PID/ns/net`
+/// or a bind mount such as `/var/run/netns/NAME`), with a netlink handle for that namespace.
+pub fn run_in<T, F>(path: &str, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: for<'h> FnOnce(&'h Handle) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + 'h>> + Send + 'static,
+{
+    let ns = File::open(path).map_err(|source| NetnsError::Unavailable { path: path.into(), source })?;
+    let path = path.to_string();
+    std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(move || -> Result<T> {
+            // SAFETY: `ns` is an open namespace file; setns only changes this thread, which
+            // runs nothing else and exits when `f` is done.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).with_context(|| format!("setns into {path}"));
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
+            rt.block_on(async {
+                let (conn, handle, _) = rtnetlink::new_connection().context("netlink socket")?;
+                tokio::spawn(conn);
+                f(&handle).await
+            })
+        })
+        .context("spawning netns thread")?
+        .join()
+        .map_err(|_| anyhow!("netns thread panicked"))?
+}
+
+/// Index of `ifname` in the calling thread's namespace, if it exists.
+fn ifindex(ifname: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(ifname).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(err, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+}
+
+/// Create the pod's TAP inside its namespace and configure it. The TAP is persistent, so it
+/// survives a restart of switchd; on any failure it is destroyed again before returning.
+pub fn create_pod_tap(netns: &str, iface: PodIface) -> Result<Tap> {
+    let path = netns.to_string();
+    run_in(netns, move |h| {
+        Box::pin(async move {
+            if ifindex(&iface.ifname).is_some() {
+                return Err(NetnsError::IfaceExists { ifname: iface.ifname.clone(), path }.into());
+            }
+            let tap = Tap::open(&iface.ifname)?;
+            let configured = async {
+                tap.set_persistent(true)?;
+                let idx = ifindex(&iface.ifname).context("TAP vanished right after creation")?;
+                configure_pod_link(h, idx, &iface).await
+            };
+            match configured.await {
+                Ok(()) => Ok(tap),
+                Err(e) => {
+                    let _ = tap.set_persistent(false); // dropping the fd now destroys it
+                    Err(e)
+                }
+            }
+        })
+    })
+}
+
+async fn configure_pod_link(h: &Handle, idx: u32, iface: &PodIface) -> Result<()> {
+    h.link()
+        .set(LinkUnspec::new_with_index(idx).address(iface.mac.to_vec()).mtu(iface.mtu).up().build())
+        .execute()
+        .await
+        .with_context(|| format!("setting MAC, MTU and up on {}", iface.ifname))?;
+    h.address()
+        .add(idx, IpAddr::V4(iface.address), iface.prefix_len)
+        .execute()
+        .await
+        .with_context(|| format!("adding {}/{} to {}", iface.address, iface.prefix_len, iface.ifname))?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(iface.gateway).output_interface(idx).build();
+    h.route()
+        .add(route)
+        .execute()
+        .await
+        .with_context(|| format!("adding default route via {}", iface.gateway))?;
+    Ok(())
+}
+
+/// Re-open a pod's persistent TAP after a restart. `Ok(None)` when the interface is gone.
+pub fn reopen_pod_tap(netns: &str, ifname: &str) -> Result<Option<Tap>> {
+    let ifname = ifname.to_string();
+    run_in(netns, move |_| {
+        Box::pin(async move {
+            if ifindex(&ifname).is_none() {
+                return Ok(None);
+            }
+            let tap = Tap::open(&ifname)?;
+            tap.set_persistent(true)?;
+            Ok(Some(tap))
+        })
+    })
+}
+
+/// Verify the pod's interface is still as attached: present, up, with its MAC, address and
+/// default route. The error says which part differs.
+pub fn check_pod_iface(netns: &str, iface: PodIface) -> Result<()> {
+    run_in(netns, move |h| {
+        Box::pin(async move {
+            let Some(idx) = ifindex(&iface.ifname) else {
+                bail!("interface {} is missing", iface.ifname);
+            };
+            let link = h
+                .link()
+                .get()
+                .match_index(idx)
+                .execute()
+                .try_next()
+                .await?
+                .context("link vanished while checking")?;
+            let mac = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Address(m) => Some(m.clone()),
+                _ => None,
+            });
+            if mac.as_deref() != Some(&iface.mac[..]) {
+                bail!("interface {} has MAC {:?}, expected {}", iface.ifname, mac.map(|m| hex_mac(&m)), format_mac(iface.mac));
+            }
+            if !link.header.flags.contains(LinkFlags::Up) {
+                bail!("interface {} is down", iface.ifname);
+            }
+            let addrs: Vec<_> = h.address().get().set_link_index_filter(idx).execute().try_collect().await?;
+            let has_addr = addrs.iter().any(|m| {
+                m.header.prefix_len == iface.prefix_len
+                    && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(ip)) if *ip == iface.address))
+            });
+            if !has_addr {
+                bail!("interface {} lacks address {}/{}", iface.ifname, iface.address, iface.prefix_len);
+            }
+            let routes: Vec<_> = h.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute().try_collect().await?;
+            let has_default = routes.iter().any(|r| {
+                r.header.destination_prefix_length == 0
+                    && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(RouteAddress::Inet(gw)) if *gw == iface.gateway))
+                    && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(o) if *o == idx))
+            });
+            if !has_default {
+                bail!("default route via {} on {} is missing", iface.gateway, iface.ifname);
+            }
+            Ok(())
+        })
+    })
+}
+
+fn hex_mac(m: &[u8]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Open (or re-attach to) the host port in switchd's own namespace and give it the gateway
+/// address and a route for the cluster CIDR, so the node reaches its pods and pods reach the
+/// node. Safe to repeat: existing addresses and routes are kept.
+pub fn setup_host_port(name: &str, mac: [u8; 6], mtu: u32, gateway: Ipv4Addr, pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> Result<Tap> {
+    let name = name.to_string();
+    run_in("/proc/self/ns/net", move |h| {
+        Box::pin(async move {
+            let tap = Tap::open(&name)?;
+            tap.set_persistent(true)?;
+            let idx = ifindex(&name).context("host port vanished right after creation")?;
+            h.link()
+                .set(LinkUnspec::new_with_index(idx).address(mac.to_vec()).mtu(mtu).up().build())
+                .execute()
+                .await
+                .with_context(|| format!("setting MAC, MTU and up on {name}"))?;
+            if let Err(e) = h.address().add(idx, IpAddr::V4(gateway), pod_cidr.prefix_len()).execute().await {
+                if !is_errno(&e, libc::EEXIST) {
+                    return Err(e).with_context(|| format!("adding {gateway}/{} to {name}", pod_cidr.prefix_len()));
+                }
+            }
+            if cluster_cidr != pod_cidr {
+                let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(cluster_cidr.network(), cluster_cidr.prefix_len())
+                    .output_interface(idx)
+                    .build();
+                h.route()
+                    .add(route)
+                    .replace()
+                    .execute()
+                    .await
+                    .with_context(|| format!("adding route {cluster_cidr} dev {name}"))?;
+            }
+            Ok(tap)
+        })
+    })
+}
+
+/// MTU of the interface the default route leaves through, in switchd's own namespace.
+pub fn default_route_mtu() -> Result<Option<u32>> {
+    run_in("/proc/self/ns/net", |h| {
+        Box::pin(async move {
+            let routes: Vec<_> = h.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute().try_collect().await?;
+            let oif = routes.iter().filter(|r| r.header.destination_prefix_length == 0).find_map(|r| {
+                r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(o) => Some(*o),
+                    _ => None,
+                })
+            });
+            let Some(oif) = oif else { return Ok(None) };
+            let link = h.link().get().match_index(oif).execute().try_next().await?;
+            Ok(link.and_then(|l| {
+                l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Mtu(m) => Some(*m),
+                    _ => None,
+                })
+            }))
+        })
+    })
+}

@@ -1,0 +1,155 @@
+//! Ports: a TAP device plus who it belongs to and its counters, and the I/O loop that feeds
+//! its frames to the forwarding core.
+
+pub mod tap;
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use switchd_proto::{AttachmentKey, Counters, PodRef};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::datapath::{self, arp, DropReason, PortId, Verdict};
+use crate::stats::Stats;
+use crate::switch::{Snapshot, SnapshotCell};
+use tap::Tap;
+
+/// Big enough for the largest TSO super-frame the kernel hands over: a 64 KiB IP packet plus
+/// Ethernet and virtio-net headers.
+pub const FRAME_BUF_LEN: usize = 65_536 + 64;
+/// Frames handled per wake-up before yielding to other ports.
+pub const BATCH: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortOwner {
+    /// The node's own port, `switchd0`.
+    Host,
+    Pod { key: AttachmentKey, pod: PodRef, network: String, netns: String },
+}
+
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub drops: AtomicU64,
+}
+
+impl PortCounters {
+    pub fn snapshot(&self) -> Counters {
+        Counters {
+            rx_packets: self.rx_packets.load(Relaxed),
+            rx_bytes: self.rx_bytes.load(Relaxed),
+            tx_packets: self.tx_packets.load(Relaxed),
+            tx_bytes: self.tx_bytes.load(Relaxed),
+            drops: self.drops.load(Relaxed),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Port {
+    pub id: PortId,
+    pub tap: Tap,
+    pub owner: PortOwner,
+    pub address: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub counters: PortCounters,
+    /// Cleared when the device disappeared under us (deleted by hand, namespace gone).
+    pub alive: AtomicBool,
+}
+
+impl AsRawFd for Port {
+    fn as_raw_fd(&self) -> RawFd {
+        self.tap.as_raw_fd()
+    }
+}
+
+impl Port {
+    /// Write one buffer to this port, counting it either way.
+    #[inline]
+    fn transmit(&self, buf: &[u8], stats: &Stats) {
+        match self.tap.write(buf) {
+            Ok(_) => {
+                self.counters.tx_packets.fetch_add(1, Relaxed);
+                self.counters.tx_bytes.fetch_add(buf.len() as u64, Relaxed);
+            }
+            Err(_) => {
+                self.counters.drops.fetch_add(1, Relaxed);
+                stats.drop(DropReason::WriteFailed);
+            }
+        }
+    }
+}
+
+/// Read frames from `port` until the device goes away, forwarding each through the core.
+/// The table snapshot is loaded once per batch; nothing here allocates per frame.
+pub async fn run(port: Arc<Port>, table: Arc<SnapshotCell>, stats: Arc<Stats>) {
+    // SAFETY: the fd belongs to `port.tap`, which the Arc keeps open for as long as the
+    // AsyncFd (which owns that Arc) lives, and `as_raw_fd` always returns that same fd.
+    let afd = match unsafe { AsyncFd::register_with_interest(port.clone(), Interest::READABLE) } {
+        Ok(afd) => afd,
+        Err(e) => {
+            tracing::error!(port = port.id, ifname = port.tap.name(), error = %e.into_parts().1, "cannot poll port");
+            return;
+        }
+    };
+    let mut buf = vec![0u8; FRAME_BUF_LEN];
+    let mut reply = [0u8; arp::REPLY_LEN];
+    loop {
+        let mut ready = match afd.readable().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(port = port.id, error = %e, "port poll failed; port stops forwarding");
+                break;
+            }
+        };
+        let snapshot = table.load();
+        let mut drained = false;
+        for _ in 0..BATCH {
+            match port.tap.read(&mut buf) {
+                Ok(n) => handle_frame(&port, &mut buf[..n], &snapshot, &stats, &mut reply),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    drained = true;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(port = port.id, ifname = port.tap.name(), error = %e, "port device gone; it stops forwarding until detached");
+                    port.alive.store(false, Relaxed);
+                    return;
+                }
+            }
+        }
+        drop(ready);
+        if !drained {
+            tokio::task::yield_now().await;
+        }
+    }
+    port.alive.store(false, Relaxed);
+}
+
+#[inline]
+fn handle_frame(port: &Port, buf: &mut [u8], snapshot: &Snapshot, stats: &Stats, reply: &mut [u8]) {
+    port.counters.rx_packets.fetch_add(1, Relaxed);
+    port.counters.rx_bytes.fetch_add(buf.len() as u64, Relaxed);
+    match datapath::forward(buf, port.id, &snapshot.table, reply) {
+        Verdict::Forward(to) => match snapshot.ports.get(&to) {
+            Some(out) => out.transmit(buf, stats),
+            None => {
+                port.counters.drops.fetch_add(1, Relaxed);
+                stats.drop(DropReason::NoRoute);
+            }
+        },
+        Verdict::Reply(len) => port.transmit(&reply[..len], stats),
+        Verdict::Drop(reason) => {
+            port.counters.drops.fetch_add(1, Relaxed);
+            stats.drop(reason);
+        }
+    }
+}

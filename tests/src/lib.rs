@@ -1,0 +1,331 @@
+//! Helpers for the end-to-end tests: network namespaces as pods and nodes, a real switchd
+//! per node, and the real `switchd-cni` binary called the way a container runtime calls it.
+//!
+//! Every namespace and file is named with a per-process prefix (`swt<pid>-…`) so parallel
+//! tests never collide, and every guard removes what it created when dropped — also when
+//! the test panics.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique name for this process: `swt<pid>x<n><tag>`, short enough for interface names.
+pub fn unique(tag: &str) -> String {
+    format!("swt{}x{}{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), tag)
+}
+
+/// The directory holding the workspace's built binaries (the test binary's own profile).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+    for bin in ["switchd", "switchd-cni", "switchctl"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{} is missing: build the binaries first (`cargo build --release --workspace --bins`, which scripts/test does)",
+            dir.join(bin).display()
+        );
+    }
+    dir
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    out
+}
+
+pub fn ip(args: &[&str]) -> Output {
+    run(Command::new("ip").args(args))
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = unique(tag);
+        let out = ip(&["netns", "add", &name]);
+        assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    /// Run a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        run(Command::new("ip").args(["netns", "exec", &self.name]).args(args))
+    }
+
+    /// Does at least one ping to `addr` come back?
+    pub fn ping(&self, addr: Ipv4Addr) -> bool {
+        self.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &addr.to_string()]).status.success()
+    }
+
+    pub fn has_link(&self, ifname: &str) -> bool {
+        self.exec(&["ip", "link", "show", ifname]).status.success()
+    }
+
+    /// Run `f` on a thread that has entered this namespace; the thread ends afterwards.
+    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+        let file = fs::File::open(self.path()).expect("open netns");
+        std::thread::spawn(move || {
+            // SAFETY: setns on an open namespace fd changes only this thread, which exits
+            // when `f` returns.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// A simulated node: its own namespace, config, state dir and switchd process.
+pub struct Node {
+    pub ns: Netns,
+    pub dir: PathBuf,
+    pub pod_cidr: String,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Start a node whose pods live in `pod_cidr` (e.g. "10.244.1.0/24").
+    pub fn start(pod_cidr: &str) -> Node {
+        let ns = Netns::new("n");
+        let dir = std::env::temp_dir().join(&ns.name);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let config = format!(
+            "node_name = \"{name}\"\npod_cidr = \"{pod_cidr}\"\ncluster_cidr = \"10.244.0.0/16\"\nsocket = \"{dir}/switchd.sock\"\nstate_dir = \"{dir}/state\"\nmtu = 1450\n",
+            name = ns.name,
+            dir = dir.display()
+        );
+        fs::write(dir.join("switchd.toml"), config).unwrap();
+        let mut node = Node { ns, dir, pod_cidr: pod_cidr.into(), child: None };
+        node.launch();
+        node
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("switchd.sock")
+    }
+
+    /// Start switchd and wait until its socket answers.
+    pub fn launch(&mut self) {
+        assert!(self.child.is_none(), "switchd already running");
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("switchd.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns.name])
+            .arg(bin_dir().join("switchd"))
+            .arg("--config")
+            .arg(self.dir.join("switchd.toml"))
+            .env("RUST_LOG", "switchd=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn switchd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.switchctl(&["status"]).status.success() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("switchd exited with {status}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("switchd did not become ready; log:\n{}", self.log());
+    }
+
+    /// Stop switchd with SIGTERM and wait for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: sending a signal to the process we spawned, by its PID.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("switchd.log")).unwrap_or_default()
+    }
+
+    pub fn switchctl(&self, args: &[&str]) -> Output {
+        run(Command::new(bin_dir().join("switchctl")).arg("--socket").arg(self.socket()).args(args))
+    }
+
+    /// `switchctl --json <what>` parsed.
+    pub fn query(&self, what: &str) -> Value {
+        let out = self.switchctl(&["--json", what]);
+        assert!(out.status.success(), "switchctl {what}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Number of pod ports switchd has.
+    pub fn pod_ports(&self) -> usize {
+        self.query("ports")["ports"].as_array().unwrap().iter().filter(|p| p["kind"] == "pod").count()
+    }
+
+    /// The IPAM records on disk.
+    pub fn ipam_records(&self) -> Vec<Value> {
+        let text = fs::read_to_string(self.dir.join("state/ipam.json")).unwrap_or_else(|_| "{\"records\":[]}".into());
+        serde_json::from_str::<Value>(&text).unwrap()["records"].as_array().unwrap().clone()
+    }
+
+    /// The standard network configuration pointing at this node's socket.
+    pub fn netconf(&self, cni_version: &str) -> String {
+        format!(
+            r#"{{"cniVersion":"{cni_version}","name":"switchd-test","type":"switchd-cni","socket":"{}"}}"#,
+            self.socket().display()
+        )
+    }
+
+    /// ADD a pod (namespace `pod`, interface eth0, container id = namespace name); returns
+    /// the pod's address.
+    pub fn add_pod(&self, pod: &Netns) -> Ipv4Addr {
+        let r = cni("ADD", &self.netconf("1.1.0"), &pod.name, Some(&pod.path()), "eth0", "");
+        assert!(r.ok(), "ADD failed: {:?}", r.json);
+        r.address()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- switchd log of {} ---\n{}", self.ns.name, self.log());
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What `switchd-cni` printed and how it exited.
+#[derive(Debug)]
+pub struct CniOutput {
+    pub code: Option<i32>,
+    pub json: Value,
+    pub elapsed: Duration,
+}
+
+impl CniOutput {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    pub fn error_code(&self) -> Option<u64> {
+        self.json.get("code").and_then(Value::as_u64)
+    }
+
+    pub fn address(&self) -> Ipv4Addr {
+        let cidr = self.json["ips"][0]["address"].as_str().unwrap_or_else(|| panic!("no address in {}", self.json));
+        cidr.split('/').next().unwrap().parse().unwrap()
+    }
+}
+
+/// Execute `switchd-cni` exactly as a runtime does: environment plus config on stdin.
+pub fn cni(command: &str, conf: &str, container_id: &str, netns: Option<&str>, ifname: &str, cni_args: &str) -> CniOutput {
+    let mut cmd = Command::new(bin_dir().join("switchd-cni"));
+    cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    if !command.is_empty() {
+        cmd.env("CNI_COMMAND", command);
+    }
+    cmd.env("CNI_CONTAINERID", container_id).env("CNI_IFNAME", ifname).env("CNI_PATH", "/opt/cni/bin").env("CNI_ARGS", cni_args);
+    if let Some(ns) = netns {
+        cmd.env("CNI_NETNS", ns);
+    }
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("spawn switchd-cni");
+    child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let elapsed = start.elapsed();
+    let json = if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("switchd-cni printed non-JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    CniOutput { code: out.status.code(), json, elapsed }
+}
+
+/// A 64-bit FNV-1a hash, enough to tell a corrupted stream from an intact one.
+pub fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(state, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+}
+pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Send `total` pseudo-random bytes over TCP from namespace `from` to a server in `to` at
+/// `addr`; returns (bytes sent, sender hash, bytes received, receiver hash, peer address the
+/// server saw).
+pub fn tcp_transfer(from: &Netns, to: &Netns, addr: Ipv4Addr, total: usize) -> (usize, u64, usize, u64, SocketAddr) {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = to.spawn(move || {
+        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 5201)).expect("bind server");
+        ready_tx.send(()).unwrap();
+        let (mut conn, peer) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let (mut n, mut h, mut buf) = (0usize, FNV_START, vec![0u8; 1 << 16]);
+        loop {
+            let k = conn.read(&mut buf).expect("server read");
+            if k == 0 {
+                break;
+            }
+            h = fnv1a(h, &buf[..k]);
+            n += k;
+        }
+        (n, h, peer)
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).expect("server ready");
+    let client = from.spawn(move || {
+        let mut conn = TcpStream::connect_timeout(&SocketAddr::from((addr, 5201)), Duration::from_secs(10)).expect("connect");
+        conn.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+        let (mut sent, mut h, mut x) = (0usize, FNV_START, 0x9E37_79B9_7F4A_7C15u64);
+        let mut buf = vec![0u8; 1 << 16];
+        while sent < total {
+            for chunk in buf.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+            }
+            let k = buf.len().min(total - sent);
+            conn.write_all(&buf[..k]).expect("client write");
+            h = fnv1a(h, &buf[..k]);
+            sent += k;
+        }
+        (sent, h)
+    });
+    let (sent, sent_hash) = client.join().expect("client thread");
+    let (received, received_hash, peer) = server.join().expect("server thread");
+    (sent, sent_hash, received, received_hash, peer)
+}

@@ -1,1 +1,1 @@
-
+//! Shared helpers for the benchmarks live in `switchd::datapath::craft`.

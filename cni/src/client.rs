@@ -26,16 +26,37 @@ pub fn call(socket: &str, connect_timeout: Duration, req: &Request) -> Result<Re
                     Ok(Response::Error(e)) if e.kind == proto::ErrorKind::NotReady => e.message,
                     Ok(resp) => return Ok(resp),
                     Err(FrameError::Version { .. } | FrameError::Json(_)) => {
-                        return Err(CniError::new(code::PROTOCOL_MISMATCH, "switchd-cni and switchd speak different protocol versions", "install switchd-cni from the same release as switchd"))
+                        return Err(CniError::new(
+                            code::PROTOCOL_MISMATCH,
+                            "switchd-cni and switchd speak different protocol versions",
+                            "install switchd-cni from the same release as switchd",
+                        ))
                     }
-                    Err(FrameError::Io(e)) if matches!(e.kind(), IoKind::WouldBlock | IoKind::TimedOut) => {
-                        return Err(CniError::new(code::TRY_AGAIN_LATER, "switchd did not answer in time", format!("no response on {socket} within {}s", REQUEST_TIMEOUT.as_secs())))
+                    Err(FrameError::Io(e))
+                        if matches!(e.kind(), IoKind::WouldBlock | IoKind::TimedOut) =>
+                    {
+                        return Err(CniError::new(
+                            code::TRY_AGAIN_LATER,
+                            "switchd did not answer in time",
+                            format!(
+                                "no response on {socket} within {}s",
+                                REQUEST_TIMEOUT.as_secs()
+                            ),
+                        ))
                     }
                     Err(e) => e.to_string(),
                 }
             }
-            Err(e) if matches!(e.kind(), IoKind::NotFound | IoKind::ConnectionRefused) => e.to_string(),
-            Err(e) => return Err(CniError::new(code::IO_FAILURE, "cannot connect to switchd", format!("{socket}: {e}"))),
+            Err(e) if matches!(e.kind(), IoKind::NotFound | IoKind::ConnectionRefused) => {
+                e.to_string()
+            }
+            Err(e) => {
+                return Err(CniError::new(
+                    code::IO_FAILURE,
+                    "cannot connect to switchd",
+                    format!("{socket}: {e}"),
+                ))
+            }
         };
         if Instant::now() + RETRY_EVERY > deadline {
             return Err(CniError::new(

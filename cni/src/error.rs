@@ -34,20 +34,39 @@ pub struct CniError {
 
 impl CniError {
     pub fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
-        CniError { code, msg: msg.into(), details: details.into() }
+        CniError {
+            code,
+            msg: msg.into(),
+            details: details.into(),
+        }
     }
 
     /// Map a daemon error to the closest CNI code.
     pub fn from_daemon(kind: ErrorKind, message: String) -> Self {
         let (c, msg) = match kind {
-            ErrorKind::VersionMismatch => (code::PROTOCOL_MISMATCH, "switchd-cni and switchd speak different protocol versions"),
+            ErrorKind::VersionMismatch => (
+                code::PROTOCOL_MISMATCH,
+                "switchd-cni and switchd speak different protocol versions",
+            ),
             ErrorKind::BadRequest => (code::INVALID_CONFIG, "switchd refused the request"),
-            ErrorKind::AddressesExhausted => (code::ADDRESSES_EXHAUSTED, "no free pod address on this node"),
+            ErrorKind::AddressesExhausted => (
+                code::ADDRESSES_EXHAUSTED,
+                "no free pod address on this node",
+            ),
             ErrorKind::AlreadyExists => (code::ALREADY_EXISTS, "interface already exists"),
             ErrorKind::NotFound => (code::CONTAINER_UNKNOWN, "switchd has no such attachment"),
-            ErrorKind::NetnsUnavailable => (code::CONTAINER_UNKNOWN, "the container's network namespace is not available"),
-            ErrorKind::CheckFailed => (code::CHECK_FAILED, "the container's network differs from what was attached"),
-            ErrorKind::NotReady => (code::TRY_AGAIN_LATER, "switchd is not ready; try again later"),
+            ErrorKind::NetnsUnavailable => (
+                code::CONTAINER_UNKNOWN,
+                "the container's network namespace is not available",
+            ),
+            ErrorKind::CheckFailed => (
+                code::CHECK_FAILED,
+                "the container's network differs from what was attached",
+            ),
+            ErrorKind::NotReady => (
+                code::TRY_AGAIN_LATER,
+                "switchd is not ready; try again later",
+            ),
             ErrorKind::Internal => (code::INTERNAL, "switchd failed"),
         };
         CniError::new(c, msg, message)

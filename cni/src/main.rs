@@ -22,7 +22,10 @@ use netconf::{Env, NetConf, SUPPORTED_VERSIONS};
 fn main() -> ExitCode {
     let mut stdin = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
-        return fail("1.1.0", CniError::new(code::IO_FAILURE, "cannot read stdin", e.to_string()));
+        return fail(
+            "1.1.0",
+            CniError::new(code::IO_FAILURE, "cannot read stdin", e.to_string()),
+        );
     }
     let env = match Env::from_vars(|k| std::env::var(k).ok()) {
         Ok(env) => env,
@@ -30,7 +33,10 @@ fn main() -> ExitCode {
     };
     if env.command == "VERSION" {
         let v = version_hint(&stdin);
-        println!("{}", json!({ "cniVersion": v, "supportedVersions": SUPPORTED_VERSIONS }));
+        println!(
+            "{}",
+            json!({ "cniVersion": v, "supportedVersions": SUPPORTED_VERSIONS })
+        );
         return ExitCode::SUCCESS;
     }
     let conf = match NetConf::parse(&stdin) {
@@ -56,19 +62,30 @@ fn fail(cni_version: &str, e: CniError) -> ExitCode {
 fn version_hint(stdin: &[u8]) -> String {
     serde_json::from_slice::<Value>(stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| "1.1.0".into())
 }
 
 fn key(env: &Env) -> Result<AttachmentKey, CniError> {
-    Ok(AttachmentKey { container_id: Env::require(&env.container_id, "CNI_CONTAINERID")?, ifname: Env::require(&env.ifname, "CNI_IFNAME")? })
+    Ok(AttachmentKey {
+        container_id: Env::require(&env.container_id, "CNI_CONTAINERID")?,
+        ifname: Env::require(&env.ifname, "CNI_IFNAME")?,
+    })
 }
 
 fn unexpected(resp: Response) -> CniError {
     match resp {
         Response::Error(e) => CniError::from_daemon(e.kind, e.message),
-        other => CniError::new(code::INTERNAL, "unexpected response from switchd", format!("{other:?}")),
+        other => CniError::new(
+            code::INTERNAL,
+            "unexpected response from switchd",
+            format!("{other:?}"),
+        ),
     }
 }
 
@@ -77,41 +94,82 @@ fn run(env: &Env, conf: &NetConf) -> Result<Option<Value>, CniError> {
     let call = |req: Request| client::call(&conf.socket, timeout, &req);
     match env.command.as_str() {
         "ADD" => {
-            let req = Request::Attach { key: key(env)?, network: conf.name.clone(), netns: Env::require(&env.netns, "CNI_NETNS")?, pod: env.pod.clone() };
+            let req = Request::Attach {
+                key: key(env)?,
+                network: conf.name.clone(),
+                netns: Env::require(&env.netns, "CNI_NETNS")?,
+                pod: env.pod.clone(),
+            };
             match call(req)? {
-                Response::Attached(att) => Ok(Some(result::build(&conf.cni_version, &att, conf.prev_result.as_ref(), conf.dns.as_ref()))),
+                Response::Attached(att) => Ok(Some(result::build(
+                    &conf.cni_version,
+                    &att,
+                    conf.prev_result.as_ref(),
+                    conf.dns.as_ref(),
+                ))),
                 other => Err(unexpected(other)),
             }
         }
-        "DEL" => match call(Request::Detach { key: key(env)?, netns: env.netns.clone() })? {
+        "DEL" => match call(Request::Detach {
+            key: key(env)?,
+            netns: env.netns.clone(),
+        })? {
             Response::Detached { .. } => Ok(None),
             other => Err(unexpected(other)),
         },
         "CHECK" => {
             if conf.cni_version.starts_with("0.3") {
-                return Err(CniError::new(code::INCOMPATIBLE_VERSION, "CHECK needs cniVersion 0.4.0 or later", format!("configuration says {}", conf.cni_version)));
+                return Err(CniError::new(
+                    code::INCOMPATIBLE_VERSION,
+                    "CHECK needs cniVersion 0.4.0 or later",
+                    format!("configuration says {}", conf.cni_version),
+                ));
             }
             let netns = Env::require(&env.netns, "CNI_NETNS")?;
-            match call(Request::Check { key: key(env)?, netns })? {
+            match call(Request::Check {
+                key: key(env)?,
+                netns,
+            })? {
                 Response::Checked(att) => {
                     if let Some(prev) = &conf.prev_result {
-                        result::prev_result_matches(prev, &att).map_err(|d| CniError::new(code::CHECK_FAILED, "prevResult does not match switchd", d))?;
+                        result::prev_result_matches(prev, &att).map_err(|d| {
+                            CniError::new(
+                                code::CHECK_FAILED,
+                                "prevResult does not match switchd",
+                                d,
+                            )
+                        })?;
                     }
                     Ok(None)
                 }
                 other => Err(unexpected(other)),
             }
         }
-        "GC" => match call(Request::Gc { network: conf.name.clone(), valid: conf.valid_attachments.clone() })? {
+        "GC" => match call(Request::Gc {
+            network: conf.name.clone(),
+            valid: conf.valid_attachments.clone(),
+        })? {
             Response::GcDone { .. } => Ok(None),
             other => Err(unexpected(other)),
         },
         "STATUS" => match call(Request::Status) {
             Ok(Response::Status(s)) if s.ready => Ok(None),
-            Ok(Response::Status(s)) => Err(CniError::new(code::PLUGIN_NOT_AVAILABLE, "switchd is not ready", s.detail)),
+            Ok(Response::Status(s)) => Err(CniError::new(
+                code::PLUGIN_NOT_AVAILABLE,
+                "switchd is not ready",
+                s.detail,
+            )),
             Ok(other) => Err(unexpected(other)),
-            Err(e) => Err(CniError::new(code::PLUGIN_NOT_AVAILABLE, "switchd is not available", format!("{}: {}", e.msg, e.details))),
+            Err(e) => Err(CniError::new(
+                code::PLUGIN_NOT_AVAILABLE,
+                "switchd is not available",
+                format!("{}: {}", e.msg, e.details),
+            )),
         },
-        other => Err(CniError::new(code::INVALID_ENV, format!("unknown CNI_COMMAND {other:?}"), "use ADD, DEL, CHECK, GC, STATUS or VERSION")),
+        other => Err(CniError::new(
+            code::INVALID_ENV,
+            format!("unknown CNI_COMMAND {other:?}"),
+            "use ADD, DEL, CHECK, GC, STATUS or VERSION",
+        )),
     }
 }

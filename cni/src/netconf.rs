@@ -28,34 +28,71 @@ fn invalid(msg: &str, details: String) -> CniError {
 
 impl NetConf {
     pub fn parse(bytes: &[u8]) -> Result<NetConf, CniError> {
-        let v: Value = serde_json::from_slice(bytes)
-            .map_err(|e| CniError::new(code::DECODE_FAILURE, "cannot decode the network configuration on stdin", e.to_string()))?;
-        let obj = v.as_object().ok_or_else(|| invalid("invalid network configuration", "the configuration must be a JSON object".into()))?;
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+            CniError::new(
+                code::DECODE_FAILURE,
+                "cannot decode the network configuration on stdin",
+                e.to_string(),
+            )
+        })?;
+        let obj = v.as_object().ok_or_else(|| {
+            invalid(
+                "invalid network configuration",
+                "the configuration must be a JSON object".into(),
+            )
+        })?;
         let string = |key: &str| -> Result<Option<String>, CniError> {
             match obj.get(key) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(other) => Err(invalid("invalid network configuration", format!("`{key}` must be a string, got {other}"))),
+                Some(other) => Err(invalid(
+                    "invalid network configuration",
+                    format!("`{key}` must be a string, got {other}"),
+                )),
             }
         };
-        let cni_version = string("cniVersion")?.ok_or_else(|| invalid("invalid network configuration", "`cniVersion` is missing".into()))?;
+        let cni_version = string("cniVersion")?.ok_or_else(|| {
+            invalid(
+                "invalid network configuration",
+                "`cniVersion` is missing".into(),
+            )
+        })?;
         if !SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
             return Err(CniError::new(
                 code::INCOMPATIBLE_VERSION,
                 "incompatible CNI version",
-                format!("cniVersion {cni_version} is not supported; supported: {}", SUPPORTED_VERSIONS.join(", ")),
+                format!(
+                    "cniVersion {cni_version} is not supported; supported: {}",
+                    SUPPORTED_VERSIONS.join(", ")
+                ),
             ));
         }
-        let name = string("name")?.filter(|n| !n.is_empty()).ok_or_else(|| invalid("invalid network configuration", "`name` is missing or empty".into()))?;
+        let name = string("name")?.filter(|n| !n.is_empty()).ok_or_else(|| {
+            invalid(
+                "invalid network configuration",
+                "`name` is missing or empty".into(),
+            )
+        })?;
         let socket = string("socket")?.unwrap_or_else(|| DEFAULT_SOCKET.into());
         if !socket.starts_with('/') {
-            return Err(invalid("invalid network configuration", format!("`socket` must be an absolute path, got {socket:?}")));
+            return Err(invalid(
+                "invalid network configuration",
+                format!("`socket` must be an absolute path, got {socket:?}"),
+            ));
         }
         let connect_timeout_ms = match obj.get("connectTimeoutMs") {
             None => DEFAULT_CONNECT_TIMEOUT_MS,
-            Some(v) => v.as_u64().filter(|ms| *ms <= 600_000).ok_or_else(|| invalid("invalid network configuration", format!("`connectTimeoutMs` must be 0..600000, got {v}")))?,
+            Some(v) => v.as_u64().filter(|ms| *ms <= 600_000).ok_or_else(|| {
+                invalid(
+                    "invalid network configuration",
+                    format!("`connectTimeoutMs` must be 0..600000, got {v}"),
+                )
+            })?,
         };
-        let valid_attachments = match obj.get("cni.dev/valid-attachments").or_else(|| obj.get("cni.dev/attachments")) {
+        let valid_attachments = match obj
+            .get("cni.dev/valid-attachments")
+            .or_else(|| obj.get("cni.dev/attachments"))
+        {
             None => Vec::new(),
             Some(list) => parse_attachments(list)?,
         };
@@ -73,13 +110,24 @@ impl NetConf {
 
 fn parse_attachments(list: &Value) -> Result<Vec<AttachmentKey>, CniError> {
     let bad = |d: String| invalid("invalid cni.dev/valid-attachments", d);
-    let items = list.as_array().ok_or_else(|| bad("must be a list".into()))?;
+    let items = list
+        .as_array()
+        .ok_or_else(|| bad("must be a list".into()))?;
     items
         .iter()
         .map(|item| {
-            let cid = item.get("containerID").and_then(Value::as_str).ok_or_else(|| bad(format!("entry {item} lacks containerID")))?;
-            let ifname = item.get("ifname").and_then(Value::as_str).ok_or_else(|| bad(format!("entry {item} lacks ifname")))?;
-            Ok(AttachmentKey { container_id: cid.into(), ifname: ifname.into() })
+            let cid = item
+                .get("containerID")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(format!("entry {item} lacks containerID")))?;
+            let ifname = item
+                .get("ifname")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(format!("entry {item} lacks ifname")))?;
+            Ok(AttachmentKey {
+                container_id: cid.into(),
+                ifname: ifname.into(),
+            })
         })
         .collect()
 }
@@ -98,14 +146,32 @@ impl Env {
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> {
         let command = get("CNI_COMMAND")
             .filter(|c| !c.is_empty())
-            .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_COMMAND is not set", "set CNI_COMMAND to ADD, DEL, CHECK, GC, STATUS or VERSION"))?;
+            .ok_or_else(|| {
+                CniError::new(
+                    code::INVALID_ENV,
+                    "CNI_COMMAND is not set",
+                    "set CNI_COMMAND to ADD, DEL, CHECK, GC, STATUS or VERSION",
+                )
+            })?;
         let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
         let pod = parse_cni_args(&get("CNI_ARGS").unwrap_or_default())?;
-        Ok(Env { command, container_id: nonempty("CNI_CONTAINERID"), netns: nonempty("CNI_NETNS"), ifname: nonempty("CNI_IFNAME"), pod })
+        Ok(Env {
+            command,
+            container_id: nonempty("CNI_CONTAINERID"),
+            netns: nonempty("CNI_NETNS"),
+            ifname: nonempty("CNI_IFNAME"),
+            pod,
+        })
     }
 
     pub fn require(value: &Option<String>, var: &str) -> Result<String, CniError> {
-        value.clone().ok_or_else(|| CniError::new(code::INVALID_ENV, format!("{var} is not set"), format!("the runtime must set {var} for this command")))
+        value.clone().ok_or_else(|| {
+            CniError::new(
+                code::INVALID_ENV,
+                format!("{var} is not set"),
+                format!("the runtime must set {var} for this command"),
+            )
+        })
     }
 }
 
@@ -113,9 +179,13 @@ impl Env {
 pub fn parse_cni_args(s: &str) -> Result<PodRef, CniError> {
     let mut pod = PodRef::default();
     for pair in s.split(';').filter(|p| !p.is_empty()) {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| CniError::new(code::INVALID_ENV, "invalid CNI_ARGS", format!("{pair:?} is not KEY=VALUE")))?;
+        let (k, v) = pair.split_once('=').ok_or_else(|| {
+            CniError::new(
+                code::INVALID_ENV,
+                "invalid CNI_ARGS",
+                format!("{pair:?} is not KEY=VALUE"),
+            )
+        })?;
         match k {
             "K8S_POD_NAMESPACE" => pod.namespace = v.into(),
             "K8S_POD_NAME" => pod.name = v.into(),
@@ -132,7 +202,8 @@ mod tests {
 
     #[test]
     fn accepts_a_conflist_entry_and_fills_defaults() {
-        let c = NetConf::parse(br#"{"cniVersion":"1.1.0","name":"pods","type":"switchd-cni"}"#).unwrap();
+        let c = NetConf::parse(br#"{"cniVersion":"1.1.0","name":"pods","type":"switchd-cni"}"#)
+            .unwrap();
         assert_eq!(c.socket, DEFAULT_SOCKET);
         assert_eq!(c.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS);
         assert!(c.prev_result.is_none());
@@ -142,31 +213,68 @@ mod tests {
     fn bad_configs_get_the_spec_codes() {
         let cases: [(&[u8], u32); 6] = [
             (b"{not json", code::DECODE_FAILURE),
-            (br#"{"cniVersion":"1.1.0","type":"switchd-cni"}"#, code::INVALID_CONFIG),
-            (br#"{"cniVersion":"1.1.0","name":"n","socket":42}"#, code::INVALID_CONFIG),
-            (br#"{"cniVersion":"1.1.0","name":"n","socket":"relative"}"#, code::INVALID_CONFIG),
-            (br#"{"cniVersion":"9.9.9","name":"n"}"#, code::INCOMPATIBLE_VERSION),
+            (
+                br#"{"cniVersion":"1.1.0","type":"switchd-cni"}"#,
+                code::INVALID_CONFIG,
+            ),
+            (
+                br#"{"cniVersion":"1.1.0","name":"n","socket":42}"#,
+                code::INVALID_CONFIG,
+            ),
+            (
+                br#"{"cniVersion":"1.1.0","name":"n","socket":"relative"}"#,
+                code::INVALID_CONFIG,
+            ),
+            (
+                br#"{"cniVersion":"9.9.9","name":"n"}"#,
+                code::INCOMPATIBLE_VERSION,
+            ),
             (br#"[1,2]"#, code::INVALID_CONFIG),
         ];
         for (input, want) in cases {
-            assert_eq!(NetConf::parse(input).unwrap_err().code, want, "{}", String::from_utf8_lossy(input));
+            assert_eq!(
+                NetConf::parse(input).unwrap_err().code,
+                want,
+                "{}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
     #[test]
     fn gc_attachments_are_read_from_either_key() {
         for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
-            let text = format!(r#"{{"cniVersion":"1.1.0","name":"n","{key}":[{{"containerID":"a","ifname":"eth0"}}]}}"#);
+            let text = format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","{key}":[{{"containerID":"a","ifname":"eth0"}}]}}"#
+            );
             let c = NetConf::parse(text.as_bytes()).unwrap();
-            assert_eq!(c.valid_attachments, vec![AttachmentKey { container_id: "a".into(), ifname: "eth0".into() }]);
+            assert_eq!(
+                c.valid_attachments,
+                vec![AttachmentKey {
+                    container_id: "a".into(),
+                    ifname: "eth0".into()
+                }]
+            );
         }
     }
 
     #[test]
     fn cni_args_give_the_pod_and_missing_command_is_code_4() {
-        let pod = parse_cni_args("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_UID=u-1").unwrap();
-        assert_eq!((pod.namespace.as_str(), pod.name.as_str(), pod.uid.as_str()), ("default", "web", "u-1"));
-        assert_eq!(parse_cni_args("garbage").unwrap_err().code, code::INVALID_ENV);
-        assert_eq!(Env::from_vars(|_| None).unwrap_err().code, code::INVALID_ENV);
+        let pod = parse_cni_args(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_UID=u-1",
+        )
+        .unwrap();
+        assert_eq!(
+            (pod.namespace.as_str(), pod.name.as_str(), pod.uid.as_str()),
+            ("default", "web", "u-1")
+        );
+        assert_eq!(
+            parse_cni_args("garbage").unwrap_err().code,
+            code::INVALID_ENV
+        );
+        assert_eq!(
+            Env::from_vars(|_| None).unwrap_err().code,
+            code::INVALID_ENV
+        );
     }
 }

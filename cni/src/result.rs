@@ -11,10 +11,23 @@ fn ips_have_version(cni_version: &str) -> bool {
 
 /// Build the result for `att`. Interfaces, IPs, routes and DNS from `prev` come first, so
 /// plugins earlier in the chain keep what they reported.
-pub fn build(cni_version: &str, att: &Attachment, prev: Option<&Value>, dns: Option<&Value>) -> Value {
-    let list = |key: &str| -> Vec<Value> { prev.and_then(|p| p.get(key)).and_then(Value::as_array).cloned().unwrap_or_default() };
+pub fn build(
+    cni_version: &str,
+    att: &Attachment,
+    prev: Option<&Value>,
+    dns: Option<&Value>,
+) -> Value {
+    let list = |key: &str| -> Vec<Value> {
+        prev.and_then(|p| p.get(key))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
     let mut interfaces = list("interfaces");
-    let mut ips: Vec<Value> = list("ips").into_iter().map(|ip| normalise_ip(ip, cni_version)).collect();
+    let mut ips: Vec<Value> = list("ips")
+        .into_iter()
+        .map(|ip| normalise_ip(ip, cni_version))
+        .collect();
     let mut routes = list("routes");
 
     let mut iface = Map::new();
@@ -31,7 +44,10 @@ pub fn build(cni_version: &str, att: &Attachment, prev: Option<&Value>, dns: Opt
     if ips_have_version(cni_version) {
         ip.insert("version".into(), json!("4"));
     }
-    ip.insert("address".into(), json!(format!("{}/{}", att.address, att.prefix_len)));
+    ip.insert(
+        "address".into(),
+        json!(format!("{}/{}", att.address, att.prefix_len)),
+    );
     ip.insert("gateway".into(), json!(att.gateway.to_string()));
     ip.insert("interface".into(), json!(index));
     ips.push(Value::Object(ip));
@@ -39,7 +55,12 @@ pub fn build(cni_version: &str, att: &Attachment, prev: Option<&Value>, dns: Opt
     for r in &att.routes {
         routes.push(json!({ "dst": r.dst, "gw": r.gw.to_string() }));
     }
-    let dns = prev.and_then(|p| p.get("dns")).filter(|d| d.as_object().is_some_and(|o| !o.is_empty())).or(dns).cloned().unwrap_or_else(|| json!({}));
+    let dns = prev
+        .and_then(|p| p.get("dns"))
+        .filter(|d| d.as_object().is_some_and(|o| !o.is_empty()))
+        .or(dns)
+        .cloned()
+        .unwrap_or_else(|| json!({}));
     json!({ "cniVersion": cni_version, "interfaces": interfaces, "ips": ips, "routes": routes, "dns": dns })
 }
 
@@ -48,7 +69,10 @@ fn normalise_ip(mut ip: Value, cni_version: &str) -> Value {
     if let Some(obj) = ip.as_object_mut() {
         if ips_have_version(cni_version) {
             if !obj.contains_key("version") {
-                let v6 = obj.get("address").and_then(Value::as_str).is_some_and(|a| a.contains(':'));
+                let v6 = obj
+                    .get("address")
+                    .and_then(Value::as_str)
+                    .is_some_and(|a| a.contains(':'));
                 obj.insert("version".into(), json!(if v6 { "6" } else { "4" }));
             }
         } else {
@@ -61,8 +85,16 @@ fn normalise_ip(mut ip: Value, cni_version: &str) -> Value {
 /// CHECK: the prevResult, if any, must still list our address on our interface.
 pub fn prev_result_matches(prev: &Value, att: &Attachment) -> Result<(), String> {
     let want = format!("{}/{}", att.address, att.prefix_len);
-    let interfaces = prev.get("interfaces").and_then(Value::as_array).cloned().unwrap_or_default();
-    let ips = prev.get("ips").and_then(Value::as_array).cloned().unwrap_or_default();
+    let interfaces = prev
+        .get("interfaces")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let ips = prev
+        .get("ips")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let ours = ips.iter().any(|ip| {
         ip.get("address").and_then(Value::as_str) == Some(want.as_str())
             && ip
@@ -93,7 +125,10 @@ mod tests {
             prefix_len: 24,
             gateway: "10.244.1.1".parse().unwrap(),
             mtu: 1450,
-            routes: vec![RouteInfo { dst: "0.0.0.0/0".into(), gw: "10.244.1.1".parse().unwrap() }],
+            routes: vec![RouteInfo {
+                dst: "0.0.0.0/0".into(),
+                gw: "10.244.1.1".parse().unwrap(),
+            }],
             netns: "/var/run/netns/p".into(),
         }
     }
@@ -109,8 +144,15 @@ mod tests {
             assert_eq!(r["ips"][0]["address"], "10.244.1.2/24");
             assert_eq!(r["ips"][0]["gateway"], "10.244.1.1");
             assert_eq!(r["ips"][0]["interface"], 0);
-            assert_eq!(r["routes"][0], json!({"dst": "0.0.0.0/0", "gw": "10.244.1.1"}));
-            assert_eq!(r["ips"][0].get("version").is_some(), v.starts_with("0."), "{v}");
+            assert_eq!(
+                r["routes"][0],
+                json!({"dst": "0.0.0.0/0", "gw": "10.244.1.1"})
+            );
+            assert_eq!(
+                r["ips"][0].get("version").is_some(),
+                v.starts_with("0."),
+                "{v}"
+            );
             assert_eq!(r["interfaces"][0].get("mtu").is_some(), v == "1.1.0", "{v}");
         }
     }
@@ -124,17 +166,37 @@ mod tests {
             "routes": [{"dst": "192.0.2.0/24"}],
             "dns": {"nameservers": ["192.0.2.53"]}
         });
-        let r = build("1.0.0", &att(), Some(&prev), Some(&json!({"nameservers": ["9.9.9.9"]})));
+        let r = build(
+            "1.0.0",
+            &att(),
+            Some(&prev),
+            Some(&json!({"nameservers": ["9.9.9.9"]})),
+        );
         assert_eq!(r["interfaces"].as_array().unwrap().len(), 2);
-        assert_eq!(r["ips"][0], json!({"address": "192.0.2.5/32", "interface": 0}), "version dropped for 1.0.0");
-        assert_eq!(r["ips"][1]["interface"], 1, "our IP points at our interface");
+        assert_eq!(
+            r["ips"][0],
+            json!({"address": "192.0.2.5/32", "interface": 0}),
+            "version dropped for 1.0.0"
+        );
+        assert_eq!(
+            r["ips"][1]["interface"], 1,
+            "our IP points at our interface"
+        );
         assert_eq!(r["routes"].as_array().unwrap().len(), 2);
-        assert_eq!(r["dns"]["nameservers"][0], "192.0.2.53", "earlier plugin's DNS wins");
+        assert_eq!(
+            r["dns"]["nameservers"][0], "192.0.2.53",
+            "earlier plugin's DNS wins"
+        );
     }
 
     #[test]
     fn config_dns_is_passed_through() {
-        let r = build("1.1.0", &att(), None, Some(&json!({"nameservers": ["10.96.0.10"], "search": ["svc.cluster.local"]})));
+        let r = build(
+            "1.1.0",
+            &att(),
+            None,
+            Some(&json!({"nameservers": ["10.96.0.10"], "search": ["svc.cluster.local"]})),
+        );
         assert_eq!(r["dns"]["nameservers"][0], "10.96.0.10");
     }
 

@@ -29,7 +29,10 @@ pub struct Envelope<T> {
 
 impl<T> Envelope<T> {
     pub fn new(body: T) -> Self {
-        Envelope { version: PROTO_VERSION, body }
+        Envelope {
+            version: PROTO_VERSION,
+            body,
+        }
     }
 }
 
@@ -66,11 +69,20 @@ pub enum Request {
         pod: PodRef,
     },
     /// Unplug and remove the pod's interface and release its address. Idempotent.
-    Detach { key: AttachmentKey, netns: Option<String> },
+    Detach {
+        key: AttachmentKey,
+        netns: Option<String>,
+    },
     /// Verify the pod's interface, address and routes are still as attached.
-    Check { key: AttachmentKey, netns: String },
+    Check {
+        key: AttachmentKey,
+        netns: String,
+    },
     /// Remove every attachment of `network` whose key is not in `valid`.
-    Gc { network: String, valid: Vec<AttachmentKey> },
+    Gc {
+        network: String,
+        valid: Vec<AttachmentKey>,
+    },
     /// Is the daemon ready to attach pods?
     Status,
     /// Operator views.
@@ -193,7 +205,10 @@ pub enum ErrorKind {
 
 impl ErrorReply {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ErrorReply { kind, message: message.into() }
+        ErrorReply {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -230,7 +245,10 @@ pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, FrameError> {
 pub fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, FrameError> {
     let probe: VersionProbe = serde_json::from_slice(payload)?;
     if probe.version != PROTO_VERSION {
-        return Err(FrameError::Version { ours: PROTO_VERSION, theirs: probe.version });
+        return Err(FrameError::Version {
+            ours: PROTO_VERSION,
+            theirs: probe.version,
+        });
     }
     let env: Envelope<T> = serde_json::from_slice(payload)?;
     Ok(env.body)
@@ -256,7 +274,11 @@ pub fn write_message<W: Write, T: Serialize>(w: &mut W, body: &T) -> Result<(), 
 pub fn read_message<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R) -> Result<T, FrameError> {
     let mut prefix = [0u8; 4];
     if let Err(e) = r.read_exact(&mut prefix) {
-        return Err(if e.kind() == io::ErrorKind::UnexpectedEof { FrameError::Closed } else { e.into() });
+        return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
+            FrameError::Closed
+        } else {
+            e.into()
+        });
     }
     let mut payload = vec![0u8; frame_len(prefix)?];
     r.read_exact(&mut payload)?;
@@ -274,7 +296,10 @@ mod tests {
     use super::*;
 
     fn key() -> AttachmentKey {
-        AttachmentKey { container_id: "abc".into(), ifname: "eth0".into() }
+        AttachmentKey {
+            container_id: "abc".into(),
+            ifname: "eth0".into(),
+        }
     }
 
     #[test]
@@ -283,7 +308,11 @@ mod tests {
             key: key(),
             network: "k8s-pod-network".into(),
             netns: "/var/run/netns/x".into(),
-            pod: PodRef { namespace: "default".into(), name: "web".into(), uid: "u1".into() },
+            pod: PodRef {
+                namespace: "default".into(),
+                name: "web".into(),
+                uid: "u1".into(),
+            },
         };
         let bytes = encode(&req).unwrap();
         let back: Request = read_message(&mut &bytes[..]).unwrap();
@@ -299,7 +328,10 @@ mod tests {
             prefix_len: 24,
             gateway: Ipv4Addr::new(10, 244, 1, 1),
             mtu: 1450,
-            routes: vec![RouteInfo { dst: "0.0.0.0/0".into(), gw: Ipv4Addr::new(10, 244, 1, 1) }],
+            routes: vec![RouteInfo {
+                dst: "0.0.0.0/0".into(),
+                gw: Ipv4Addr::new(10, 244, 1, 1),
+            }],
             netns: "/var/run/netns/x".into(),
         });
         let bytes = encode(&resp).unwrap();
@@ -311,7 +343,10 @@ mod tests {
     fn other_version_is_refused_with_both_numbers() {
         let payload = br#"{"version":2,"body":{"op":"status"}}"#;
         let err = decode::<Request>(payload).unwrap_err();
-        assert!(matches!(err, FrameError::Version { ours: 1, theirs: 2 }), "{err}");
+        assert!(
+            matches!(err, FrameError::Version { ours: 1, theirs: 2 }),
+            "{err}"
+        );
         assert!(err.to_string().contains("v2"));
     }
 

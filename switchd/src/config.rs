@@ -59,12 +59,16 @@ pub struct Config {
 impl Config {
     /// Read and validate `path`, then apply `overrides`.
     pub fn load(path: &Path, overrides: Overrides) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-        Config::parse(&text, overrides).with_context(|| format!("invalid config file {}", path.display()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Config::parse(&text, overrides)
+            .with_context(|| format!("invalid config file {}", path.display()))
     }
 
     pub fn parse(text: &str, o: Overrides) -> Result<Config> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message().to_string() + &span_hint(text, e.span())))?;
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            anyhow::anyhow!("{}", e.message().to_string() + &span_hint(text, e.span()))
+        })?;
         let node_name = match o.node_name.or(file.node_name) {
             Some(n) => n,
             None => hostname().context("node_name: not set and the hostname cannot be read")?,
@@ -76,7 +80,12 @@ impl Config {
             Some(s) => parse_cidr("pod_cidr", &s)?,
             None => bail!("pod_cidr: required, e.g. pod_cidr = \"10.244.1.0/24\" (this node's share of cluster_cidr)"),
         };
-        let cluster_cidr = parse_cidr("cluster_cidr", &o.cluster_cidr.or(file.cluster_cidr).unwrap_or_else(|| DEFAULT_CLUSTER_CIDR.into()))?;
+        let cluster_cidr = parse_cidr(
+            "cluster_cidr",
+            &o.cluster_cidr
+                .or(file.cluster_cidr)
+                .unwrap_or_else(|| DEFAULT_CLUSTER_CIDR.into()),
+        )?;
         if pod_cidr.prefix_len() > 30 {
             bail!("pod_cidr: {pod_cidr} leaves no address for pods; use a /30 or larger (a /24 is usual)");
         }
@@ -89,15 +98,31 @@ impl Config {
                 bail!("mtu: {m} is out of range; use 576 to 65535 (or leave it out to derive it from the default route)");
             }
         }
-        let socket = o.socket.or(file.socket).unwrap_or_else(|| DEFAULT_SOCKET.into());
+        let socket = o
+            .socket
+            .or(file.socket)
+            .unwrap_or_else(|| DEFAULT_SOCKET.into());
         if !socket.is_absolute() {
             bail!("socket: {} must be an absolute path", socket.display());
         }
-        let state_dir = o.state_dir.or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        let state_dir = o
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
         if !state_dir.is_absolute() {
-            bail!("state_dir: {} must be an absolute path", state_dir.display());
+            bail!(
+                "state_dir: {} must be an absolute path",
+                state_dir.display()
+            );
         }
-        Ok(Config { node_name, pod_cidr, cluster_cidr, socket, state_dir, mtu })
+        Ok(Config {
+            node_name,
+            pod_cidr,
+            cluster_cidr,
+            socket,
+            state_dir,
+            mtu,
+        })
     }
 
     pub fn gateway(&self) -> Ipv4Addr {
@@ -111,9 +136,14 @@ impl Config {
 }
 
 fn parse_cidr(key: &str, s: &str) -> Result<Ipv4Net> {
-    let net: Ipv4Net = s.parse().with_context(|| format!("{key}: {s:?} is not an IPv4 CIDR such as \"10.244.1.0/24\""))?;
+    let net: Ipv4Net = s
+        .parse()
+        .with_context(|| format!("{key}: {s:?} is not an IPv4 CIDR such as \"10.244.1.0/24\""))?;
     if net.trunc() != net {
-        bail!("{key}: {s} has host bits set; did you mean {}?", net.trunc());
+        bail!(
+            "{key}: {s} has host bits set; did you mean {}?",
+            net.trunc()
+        );
     }
     Ok(net)
 }
@@ -122,14 +152,19 @@ fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     match span {
         Some(r) => {
             let line = text[..r.start.min(text.len())].matches('\n').count() + 1;
-            format!(" (line {line}: {})", text.lines().nth(line - 1).unwrap_or("").trim())
+            format!(
+                " (line {line}: {})",
+                text.lines().nth(line - 1).unwrap_or("").trim()
+            )
         }
         None => String::new(),
     }
 }
 
 fn hostname() -> Result<String> {
-    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_string())
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?
+        .trim()
+        .to_string())
 }
 
 #[cfg(test)]
@@ -153,14 +188,35 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let cases = [
-            ("node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nmtuu = 1400\n", "mtuu"),
-            ("node_name = \"n\"\npod_cidr = \"10.244.1.0/33\"\n", "pod_cidr"),
-            ("node_name = \"n\"\npod_cidr = \"10.244.1.5/24\"\n", "host bits"),
-            ("node_name = \"n\"\npod_cidr = \"10.9.1.0/24\"\n", "not inside cluster_cidr"),
-            ("node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nmtu = 10\n", "mtu"),
-            ("node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nmtu = \"big\"\n", "mtu"),
+            (
+                "node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nmtuu = 1400\n",
+                "mtuu",
+            ),
+            (
+                "node_name = \"n\"\npod_cidr = \"10.244.1.0/33\"\n",
+                "pod_cidr",
+            ),
+            (
+                "node_name = \"n\"\npod_cidr = \"10.244.1.5/24\"\n",
+                "host bits",
+            ),
+            (
+                "node_name = \"n\"\npod_cidr = \"10.9.1.0/24\"\n",
+                "not inside cluster_cidr",
+            ),
+            (
+                "node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nmtu = 10\n",
+                "mtu",
+            ),
+            (
+                "node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nmtu = \"big\"\n",
+                "mtu",
+            ),
             ("node_name = \"n\"\n", "pod_cidr: required"),
-            ("node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nsocket = \"rel.sock\"\n", "socket"),
+            (
+                "node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nsocket = \"rel.sock\"\n",
+                "socket",
+            ),
         ];
         for (text, needle) in cases {
             let err = format!("{:#}", parse(text).unwrap_err());
@@ -170,7 +226,11 @@ mod tests {
 
     #[test]
     fn command_line_overrides_the_file() {
-        let o = Overrides { pod_cidr: Some("10.244.7.0/24".into()), mtu: Some(1400), ..Overrides::default() };
+        let o = Overrides {
+            pod_cidr: Some("10.244.7.0/24".into()),
+            mtu: Some(1400),
+            ..Overrides::default()
+        };
         let c = Config::parse("node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\n", o).unwrap();
         assert_eq!(c.pod_cidr.to_string(), "10.244.7.0/24");
         assert_eq!(c.mtu, Some(1400));

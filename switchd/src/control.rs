@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use switchd_proto::{self as proto, ErrorKind, ErrorReply, FrameError, Request, Response, StatusInfo};
+use switchd_proto::{
+    self as proto, ErrorKind, ErrorReply, FrameError, Request, Response, StatusInfo,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -15,16 +17,23 @@ use crate::switch::Switch;
 /// Bind the control socket, refusing to steal it from a live daemon.
 pub fn bind(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating socket directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating socket directory {}", dir.display()))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("another switchd is already listening on {}; give this one its own `socket`", path.display());
+            bail!(
+                "another switchd is already listening on {}; give this one its own `socket`",
+                path.display()
+            );
         }
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("chmod 0600 {}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
     Ok(listener)
 }
 
@@ -61,8 +70,12 @@ async fn handle_connection(sw: Arc<Switch>, mut stream: UnixStream) -> Result<()
                 stream.read_exact(&mut payload).await?;
                 match proto::decode::<Request>(&payload) {
                     Ok(req) => dispatch(&sw, req).await,
-                    Err(e @ FrameError::Version { .. }) => Response::Error(ErrorReply::new(ErrorKind::VersionMismatch, e.to_string())),
-                    Err(e) => Response::Error(ErrorReply::new(ErrorKind::BadRequest, e.to_string())),
+                    Err(e @ FrameError::Version { .. }) => {
+                        Response::Error(ErrorReply::new(ErrorKind::VersionMismatch, e.to_string()))
+                    }
+                    Err(e) => {
+                        Response::Error(ErrorReply::new(ErrorKind::BadRequest, e.to_string()))
+                    }
                 }
             }
             Err(e) => {
@@ -78,22 +91,45 @@ async fn handle_connection(sw: Arc<Switch>, mut stream: UnixStream) -> Result<()
 
 async fn dispatch(sw: &Switch, req: Request) -> Response {
     if !sw.is_ready() && !matches!(req, Request::Status) {
-        return Response::Error(ErrorReply::new(ErrorKind::NotReady, "switchd is still starting; try again shortly"));
+        return Response::Error(ErrorReply::new(
+            ErrorKind::NotReady,
+            "switchd is still starting; try again shortly",
+        ));
     }
     let result = match req {
-        Request::Attach { key, network, netns, pod } => sw.attach(key, network, netns, pod).await.map(Response::Attached),
-        Request::Detach { key, .. } => sw.detach(&key).await.map(|existed| Response::Detached { existed }),
+        Request::Attach {
+            key,
+            network,
+            netns,
+            pod,
+        } => sw
+            .attach(key, network, netns, pod)
+            .await
+            .map(Response::Attached),
+        Request::Detach { key, .. } => sw
+            .detach(&key)
+            .await
+            .map(|existed| Response::Detached { existed }),
         Request::Check { key, netns } => sw.check(&key, &netns).await.map(Response::Checked),
-        Request::Gc { network, valid } => sw.gc(&network, &valid).await.map(|removed| Response::GcDone { removed }),
+        Request::Gc { network, valid } => sw
+            .gc(&network, &valid)
+            .await
+            .map(|removed| Response::GcDone { removed }),
         Request::Status => Ok(Response::Status(StatusInfo {
             ready: sw.is_ready(),
             node_name: sw.cfg.node_name.clone(),
             pod_cidr: sw.cfg.pod_cidr.to_string(),
             ports: sw.port_count(),
-            detail: if sw.is_ready() { "ready".into() } else { "starting".into() },
+            detail: if sw.is_ready() {
+                "ready".into()
+            } else {
+                "starting".into()
+            },
         })),
         Request::ListPorts => Ok(Response::Ports { ports: sw.ports() }),
-        Request::ListTable => Ok(Response::Table { entries: sw.table() }),
+        Request::ListTable => Ok(Response::Table {
+            entries: sw.table(),
+        }),
         Request::Stats => Ok(Response::Stats(sw.stats_info())),
     };
     result.unwrap_or_else(Response::Error)

@@ -40,7 +40,10 @@ struct State {
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
     #[error("container {} interface {} already has address {address}; delete it first", key.container_id, key.ifname)]
-    AlreadyAllocated { key: AttachmentKey, address: Ipv4Addr },
+    AlreadyAllocated {
+        key: AttachmentKey,
+        address: Ipv4Addr,
+    },
     #[error("no free address left in {cidr} ({used} in use): release pods on this node or give it a larger pod_cidr")]
     Exhausted { cidr: Ipv4Net, used: usize },
     #[error("cannot write IPAM state {path}: {source}; nothing was changed (is the disk full or read-only?)")]
@@ -60,8 +63,12 @@ impl Ipam {
     /// Load the state from `dir` (creating the directory if needed), or start empty.
     pub fn open(dir: &Path, pod_cidr: Ipv4Net) -> Result<Ipam, IpamError> {
         let path = dir.join(STATE_FILE);
-        let load_err = |detail: String| IpamError::Load { path: path.clone(), detail };
-        fs::create_dir_all(dir).map_err(|e| load_err(format!("creating {}: {e}", dir.display())))?;
+        let load_err = |detail: String| IpamError::Load {
+            path: path.clone(),
+            detail,
+        };
+        fs::create_dir_all(dir)
+            .map_err(|e| load_err(format!("creating {}: {e}", dir.display())))?;
         let state = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice::<State>(&bytes)
                 .map_err(|e| load_err(format!("{e}; move the file aside to start over (pods attached so far lose their addresses)")))?,
@@ -69,9 +76,16 @@ impl Ipam {
             Err(e) => return Err(load_err(e.to_string())),
         };
         if state.version != STATE_VERSION {
-            return Err(load_err(format!("state version {} is not {STATE_VERSION}", state.version)));
+            return Err(load_err(format!(
+                "state version {} is not {STATE_VERSION}",
+                state.version
+            )));
         }
-        if let Some(outside) = state.records.iter().find(|r| !pod_cidr.contains(&r.address)) {
+        if let Some(outside) = state
+            .records
+            .iter()
+            .find(|r| !pod_cidr.contains(&r.address))
+        {
             return Err(load_err(format!(
                 "address {} of container {} lies outside pod_cidr {pod_cidr}; was pod_cidr changed while pods were attached?",
                 outside.address, outside.key.container_id
@@ -79,7 +93,11 @@ impl Ipam {
         }
         let mut state = state;
         state.pod_cidr = Some(pod_cidr);
-        Ok(Ipam { dir: dir.to_path_buf(), pod_cidr, state })
+        Ok(Ipam {
+            dir: dir.to_path_buf(),
+            pod_cidr,
+            state,
+        })
     }
 
     pub fn records(&self) -> &[Record] {
@@ -91,13 +109,31 @@ impl Ipam {
     }
 
     /// Reserve the next free address for `key` and persist it.
-    pub fn allocate(&mut self, key: AttachmentKey, network: &str, netns: &str, pod: PodRef) -> Result<Ipv4Addr, IpamError> {
+    pub fn allocate(
+        &mut self,
+        key: AttachmentKey,
+        network: &str,
+        netns: &str,
+        pod: PodRef,
+    ) -> Result<Ipv4Addr, IpamError> {
         if let Some(r) = self.get(&key) {
-            return Err(IpamError::AlreadyAllocated { key, address: r.address });
+            return Err(IpamError::AlreadyAllocated {
+                key,
+                address: r.address,
+            });
         }
-        let address = self.next_free().ok_or(IpamError::Exhausted { cidr: self.pod_cidr, used: self.state.records.len() })?;
+        let address = self.next_free().ok_or(IpamError::Exhausted {
+            cidr: self.pod_cidr,
+            used: self.state.records.len(),
+        })?;
         let previous_last = self.state.last_reserved.replace(address);
-        self.state.records.push(Record { key, network: network.into(), netns: netns.into(), pod, address });
+        self.state.records.push(Record {
+            key,
+            network: network.into(),
+            netns: netns.into(),
+            pod,
+            address,
+        });
         if let Err(e) = self.persist() {
             self.state.records.pop();
             self.state.last_reserved = previous_last;
@@ -156,7 +192,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -173,7 +213,10 @@ mod tests {
     use super::*;
 
     fn key(i: usize) -> AttachmentKey {
-        AttachmentKey { container_id: format!("c{i}"), ifname: "eth0".into() }
+        AttachmentKey {
+            container_id: format!("c{i}"),
+            ifname: "eth0".into(),
+        }
     }
 
     fn tempdir(tag: &str) -> PathBuf {
@@ -193,8 +236,15 @@ mod tests {
         assert_eq!(alloc(&mut ipam, 0).unwrap(), Ipv4Addr::new(10, 244, 1, 2));
         assert_eq!(alloc(&mut ipam, 1).unwrap(), Ipv4Addr::new(10, 244, 1, 3));
         ipam.release(&key(0)).unwrap().unwrap();
-        assert_eq!(alloc(&mut ipam, 2).unwrap(), Ipv4Addr::new(10, 244, 1, 4), "round robin, not .2 again");
-        assert!(matches!(alloc(&mut ipam, 1), Err(IpamError::AlreadyAllocated { .. })));
+        assert_eq!(
+            alloc(&mut ipam, 2).unwrap(),
+            Ipv4Addr::new(10, 244, 1, 4),
+            "round robin, not .2 again"
+        );
+        assert!(matches!(
+            alloc(&mut ipam, 1),
+            Err(IpamError::AlreadyAllocated { .. })
+        ));
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -207,7 +257,9 @@ mod tests {
         assert_eq!(got.last(), Some(&Ipv4Addr::new(10, 244, 1, 6)));
         let err = alloc(&mut ipam, 9).unwrap_err();
         assert!(matches!(err, IpamError::Exhausted { used: 5, .. }));
-        assert!(err.to_string().contains("no free address left in 10.244.1.0/29"));
+        assert!(err
+            .to_string()
+            .contains("no free address left in 10.244.1.0/29"));
         ipam.release(&key(2)).unwrap();
         assert_eq!(alloc(&mut ipam, 9).unwrap(), Ipv4Addr::new(10, 244, 1, 4));
         fs::remove_dir_all(dir).unwrap();
@@ -225,7 +277,10 @@ mod tests {
         }
         let mut ipam = Ipam::open(&dir, cidr).unwrap();
         assert_eq!(ipam.records().len(), 1);
-        assert_eq!(ipam.get(&key(0)).unwrap().address, Ipv4Addr::new(10, 244, 1, 2));
+        assert_eq!(
+            ipam.get(&key(0)).unwrap().address,
+            Ipv4Addr::new(10, 244, 1, 2)
+        );
         assert_eq!(alloc(&mut ipam, 5).unwrap(), Ipv4Addr::new(10, 244, 1, 4));
         assert!(!dir.join("ipam.tmp").exists(), "no temp file left behind");
         fs::remove_dir_all(dir).unwrap();

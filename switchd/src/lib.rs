@@ -8,11 +8,12 @@
 //! - [`control`]: the Unix-socket server speaking `switchd-proto`.
 //! - [`config`]: the TOML configuration and its validation.
 
-pub mod datapath;
 pub mod config;
 pub mod control;
+pub mod datapath;
 pub mod ipam;
 pub mod netns;
+pub mod notify;
 pub mod port;
 pub mod stats;
 pub mod switch;

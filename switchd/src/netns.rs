@@ -36,7 +36,10 @@ pub struct PodIface {
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     #[error("network namespace {path} cannot be opened: {source}")]
-    Unavailable { path: String, source: std::io::Error },
+    Unavailable {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("interface {ifname} already exists in network namespace {path}")]
     IfaceExists { ifname: String, path: String },
 }
@@ -46,9 +49,17 @@ pub enum NetnsError {
 pub fn run_in<T, F>(path: &str, f: F) -> Result<T>
 where
     T: Send + 'static,
-    F: for<'h> FnOnce(&'h Handle) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + 'h>> + Send + 'static,
+    F: for<'h> FnOnce(
+            &'h Handle,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + 'h>>
+        + Send
+        + 'static,
 {
-    let ns = File::open(path).map_err(|source| NetnsError::Unavailable { path: path.into(), source })?;
+    let ns = File::open(path).map_err(|source| NetnsError::Unavailable {
+        path: path.into(),
+        source,
+    })?;
     let path = path.to_string();
     std::thread::Builder::new()
         .name("netns".into())
@@ -56,9 +67,13 @@ where
             // SAFETY: `ns` is an open namespace file; setns only changes this thread, which
             // runs nothing else and exits when `f` is done.
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error()).with_context(|| format!("setns into {path}"));
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("setns into {path}"));
             }
-            let rt = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()?;
             rt.block_on(async {
                 let (conn, handle, _) = rtnetlink::new_connection().context("netlink socket")?;
                 tokio::spawn(conn);
@@ -89,7 +104,11 @@ pub fn create_pod_tap(netns: &str, iface: PodIface) -> Result<Tap> {
     run_in(netns, move |h| {
         Box::pin(async move {
             if ifindex(&iface.ifname).is_some() {
-                return Err(NetnsError::IfaceExists { ifname: iface.ifname.clone(), path }.into());
+                return Err(NetnsError::IfaceExists {
+                    ifname: iface.ifname.clone(),
+                    path,
+                }
+                .into());
             }
             let tap = Tap::open(&iface.ifname)?;
             let configured = async {
@@ -110,7 +129,13 @@ pub fn create_pod_tap(netns: &str, iface: PodIface) -> Result<Tap> {
 
 async fn configure_pod_link(h: &Handle, idx: u32, iface: &PodIface) -> Result<()> {
     h.link()
-        .set(LinkUnspec::new_with_index(idx).address(iface.mac.to_vec()).mtu(iface.mtu).up().build())
+        .set(
+            LinkUnspec::new_with_index(idx)
+                .address(iface.mac.to_vec())
+                .mtu(iface.mtu)
+                .up()
+                .build(),
+        )
         .execute()
         .await
         .with_context(|| format!("setting MAC, MTU and up on {}", iface.ifname))?;
@@ -118,8 +143,16 @@ async fn configure_pod_link(h: &Handle, idx: u32, iface: &PodIface) -> Result<()
         .add(idx, IpAddr::V4(iface.address), iface.prefix_len)
         .execute()
         .await
-        .with_context(|| format!("adding {}/{} to {}", iface.address, iface.prefix_len, iface.ifname))?;
-    let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(iface.gateway).output_interface(idx).build();
+        .with_context(|| {
+            format!(
+                "adding {}/{} to {}",
+                iface.address, iface.prefix_len, iface.ifname
+            )
+        })?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(iface.gateway)
+        .output_interface(idx)
+        .build();
     h.route()
         .add(route)
         .execute()
@@ -164,27 +197,52 @@ pub fn check_pod_iface(netns: &str, iface: PodIface) -> Result<()> {
                 _ => None,
             });
             if mac.as_deref() != Some(&iface.mac[..]) {
-                bail!("interface {} has MAC {:?}, expected {}", iface.ifname, mac.map(|m| hex_mac(&m)), format_mac(iface.mac));
+                bail!(
+                    "interface {} has MAC {:?}, expected {}",
+                    iface.ifname,
+                    mac.map(|m| hex_mac(&m)),
+                    format_mac(iface.mac)
+                );
             }
             if !link.header.flags.contains(LinkFlags::Up) {
                 bail!("interface {} is down", iface.ifname);
             }
-            let addrs: Vec<_> = h.address().get().set_link_index_filter(idx).execute().try_collect().await?;
+            let addrs: Vec<_> = h
+                .address()
+                .get()
+                .set_link_index_filter(idx)
+                .execute()
+                .try_collect()
+                .await?;
             let has_addr = addrs.iter().any(|m| {
                 m.header.prefix_len == iface.prefix_len
                     && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(ip)) if *ip == iface.address))
             });
             if !has_addr {
-                bail!("interface {} lacks address {}/{}", iface.ifname, iface.address, iface.prefix_len);
+                bail!(
+                    "interface {} lacks address {}/{}",
+                    iface.ifname,
+                    iface.address,
+                    iface.prefix_len
+                );
             }
-            let routes: Vec<_> = h.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute().try_collect().await?;
+            let routes: Vec<_> = h
+                .route()
+                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute()
+                .try_collect()
+                .await?;
             let has_default = routes.iter().any(|r| {
                 r.header.destination_prefix_length == 0
                     && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(RouteAddress::Inet(gw)) if *gw == iface.gateway))
                     && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(o) if *o == idx))
             });
             if !has_default {
-                bail!("default route via {} on {} is missing", iface.gateway, iface.ifname);
+                bail!(
+                    "default route via {} on {} is missing",
+                    iface.gateway,
+                    iface.ifname
+                );
             }
             Ok(())
         })
@@ -192,13 +250,23 @@ pub fn check_pod_iface(netns: &str, iface: PodIface) -> Result<()> {
 }
 
 fn hex_mac(m: &[u8]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Open (or re-attach to) the host port in switchd's own namespace and give it the gateway
 /// address and a route for the cluster CIDR, so the node reaches its pods and pods reach the
 /// node. Safe to repeat: existing addresses and routes are kept.
-pub fn setup_host_port(name: &str, mac: [u8; 6], mtu: u32, gateway: Ipv4Addr, pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> Result<Tap> {
+pub fn setup_host_port(
+    name: &str,
+    mac: [u8; 6],
+    mtu: u32,
+    gateway: Ipv4Addr,
+    pod_cidr: Ipv4Net,
+    cluster_cidr: Ipv4Net,
+) -> Result<Tap> {
     let name = name.to_string();
     run_in("/proc/self/ns/net", move |h| {
         Box::pin(async move {
@@ -206,13 +274,26 @@ pub fn setup_host_port(name: &str, mac: [u8; 6], mtu: u32, gateway: Ipv4Addr, po
             tap.set_persistent(true)?;
             let idx = ifindex(&name).context("host port vanished right after creation")?;
             h.link()
-                .set(LinkUnspec::new_with_index(idx).address(mac.to_vec()).mtu(mtu).up().build())
+                .set(
+                    LinkUnspec::new_with_index(idx)
+                        .address(mac.to_vec())
+                        .mtu(mtu)
+                        .up()
+                        .build(),
+                )
                 .execute()
                 .await
                 .with_context(|| format!("setting MAC, MTU and up on {name}"))?;
-            if let Err(e) = h.address().add(idx, IpAddr::V4(gateway), pod_cidr.prefix_len()).execute().await {
+            if let Err(e) = h
+                .address()
+                .add(idx, IpAddr::V4(gateway), pod_cidr.prefix_len())
+                .execute()
+                .await
+            {
                 if !is_errno(&e, libc::EEXIST) {
-                    return Err(e).with_context(|| format!("adding {gateway}/{} to {name}", pod_cidr.prefix_len()));
+                    return Err(e).with_context(|| {
+                        format!("adding {gateway}/{} to {name}", pod_cidr.prefix_len())
+                    });
                 }
             }
             if cluster_cidr != pod_cidr {
@@ -236,13 +317,21 @@ pub fn setup_host_port(name: &str, mac: [u8; 6], mtu: u32, gateway: Ipv4Addr, po
 pub fn default_route_mtu() -> Result<Option<u32>> {
     run_in("/proc/self/ns/net", |h| {
         Box::pin(async move {
-            let routes: Vec<_> = h.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute().try_collect().await?;
-            let oif = routes.iter().filter(|r| r.header.destination_prefix_length == 0).find_map(|r| {
-                r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Oif(o) => Some(*o),
-                    _ => None,
-                })
-            });
+            let routes: Vec<_> = h
+                .route()
+                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute()
+                .try_collect()
+                .await?;
+            let oif = routes
+                .iter()
+                .filter(|r| r.header.destination_prefix_length == 0)
+                .find_map(|r| {
+                    r.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Oif(o) => Some(*o),
+                        _ => None,
+                    })
+                });
             let Some(oif) = oif else { return Ok(None) };
             let link = h.link().get().match_index(oif).execute().try_next().await?;
             Ok(link.and_then(|l| {

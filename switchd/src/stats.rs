@@ -18,6 +18,14 @@ impl Stats {
     }
 
     pub fn drops(&self) -> Vec<(String, u64)> {
-        DropReason::ALL.iter().map(|r| (r.as_str().to_string(), self.drops[*r as usize].load(Relaxed))).collect()
+        DropReason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    r.as_str().to_string(),
+                    self.drops[*r as usize].load(Relaxed),
+                )
+            })
+            .collect()
     }
 }

@@ -16,7 +16,10 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use switchd_proto::{Attachment, AttachmentKey, ErrorKind, ErrorReply, PodRef, PortInfo, RouteInfo, StatsInfo, TableEntry};
+use switchd_proto::{
+    Attachment, AttachmentKey, ErrorKind, ErrorReply, PodRef, PortInfo, RouteInfo, StatsInfo,
+    TableEntry,
+};
 
 use crate::config::{Config, HOST_PORT_NAME, TUNNEL_OVERHEAD};
 use crate::datapath::frame::{format_mac, mac_for_ip};
@@ -70,7 +73,9 @@ fn ipam_error(e: IpamError) -> ErrorReply {
 
 /// Run a blocking netns operation off the async workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.context("netns worker failed")?
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("netns worker failed")?
 }
 
 impl Switch {
@@ -78,21 +83,32 @@ impl Switch {
     pub async fn start(cfg: Config) -> Result<Arc<Switch>> {
         let mtu = match cfg.mtu {
             Some(m) => m,
-            None => match blocking(netns::default_route_mtu).await? {
-                Some(underlay) => underlay.saturating_sub(TUNNEL_OVERHEAD),
-                None => {
-                    tracing::warn!("no default route to derive the MTU from; assuming a 1500-byte underlay");
-                    1500 - TUNNEL_OVERHEAD
+            None => {
+                match blocking(netns::default_route_mtu).await? {
+                    Some(underlay) => underlay.saturating_sub(TUNNEL_OVERHEAD),
+                    None => {
+                        tracing::warn!("no default route to derive the MTU from; assuming a 1500-byte underlay");
+                        1500 - TUNNEL_OVERHEAD
+                    }
                 }
-            },
+            }
         };
         let ipam = Ipam::open(&cfg.state_dir, cfg.pod_cidr)?;
         let state_lock = lock_state_dir(&cfg.state_dir)?;
         let router_mac = cfg.router_mac();
         let (gateway, pod_cidr, cluster_cidr) = (cfg.gateway(), cfg.pod_cidr, cfg.cluster_cidr);
-        let host_tap = blocking(move || netns::setup_host_port(HOST_PORT_NAME, router_mac, mtu, gateway, pod_cidr, cluster_cidr))
-            .await
-            .context("setting up the host port")?;
+        let host_tap = blocking(move || {
+            netns::setup_host_port(
+                HOST_PORT_NAME,
+                router_mac,
+                mtu,
+                gateway,
+                pod_cidr,
+                cluster_cidr,
+            )
+        })
+        .await
+        .context("setting up the host port")?;
 
         let table = Table::new(cfg.pod_cidr, cfg.cluster_cidr, router_mac, mtu);
         let sw = Arc::new(Switch {
@@ -100,7 +116,10 @@ impl Switch {
             mtu,
             slots: DashMap::new(),
             by_key: DashMap::new(),
-            cell: Arc::new(ArcSwap::from_pointee(Snapshot { table, ports: HashMap::default() })),
+            cell: Arc::new(ArcSwap::from_pointee(Snapshot {
+                table,
+                ports: HashMap::default(),
+            })),
             stats: Arc::new(Stats::default()),
             ipam: Mutex::new(ipam),
             next_id: AtomicU32::new(HOST_PORT + 1),
@@ -120,11 +139,20 @@ impl Switch {
         let records = self.ipam.lock().unwrap().records().to_vec();
         for rec in records {
             let (ns, ifname) = (rec.netns.clone(), rec.key.ifname.clone());
-            let reopened = if Path::new(&ns).exists() { blocking(move || netns::reopen_pod_tap(&ns, &ifname)).await } else { Ok(None) };
+            let reopened = if Path::new(&ns).exists() {
+                blocking(move || netns::reopen_pod_tap(&ns, &ifname)).await
+            } else {
+                Ok(None)
+            };
             match reopened {
                 Ok(Some(tap)) => {
                     let id = self.next_id.fetch_add(1, Relaxed);
-                    let owner = PortOwner::Pod { key: rec.key.clone(), pod: rec.pod.clone(), network: rec.network.clone(), netns: rec.netns.clone() };
+                    let owner = PortOwner::Pod {
+                        key: rec.key.clone(),
+                        pod: rec.pod.clone(),
+                        network: rec.network.clone(),
+                        netns: rec.netns.clone(),
+                    };
                     self.add_port(id, tap, owner, rec.address, mac_for_ip(rec.address));
                     self.by_key.insert(rec.key.clone(), id);
                     tracing::info!(container = %rec.key.container_id, ifname = %rec.key.ifname, address = %rec.address, "re-adopted pod port");
@@ -144,15 +172,32 @@ impl Switch {
     }
 
     fn add_port(&self, id: PortId, tap: Tap, owner: PortOwner, address: Ipv4Addr, mac: [u8; 6]) {
-        let port = Arc::new(Port { id, tap, owner, address, mac, counters: PortCounters::default(), alive: AtomicBool::new(true) });
-        let task = tokio::spawn(port::run(port.clone(), self.cell.clone(), self.stats.clone()));
+        let port = Arc::new(Port {
+            id,
+            tap,
+            owner,
+            address,
+            mac,
+            counters: PortCounters::default(),
+            alive: AtomicBool::new(true),
+        });
+        let task = tokio::spawn(port::run(
+            port.clone(),
+            self.cell.clone(),
+            self.stats.clone(),
+        ));
         self.slots.insert(id, Slot { port, task });
     }
 
     /// Rebuild the forwarding table from the current ports and publish it.
     fn publish(&self) {
         let _serialised = self.publish_lock.lock().unwrap();
-        let mut table = Table::new(self.cfg.pod_cidr, self.cfg.cluster_cidr, self.cfg.router_mac(), self.mtu);
+        let mut table = Table::new(
+            self.cfg.pod_cidr,
+            self.cfg.cluster_cidr,
+            self.cfg.router_mac(),
+            self.mtu,
+        );
         let mut ports = HashMap::default();
         for slot in self.slots.iter() {
             let p = &slot.port;
@@ -172,14 +217,34 @@ impl Switch {
         self.ready.load(Relaxed)
     }
 
-    pub async fn attach(&self, key: AttachmentKey, network: String, netns: String, pod: PodRef) -> OpResult<Attachment> {
+    pub async fn attach(
+        &self,
+        key: AttachmentKey,
+        network: String,
+        netns: String,
+        pod: PodRef,
+    ) -> OpResult<Attachment> {
         if key.ifname.is_empty() || key.ifname.len() > 15 || key.ifname.contains(['/', ' ', '\0']) {
-            return Err(ErrorReply::new(ErrorKind::BadRequest, format!("interface name {:?} is not valid: 1 to 15 characters, no '/' or spaces", key.ifname)));
+            return Err(ErrorReply::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "interface name {:?} is not valid: 1 to 15 characters, no '/' or spaces",
+                    key.ifname
+                ),
+            ));
         }
         if !Path::new(&netns).exists() {
-            return Err(ErrorReply::new(ErrorKind::NetnsUnavailable, format!("network namespace {netns} does not exist")));
+            return Err(ErrorReply::new(
+                ErrorKind::NetnsUnavailable,
+                format!("network namespace {netns} does not exist"),
+            ));
         }
-        let address = self.ipam.lock().unwrap().allocate(key.clone(), &network, &netns, pod.clone()).map_err(ipam_error)?;
+        let address = self
+            .ipam
+            .lock()
+            .unwrap()
+            .allocate(key.clone(), &network, &netns, pod.clone())
+            .map_err(ipam_error)?;
         let iface = PodIface {
             ifname: key.ifname.clone(),
             mac: mac_for_ip(address),
@@ -205,7 +270,12 @@ impl Switch {
             }
         };
         let id = self.next_id.fetch_add(1, Relaxed);
-        let owner = PortOwner::Pod { key: key.clone(), pod: pod.clone(), network, netns: netns.clone() };
+        let owner = PortOwner::Pod {
+            key: key.clone(),
+            pod: pod.clone(),
+            network,
+            netns: netns.clone(),
+        };
         self.add_port(id, tap, owner, address, iface.mac);
         self.by_key.insert(key.clone(), id);
         self.publish();
@@ -222,7 +292,10 @@ impl Switch {
             prefix_len: iface.prefix_len,
             gateway: iface.gateway,
             mtu: iface.mtu,
-            routes: vec![RouteInfo { dst: "0.0.0.0/0".into(), gw: iface.gateway }],
+            routes: vec![RouteInfo {
+                dst: "0.0.0.0/0".into(),
+                gw: iface.gateway,
+            }],
             netns,
         }
     }
@@ -251,14 +324,35 @@ impl Switch {
 
     pub async fn check(&self, key: &AttachmentKey, netns: &str) -> OpResult<Attachment> {
         let Some(rec) = self.ipam.lock().unwrap().get(key).cloned() else {
-            return Err(ErrorReply::new(ErrorKind::NotFound, format!("switchd has no attachment for container {} interface {}", key.container_id, key.ifname)));
+            return Err(ErrorReply::new(
+                ErrorKind::NotFound,
+                format!(
+                    "switchd has no attachment for container {} interface {}",
+                    key.container_id, key.ifname
+                ),
+            ));
         };
         if rec.netns != netns {
-            return Err(ErrorReply::new(ErrorKind::CheckFailed, format!("attachment was made in network namespace {}, not {netns}", rec.netns)));
+            return Err(ErrorReply::new(
+                ErrorKind::CheckFailed,
+                format!(
+                    "attachment was made in network namespace {}, not {netns}",
+                    rec.netns
+                ),
+            ));
         }
-        let port_alive = self.by_key.get(key).and_then(|id| self.slots.get(&id).map(|s| s.port.alive.load(Relaxed)));
+        let port_alive = self
+            .by_key
+            .get(key)
+            .and_then(|id| self.slots.get(&id).map(|s| s.port.alive.load(Relaxed)));
         if port_alive != Some(true) {
-            return Err(ErrorReply::new(ErrorKind::CheckFailed, format!("the switch port of interface {} is not forwarding (device deleted?)", key.ifname)));
+            return Err(ErrorReply::new(
+                ErrorKind::CheckFailed,
+                format!(
+                    "the switch port of interface {} is not forwarding (device deleted?)",
+                    key.ifname
+                ),
+            ));
         }
         let iface = PodIface {
             ifname: key.ifname.clone(),
@@ -300,7 +394,9 @@ impl Switch {
                 let p = &s.port;
                 let (kind, pod, container_id) = match &p.owner {
                     PortOwner::Host => ("host", PodRef::default(), String::new()),
-                    PortOwner::Pod { key, pod, .. } => ("pod", pod.clone(), key.container_id.clone()),
+                    PortOwner::Pod { key, pod, .. } => {
+                        ("pod", pod.clone(), key.container_id.clone())
+                    }
                 };
                 PortInfo {
                     id: p.id,
@@ -328,7 +424,11 @@ impl Switch {
                 address: Ipv4Addr::from(*ip),
                 mac: format_mac(ep.mac),
                 port: ep.port,
-                port_name: snap.ports.get(&ep.port).map(|p| p.tap.name().to_string()).unwrap_or_default(),
+                port_name: snap
+                    .ports
+                    .get(&ep.port)
+                    .map(|p| p.tap.name().to_string())
+                    .unwrap_or_default(),
             })
             .collect();
         out.sort_by_key(|e| e.address);
@@ -362,10 +462,18 @@ impl Switch {
 fn lock_state_dir(dir: &Path) -> Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let path = dir.join("lock");
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: flock on an fd we own; no memory is passed.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        anyhow::bail!("another switchd is using state_dir {}; give each instance its own", dir.display());
+        anyhow::bail!(
+            "another switchd is using state_dir {}; give each instance its own",
+            dir.display()
+        );
     }
     Ok(file)
 }

@@ -20,13 +20,22 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A unique name for this process: `swt<pid>x<n><tag>`, short enough for interface names.
 pub fn unique(tag: &str) -> String {
-    format!("swt{}x{}{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), tag)
+    format!(
+        "swt{}x{}{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        tag
+    )
 }
 
 /// The directory holding the workspace's built binaries (the test binary's own profile).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf();
     for bin in ["switchd", "switchd-cni", "switchctl"] {
         assert!(
             dir.join(bin).exists(),
@@ -38,7 +47,9 @@ pub fn bin_dir() -> PathBuf {
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     out
 }
 
@@ -55,7 +66,11 @@ impl Netns {
     pub fn new(tag: &str) -> Netns {
         let name = unique(tag);
         let out = ip(&["netns", "add", &name]);
-        assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let ns = Netns { name };
         ns.exec(&["ip", "link", "set", "lo", "up"]);
         ns
@@ -67,12 +82,16 @@ impl Netns {
 
     /// Run a command inside the namespace.
     pub fn exec(&self, args: &[&str]) -> Output {
-        run(Command::new("ip").args(["netns", "exec", &self.name]).args(args))
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args))
     }
 
     /// Does at least one ping to `addr` come back?
     pub fn ping(&self, addr: Ipv4Addr) -> bool {
-        self.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &addr.to_string()]).status.success()
+        self.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &addr.to_string()])
+            .status
+            .success()
     }
 
     pub fn has_link(&self, ifname: &str) -> bool {
@@ -80,7 +99,10 @@ impl Netns {
     }
 
     /// Run `f` on a thread that has entered this namespace; the thread ends afterwards.
-    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let file = fs::File::open(self.path()).expect("open netns");
         std::thread::spawn(move || {
             // SAFETY: setns on an open namespace fd changes only this thread, which exits
@@ -119,7 +141,12 @@ impl Node {
             dir = dir.display()
         );
         fs::write(dir.join("switchd.toml"), config).unwrap();
-        let mut node = Node { ns, dir, pod_cidr: pod_cidr.into(), child: None };
+        let mut node = Node {
+            ns,
+            dir,
+            pod_cidr: pod_cidr.into(),
+            child: None,
+        };
         node.launch();
         node
     }
@@ -131,7 +158,11 @@ impl Node {
     /// Start switchd and wait until its socket answers.
     pub fn launch(&mut self) {
         assert!(self.child.is_none(), "switchd already running");
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("switchd.log")).unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("switchd.log"))
+            .unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns.name])
             .arg(bin_dir().join("switchd"))
@@ -182,25 +213,41 @@ impl Node {
     }
 
     pub fn switchctl(&self, args: &[&str]) -> Output {
-        run(Command::new(bin_dir().join("switchctl")).arg("--socket").arg(self.socket()).args(args))
+        run(Command::new(bin_dir().join("switchctl"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args))
     }
 
     /// `switchctl --json <what>` parsed.
     pub fn query(&self, what: &str) -> Value {
         let out = self.switchctl(&["--json", what]);
-        assert!(out.status.success(), "switchctl {what}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "switchctl {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
     /// Number of pod ports switchd has.
     pub fn pod_ports(&self) -> usize {
-        self.query("ports")["ports"].as_array().unwrap().iter().filter(|p| p["kind"] == "pod").count()
+        self.query("ports")["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["kind"] == "pod")
+            .count()
     }
 
     /// The IPAM records on disk.
     pub fn ipam_records(&self) -> Vec<Value> {
-        let text = fs::read_to_string(self.dir.join("state/ipam.json")).unwrap_or_else(|_| "{\"records\":[]}".into());
-        serde_json::from_str::<Value>(&text).unwrap()["records"].as_array().unwrap().clone()
+        let text = fs::read_to_string(self.dir.join("state/ipam.json"))
+            .unwrap_or_else(|_| "{\"records\":[]}".into());
+        serde_json::from_str::<Value>(&text).unwrap()["records"]
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     /// The standard network configuration pointing at this node's socket.
@@ -214,7 +261,14 @@ impl Node {
     /// ADD a pod (namespace `pod`, interface eth0, container id = namespace name); returns
     /// the pod's address.
     pub fn add_pod(&self, pod: &Netns) -> Ipv4Addr {
-        let r = cni("ADD", &self.netconf("1.1.0"), &pod.name, Some(&pod.path()), "eth0", "");
+        let r = cni(
+            "ADD",
+            &self.netconf("1.1.0"),
+            &pod.name,
+            Some(&pod.path()),
+            "eth0",
+            "",
+        );
         assert!(r.ok(), "ADD failed: {:?}", r.json);
         r.address()
     }
@@ -248,52 +302,88 @@ impl CniOutput {
     }
 
     pub fn address(&self) -> Ipv4Addr {
-        let cidr = self.json["ips"][0]["address"].as_str().unwrap_or_else(|| panic!("no address in {}", self.json));
+        let cidr = self.json["ips"][0]["address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no address in {}", self.json));
         cidr.split('/').next().unwrap().parse().unwrap()
     }
 }
 
 /// Execute `switchd-cni` exactly as a runtime does: environment plus config on stdin.
-pub fn cni(command: &str, conf: &str, container_id: &str, netns: Option<&str>, ifname: &str, cni_args: &str) -> CniOutput {
+pub fn cni(
+    command: &str,
+    conf: &str,
+    container_id: &str,
+    netns: Option<&str>,
+    ifname: &str,
+    cni_args: &str,
+) -> CniOutput {
     let mut cmd = Command::new(bin_dir().join("switchd-cni"));
     cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     if !command.is_empty() {
         cmd.env("CNI_COMMAND", command);
     }
-    cmd.env("CNI_CONTAINERID", container_id).env("CNI_IFNAME", ifname).env("CNI_PATH", "/opt/cni/bin").env("CNI_ARGS", cni_args);
+    cmd.env("CNI_CONTAINERID", container_id)
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env("CNI_ARGS", cni_args);
     if let Some(ns) = netns {
         cmd.env("CNI_NETNS", ns);
     }
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = cmd.spawn().expect("spawn switchd-cni");
-    child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let elapsed = start.elapsed();
     let json = if out.stdout.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("switchd-cni printed non-JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "switchd-cni printed non-JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     };
-    CniOutput { code: out.status.code(), json, elapsed }
+    CniOutput {
+        code: out.status.code(),
+        json,
+        elapsed,
+    }
 }
 
 /// A 64-bit FNV-1a hash, enough to tell a corrupted stream from an intact one.
 pub fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(state, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+    bytes
+        .iter()
+        .fold(state, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
 }
 pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// Send `total` pseudo-random bytes over TCP from namespace `from` to a server in `to` at
 /// `addr`; returns (bytes sent, sender hash, bytes received, receiver hash, peer address the
 /// server saw).
-pub fn tcp_transfer(from: &Netns, to: &Netns, addr: Ipv4Addr, total: usize) -> (usize, u64, usize, u64, SocketAddr) {
+pub fn tcp_transfer(
+    from: &Netns,
+    to: &Netns,
+    addr: Ipv4Addr,
+    total: usize,
+) -> (usize, u64, usize, u64, SocketAddr) {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = to.spawn(move || {
         let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 5201)).expect("bind server");
         ready_tx.send(()).unwrap();
         let (mut conn, peer) = listener.accept().expect("accept");
-        conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
         let (mut n, mut h, mut buf) = (0usize, FNV_START, vec![0u8; 1 << 16]);
         loop {
             let k = conn.read(&mut buf).expect("server read");
@@ -305,10 +395,15 @@ pub fn tcp_transfer(from: &Netns, to: &Netns, addr: Ipv4Addr, total: usize) -> (
         }
         (n, h, peer)
     });
-    ready_rx.recv_timeout(Duration::from_secs(10)).expect("server ready");
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("server ready");
     let client = from.spawn(move || {
-        let mut conn = TcpStream::connect_timeout(&SocketAddr::from((addr, 5201)), Duration::from_secs(10)).expect("connect");
-        conn.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut conn =
+            TcpStream::connect_timeout(&SocketAddr::from((addr, 5201)), Duration::from_secs(10))
+                .expect("connect");
+        conn.set_write_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
         let (mut sent, mut h, mut x) = (0usize, FNV_START, 0x9E37_79B9_7F4A_7C15u64);
         let mut buf = vec![0u8; 1 << 16];
         while sent < total {

@@ -18,7 +18,11 @@ fn two_pods_ping_each_other_and_move_100_mb_over_tcp_intact() {
     let (a, b) = (Netns::new("a"), Netns::new("b"));
     let addr_a = node.add_pod(&a);
     let addr_b = node.add_pod(&b);
-    assert_eq!(addr_a, Ipv4Addr::new(10, 244, 1, 2), "first pod on a fresh node gets .2");
+    assert_eq!(
+        addr_a,
+        Ipv4Addr::new(10, 244, 1, 2),
+        "first pod on a fresh node gets .2"
+    );
     assert_eq!(addr_b, Ipv4Addr::new(10, 244, 1, 3));
     assert!(a.ping(addr_b), "pod a cannot ping pod b");
     assert!(b.ping(addr_a), "pod b cannot ping pod a");
@@ -28,11 +32,24 @@ fn two_pods_ping_each_other_and_move_100_mb_over_tcp_intact() {
     assert_eq!(sent, total);
     assert_eq!(received, total, "receiver got a different byte count");
     assert_eq!(received_hash, sent_hash, "payload corrupted in transit");
-    assert_eq!(peer.ip(), std::net::IpAddr::V4(addr_a), "receiver sees the sender's own address (no NAT)");
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(addr_a),
+        "receiver sees the sender's own address (no NAT)"
+    );
 
     let ports = node.query("ports");
-    let pod_a = ports["ports"].as_array().unwrap().iter().find(|p| p["address"] == addr_a.to_string()).unwrap().clone();
-    assert!(pod_a["counters"]["rx_bytes"].as_u64().unwrap() > total as u64, "switch counted the transfer: {pod_a}");
+    let pod_a = ports["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["address"] == addr_a.to_string())
+        .unwrap()
+        .clone();
+    assert!(
+        pod_a["counters"]["rx_bytes"].as_u64().unwrap() > total as u64,
+        "switch counted the transfer: {pod_a}"
+    );
 }
 
 #[test]
@@ -50,8 +67,16 @@ fn host_and_pods_reach_each_other_both_ways() {
     assert_eq!((n1, h1), (1 << 20, h2));
     assert_eq!(peer.ip(), std::net::IpAddr::V4(addr));
     // The node's route for the cluster CIDR goes through the host port.
-    let routes = String::from_utf8(node.ns.exec(&["ip", "route", "show", "10.244.0.0/16"]).stdout).unwrap();
-    assert!(routes.contains("dev switchd0"), "cluster route missing: {routes}");
+    let routes = String::from_utf8(
+        node.ns
+            .exec(&["ip", "route", "show", "10.244.0.0/16"])
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        routes.contains("dev switchd0"),
+        "cluster route missing: {routes}"
+    );
 }
 
 #[test]
@@ -65,21 +90,44 @@ fn del_removes_the_interface_and_frees_the_address_and_is_idempotent() {
 
     let del = cni("DEL", &conf, &pod.name, Some(&pod.path()), "eth0", "");
     assert!(del.ok(), "DEL failed: {:?}", del.json);
-    assert_eq!(del.json, serde_json::Value::Null, "DEL prints nothing on success");
-    assert!(!pod.has_link("eth0"), "interface still in the pod after DEL");
+    assert_eq!(
+        del.json,
+        serde_json::Value::Null,
+        "DEL prints nothing on success"
+    );
+    assert!(
+        !pod.has_link("eth0"),
+        "interface still in the pod after DEL"
+    );
     assert_eq!(node.pod_ports(), 0);
-    assert!(node.ipam_records().is_empty(), "address not released: {:?}", node.ipam_records());
+    assert!(
+        node.ipam_records().is_empty(),
+        "address not released: {:?}",
+        node.ipam_records()
+    );
 
-    assert!(cni("DEL", &conf, &pod.name, Some(&pod.path()), "eth0", "").ok(), "second DEL must succeed");
-    assert!(cni("DEL", &conf, "never-added", Some(&pod.path()), "eth0", "").ok(), "DEL of unknown container must succeed");
-    assert!(cni("DEL", &conf, "never-added", None, "eth0", "").ok(), "DEL without CNI_NETNS must succeed");
+    assert!(
+        cni("DEL", &conf, &pod.name, Some(&pod.path()), "eth0", "").ok(),
+        "second DEL must succeed"
+    );
+    assert!(
+        cni("DEL", &conf, "never-added", Some(&pod.path()), "eth0", "").ok(),
+        "DEL of unknown container must succeed"
+    );
+    assert!(
+        cni("DEL", &conf, "never-added", None, "eth0", "").ok(),
+        "DEL without CNI_NETNS must succeed"
+    );
 
     // DEL after the namespace is gone (the runtime deleted it first).
     let gone = Netns::new("g");
     node.add_pod(&gone);
     let (name, path) = (gone.name.clone(), gone.path());
     drop(gone);
-    assert!(cni("DEL", &conf, &name, Some(&path), "eth0", "").ok(), "DEL with a vanished netns must succeed");
+    assert!(
+        cni("DEL", &conf, &name, Some(&path), "eth0", "").ok(),
+        "DEL with a vanished netns must succeed"
+    );
     assert!(node.ipam_records().is_empty());
     assert_eq!(node.pod_ports(), 0);
 }
@@ -88,13 +136,38 @@ fn del_removes_the_interface_and_frees_the_address_and_is_idempotent() {
 fn check_passes_after_add_and_fails_once_the_interface_is_deleted_by_hand() {
     let node = Node::start("10.244.1.0/24");
     let pod = Netns::new("p");
-    let add = cni("ADD", &node.netconf("1.1.0"), &pod.name, Some(&pod.path()), "eth0", "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web");
+    let add = cni(
+        "ADD",
+        &node.netconf("1.1.0"),
+        &pod.name,
+        Some(&pod.path()),
+        "eth0",
+        "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web",
+    );
     assert!(add.ok());
-    let conf_with_prev = format!(r#"{{"cniVersion":"1.1.0","name":"switchd-test","type":"switchd-cni","socket":"{}","prevResult":{}}}"#, node.socket().display(), add.json);
-    let check = cni("CHECK", &conf_with_prev, &pod.name, Some(&pod.path()), "eth0", "");
+    let conf_with_prev = format!(
+        r#"{{"cniVersion":"1.1.0","name":"switchd-test","type":"switchd-cni","socket":"{}","prevResult":{}}}"#,
+        node.socket().display(),
+        add.json
+    );
+    let check = cni(
+        "CHECK",
+        &conf_with_prev,
+        &pod.name,
+        Some(&pod.path()),
+        "eth0",
+        "",
+    );
     assert!(check.ok(), "CHECK after ADD failed: {:?}", check.json);
     let ports = node.query("ports");
-    assert!(ports["ports"].as_array().unwrap().iter().any(|p| p["pod"]["name"] == "web" && p["pod"]["namespace"] == "default"), "pod identity from CNI_ARGS: {ports}");
+    assert!(
+        ports["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pod"]["name"] == "web" && p["pod"]["namespace"] == "default"),
+        "pod identity from CNI_ARGS: {ports}"
+    );
 
     // A prevResult that disagrees with switchd fails.
     let wrong = conf_with_prev.replace(&format!("{}/24", add.address()), "10.244.1.200/24");
@@ -102,18 +175,46 @@ fn check_passes_after_add_and_fails_once_the_interface_is_deleted_by_hand() {
     assert_eq!(check.error_code(), Some(102), "{:?}", check.json);
 
     assert!(pod.exec(&["ip", "link", "del", "eth0"]).status.success());
-    let check = cni("CHECK", &conf_with_prev, &pod.name, Some(&pod.path()), "eth0", "");
+    let check = cni(
+        "CHECK",
+        &conf_with_prev,
+        &pod.name,
+        Some(&pod.path()),
+        "eth0",
+        "",
+    );
     assert!(!check.ok());
     assert_eq!(check.error_code(), Some(102), "{:?}", check.json);
-    assert!(check.json["details"].as_str().unwrap().contains("eth0"), "message names the interface: {:?}", check.json);
+    assert!(
+        check.json["details"].as_str().unwrap().contains("eth0"),
+        "message names the interface: {:?}",
+        check.json
+    );
 
     // A removed route is noticed too.
     let other = Netns::new("q");
     node.add_pod(&other);
-    assert!(other.exec(&["ip", "route", "del", "default"]).status.success());
-    let check = cni("CHECK", &node.netconf("1.1.0"), &other.name, Some(&other.path()), "eth0", "");
+    assert!(other
+        .exec(&["ip", "route", "del", "default"])
+        .status
+        .success());
+    let check = cni(
+        "CHECK",
+        &node.netconf("1.1.0"),
+        &other.name,
+        Some(&other.path()),
+        "eth0",
+        "",
+    );
     assert_eq!(check.error_code(), Some(102));
-    assert!(check.json["details"].as_str().unwrap().contains("default route"), "{:?}", check.json);
+    assert!(
+        check.json["details"]
+            .as_str()
+            .unwrap()
+            .contains("default route"),
+        "{:?}",
+        check.json
+    );
 }
 
 #[test]
@@ -122,7 +223,10 @@ fn fifty_parallel_adds_get_fifty_distinct_working_addresses() {
     let pods: Vec<Netns> = (0..50).map(|_| Netns::new("p")).collect();
     let conf = node.netconf("1.1.0");
     let results: Vec<CniOutput> = std::thread::scope(|s| {
-        let handles: Vec<_> = pods.iter().map(|p| s.spawn(|| cni("ADD", &conf, &p.name, Some(&p.path()), "eth0", ""))).collect();
+        let handles: Vec<_> = pods
+            .iter()
+            .map(|p| s.spawn(|| cni("ADD", &conf, &p.name, Some(&p.path()), "eth0", "")))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for r in &results {
@@ -132,9 +236,17 @@ fn fifty_parallel_adds_get_fifty_distinct_working_addresses() {
     assert_eq!(addrs.len(), 50, "duplicate addresses handed out");
     assert_eq!(node.ipam_records().len(), 50);
     for (pod, r) in pods.iter().zip(&results) {
-        assert!(node.ns.ping(r.address()), "node cannot reach pod {} at {}", pod.name, r.address());
+        assert!(
+            node.ns.ping(r.address()),
+            "node cannot reach pod {} at {}",
+            pod.name,
+            r.address()
+        );
     }
-    assert!(pods[0].ping(results[49].address()), "first pod cannot reach the last");
+    assert!(
+        pods[0].ping(results[49].address()),
+        "first pod cannot reach the last"
+    );
 }
 
 #[test]
@@ -146,35 +258,90 @@ fn restarted_switchd_still_knows_every_allocation_and_keeps_forwarding() {
     node.restart();
 
     for pod in [&a, &b] {
-        let check = cni("CHECK", &node.netconf("1.1.0"), &pod.name, Some(&pod.path()), "eth0", "");
+        let check = cni(
+            "CHECK",
+            &node.netconf("1.1.0"),
+            &pod.name,
+            Some(&pod.path()),
+            "eth0",
+            "",
+        );
         assert!(check.ok(), "CHECK after restart failed: {:?}", check.json);
     }
     assert_eq!(node.pod_ports(), 2, "ports re-adopted");
     assert!(a.ping(addr_b), "forwarding did not resume after restart");
-    assert!(node.ns.ping(addr_a), "host port did not resume after restart");
+    assert!(
+        node.ns.ping(addr_a),
+        "host port did not resume after restart"
+    );
 
     let c = Netns::new("c");
     let addr_c = node.add_pod(&c);
-    assert!(![addr_a, addr_b].contains(&addr_c), "restart forgot an allocation: {addr_c} handed out twice");
-    let dup = cni("ADD", &node.netconf("1.1.0"), &a.name, Some(&a.path()), "eth0", "");
-    assert_eq!(dup.error_code(), Some(101), "ADD of an attached container is refused: {:?}", dup.json);
+    assert!(
+        ![addr_a, addr_b].contains(&addr_c),
+        "restart forgot an allocation: {addr_c} handed out twice"
+    );
+    let dup = cni(
+        "ADD",
+        &node.netconf("1.1.0"),
+        &a.name,
+        Some(&a.path()),
+        "eth0",
+        "",
+    );
+    assert_eq!(
+        dup.error_code(),
+        Some(101),
+        "ADD of an attached container is refused: {:?}",
+        dup.json
+    );
 }
 
 #[test]
 fn add_for_an_existing_interface_fails_cleanly_and_leaves_no_allocation() {
     let node = Node::start("10.244.1.0/24");
     let pod = Netns::new("p");
-    let made = pod.exec(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer"]);
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let r = cni("ADD", &node.netconf("1.1.0"), &pod.name, Some(&pod.path()), "eth0", "");
+    let made = pod.exec(&[
+        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer",
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let r = cni(
+        "ADD",
+        &node.netconf("1.1.0"),
+        &pod.name,
+        Some(&pod.path()),
+        "eth0",
+        "",
+    );
     assert_eq!(r.error_code(), Some(101), "{:?}", r.json);
-    assert!(r.json["details"].as_str().unwrap().contains("already exists"), "{:?}", r.json);
+    assert!(
+        r.json["details"]
+            .as_str()
+            .unwrap()
+            .contains("already exists"),
+        "{:?}",
+        r.json
+    );
     assert!(node.ipam_records().is_empty(), "allocation left behind");
     assert_eq!(node.pod_ports(), 0);
     // The existing interface is untouched.
-    assert!(String::from_utf8_lossy(&pod.exec(&["ip", "-d", "link", "show", "eth0"]).stdout).contains("veth"));
+    assert!(
+        String::from_utf8_lossy(&pod.exec(&["ip", "-d", "link", "show", "eth0"]).stdout)
+            .contains("veth")
+    );
 
-    let missing = cni("ADD", &node.netconf("1.1.0"), "x", Some("/var/run/netns/swt-does-not-exist"), "eth0", "");
+    let missing = cni(
+        "ADD",
+        &node.netconf("1.1.0"),
+        "x",
+        Some("/var/run/netns/swt-does-not-exist"),
+        "eth0",
+        "",
+    );
     assert_eq!(missing.error_code(), Some(3), "{:?}", missing.json);
     assert!(node.ipam_records().is_empty());
 }
@@ -192,15 +359,42 @@ fn bad_input_gets_the_spec_error_codes() {
     let r = cni("ADD", "{not json", &pod.name, Some(&pod.path()), "eth0", "");
     assert_eq!(r.error_code(), Some(6));
 
-    let r = cni("", &node.netconf("1.1.0"), &pod.name, Some(&pod.path()), "eth0", "");
+    let r = cni(
+        "",
+        &node.netconf("1.1.0"),
+        &pod.name,
+        Some(&pod.path()),
+        "eth0",
+        "",
+    );
     assert_eq!(r.error_code(), Some(4), "missing CNI_COMMAND: {:?}", r.json);
 
     let r = cni("ADD", &node.netconf("1.1.0"), &pod.name, None, "eth0", "");
-    assert_eq!(r.error_code(), Some(4), "ADD without CNI_NETNS: {:?}", r.json);
+    assert_eq!(
+        r.error_code(),
+        Some(4),
+        "ADD without CNI_NETNS: {:?}",
+        r.json
+    );
 
-    let r = cni("ADD", &node.netconf("0.2.0"), &pod.name, Some(&pod.path()), "eth0", "");
-    assert_eq!(r.error_code(), Some(1), "unsupported cniVersion: {:?}", r.json);
-    assert!(node.ipam_records().is_empty(), "no failed call allocated anything");
+    let r = cni(
+        "ADD",
+        &node.netconf("0.2.0"),
+        &pod.name,
+        Some(&pod.path()),
+        "eth0",
+        "",
+    );
+    assert_eq!(
+        r.error_code(),
+        Some(1),
+        "unsupported cniVersion: {:?}",
+        r.json
+    );
+    assert!(
+        node.ipam_records().is_empty(),
+        "no failed call allocated anything"
+    );
 }
 
 #[test]
@@ -208,10 +402,21 @@ fn daemon_down_gets_code_11_within_seconds_and_status_50() {
     let mut node = Node::start("10.244.1.0/24");
     let pod = Netns::new("p");
     node.stop();
-    let r = cni("ADD", &node.netconf("1.1.0"), &pod.name, Some(&pod.path()), "eth0", "");
+    let r = cni(
+        "ADD",
+        &node.netconf("1.1.0"),
+        &pod.name,
+        Some(&pod.path()),
+        "eth0",
+        "",
+    );
     assert_eq!(r.error_code(), Some(11), "{:?}", r.json);
     assert!(r.elapsed < Duration::from_secs(10), "took {:?}", r.elapsed);
-    assert!(r.json["details"].as_str().unwrap().contains("switchd.sock"), "error names the socket: {:?}", r.json);
+    assert!(
+        r.json["details"].as_str().unwrap().contains("switchd.sock"),
+        "error names the socket: {:?}",
+        r.json
+    );
     let s = cni("STATUS", &node.netconf("1.1.0"), "", None, "", "");
     assert_eq!(s.error_code(), Some(50), "{:?}", s.json);
     assert!(!pod.has_link("eth0"));
@@ -219,7 +424,11 @@ fn daemon_down_gets_code_11_within_seconds_and_status_50() {
     node.launch();
     assert!(cni("STATUS", &node.netconf("1.1.0"), "", None, "", "").ok());
     let addr = node.add_pod(&pod);
-    assert_eq!(addr, Ipv4Addr::new(10, 244, 1, 2), "the failed attempt leaked nothing");
+    assert_eq!(
+        addr,
+        Ipv4Addr::new(10, 244, 1, 2),
+        "the failed attempt leaked nothing"
+    );
 }
 
 #[test]
@@ -228,17 +437,38 @@ fn version_gc_and_every_supported_result_shape() {
     let v = cni("VERSION", r#"{"cniVersion":"1.0.0"}"#, "", None, "", "");
     assert!(v.ok());
     assert_eq!(v.json["cniVersion"], "1.0.0");
-    assert_eq!(v.json["supportedVersions"], serde_json::json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+    assert_eq!(
+        v.json["supportedVersions"],
+        serde_json::json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
 
     let pods: Vec<Netns> = (0..5).map(|_| Netns::new("p")).collect();
-    for (pod, ver) in pods.iter().zip(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]) {
-        let r = cni("ADD", &node.netconf(ver), &pod.name, Some(&pod.path()), "eth0", "");
+    for (pod, ver) in pods
+        .iter()
+        .zip(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    {
+        let r = cni(
+            "ADD",
+            &node.netconf(ver),
+            &pod.name,
+            Some(&pod.path()),
+            "eth0",
+            "",
+        );
         assert!(r.ok(), "{ver}: {:?}", r.json);
         assert_eq!(r.json["cniVersion"], ver);
-        assert_eq!(r.json["ips"][0].get("version").is_some(), ver.starts_with("0."), "{ver}: {}", r.json);
+        assert_eq!(
+            r.json["ips"][0].get("version").is_some(),
+            ver.starts_with("0."),
+            "{ver}: {}",
+            r.json
+        );
     }
     // GC keeps only the listed attachments.
-    let keep: Vec<String> = pods[..2].iter().map(|p| format!(r#"{{"containerID":"{}","ifname":"eth0"}}"#, p.name)).collect();
+    let keep: Vec<String> = pods[..2]
+        .iter()
+        .map(|p| format!(r#"{{"containerID":"{}","ifname":"eth0"}}"#, p.name))
+        .collect();
     let gc_conf = format!(
         r#"{{"cniVersion":"1.1.0","name":"switchd-test","type":"switchd-cni","socket":"{}","cni.dev/valid-attachments":[{}]}}"#,
         node.socket().display(),
@@ -248,13 +478,20 @@ fn version_gc_and_every_supported_result_shape() {
     assert!(gc.ok(), "{:?}", gc.json);
     assert_eq!(node.pod_ports(), 2);
     assert!(pods[0].has_link("eth0") && pods[1].has_link("eth0"));
-    assert!(!pods[2].has_link("eth0") && !pods[4].has_link("eth0"), "GC removed the interfaces");
+    assert!(
+        !pods[2].has_link("eth0") && !pods[4].has_link("eth0"),
+        "GC removed the interfaces"
+    );
 }
 
 #[test]
 fn control_socket_is_private_and_refuses_other_protocol_versions() {
     let node = Node::start("10.244.1.0/24");
-    let mode = std::fs::metadata(node.socket()).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(node.socket())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     let mut s = UnixStream::connect(node.socket()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -268,7 +505,10 @@ fn control_socket_is_private_and_refuses_other_protocol_versions() {
     let reply: serde_json::Value = serde_json::from_slice(&payload).unwrap();
     assert_eq!(reply["body"]["result"], "error");
     assert_eq!(reply["body"]["kind"], "version_mismatch");
-    assert!(reply["body"]["message"].as_str().unwrap().contains("v99"), "{reply}");
+    assert!(
+        reply["body"]["message"].as_str().unwrap().contains("v99"),
+        "{reply}"
+    );
 }
 
 #[test]
@@ -276,9 +516,20 @@ fn invalid_config_stops_switchd_with_the_key_named() {
     let dir = std::env::temp_dir().join(unique("cfg"));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
-    for (text, key) in [("node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\npod_cdir = \"x\"\n", "pod_cdir"), ("node_name = \"n\"\npod_cidr = \"10.244.1.0/99\"\n", "pod_cidr")] {
+    for (text, key) in [
+        (
+            "node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\npod_cdir = \"x\"\n",
+            "pod_cdir",
+        ),
+        (
+            "node_name = \"n\"\npod_cidr = \"10.244.1.0/99\"\n",
+            "pod_cidr",
+        ),
+    ] {
         std::fs::write(&path, text).unwrap();
-        let out = run(std::process::Command::new(bin_dir().join("switchd")).arg("--config").arg(&path));
+        let out = run(std::process::Command::new(bin_dir().join("switchd"))
+            .arg("--config")
+            .arg(&path));
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(key), "{key} not named in: {err}");

@@ -13,7 +13,12 @@ use switchd_proto::{self as proto, Request, Response};
 #[command(version)]
 struct Args {
     /// switchd's control socket.
-    #[arg(long, global = true, default_value = "/run/switchd/switchd.sock", env = "SWITCHD_SOCKET")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/run/switchd/switchd.sock",
+        env = "SWITCHD_SOCKET"
+    )]
     socket: PathBuf,
     /// Print the raw JSON response instead of a table.
     #[arg(long, global = true)]
@@ -43,7 +48,12 @@ fn main() -> ExitCode {
         Command::Status => Request::Status,
     };
     let response = UnixStream::connect(&args.socket)
-        .map_err(|e| format!("cannot reach switchd at {}: {e} (is it running? see `systemctl status switchd`)", args.socket.display()))
+        .map_err(|e| {
+            format!(
+                "cannot reach switchd at {}: {e} (is it running? see `systemctl status switchd`)",
+                args.socket.display()
+            )
+        })
         .and_then(|mut s| {
             let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
             proto::call(&mut s, &request).map_err(|e| e.to_string())
@@ -56,37 +66,79 @@ fn main() -> ExitCode {
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&response).expect("response serialises"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&response).expect("response serialises")
+        );
         return ExitCode::SUCCESS;
     }
     match response {
         Response::Ports { ports } => {
-            println!("{:>4} {:<5} {:<28} {:<8} {:<17} {:<15} {:>10} {:>12} {:>10} {:>12} {:>7}", "PORT", "KIND", "POD", "IFNAME", "MAC", "IP", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES", "DROPS");
+            println!(
+                "{:>4} {:<5} {:<28} {:<8} {:<17} {:<15} {:>10} {:>12} {:>10} {:>12} {:>7}",
+                "PORT",
+                "KIND",
+                "POD",
+                "IFNAME",
+                "MAC",
+                "IP",
+                "RX_PKTS",
+                "RX_BYTES",
+                "TX_PKTS",
+                "TX_BYTES",
+                "DROPS"
+            );
             for p in ports {
-                let pod = if p.pod.name.is_empty() { short(&p.container_id) } else { format!("{}/{}", p.pod.namespace, p.pod.name) };
+                let pod = if p.pod.name.is_empty() {
+                    short(&p.container_id)
+                } else {
+                    format!("{}/{}", p.pod.namespace, p.pod.name)
+                };
                 let c = p.counters;
                 println!(
                     "{:>4} {:<5} {:<28} {:<8} {:<17} {:<15} {:>10} {:>12} {:>10} {:>12} {:>7}",
-                    p.id, p.kind, pod, p.ifname, p.mac, p.address, c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes, c.drops
+                    p.id,
+                    p.kind,
+                    pod,
+                    p.ifname,
+                    p.mac,
+                    p.address,
+                    c.rx_packets,
+                    c.rx_bytes,
+                    c.tx_packets,
+                    c.tx_bytes,
+                    c.drops
                 );
             }
         }
         Response::Table { entries } => {
-            println!("{:<15} {:<17} {:>4} {:<8}", "ADDRESS", "MAC", "PORT", "IFNAME");
+            println!(
+                "{:<15} {:<17} {:>4} {:<8}",
+                "ADDRESS", "MAC", "PORT", "IFNAME"
+            );
             for e in entries {
-                println!("{:<15} {:<17} {:>4} {:<8}", e.address, e.mac, e.port, e.port_name);
+                println!(
+                    "{:<15} {:<17} {:>4} {:<8}",
+                    e.address, e.mac, e.port, e.port_name
+                );
             }
         }
         Response::Stats(s) => {
             let t = s.totals;
-            println!("rx {} packets {} bytes, tx {} packets {} bytes, {} drops", t.rx_packets, t.rx_bytes, t.tx_packets, t.tx_bytes, t.drops);
+            println!(
+                "rx {} packets {} bytes, tx {} packets {} bytes, {} drops",
+                t.rx_packets, t.rx_bytes, t.tx_packets, t.tx_bytes, t.drops
+            );
             println!("attaches {}, detaches {}", s.attaches, s.detaches);
             println!("drops by reason:");
             for (reason, n) in s.drops {
                 println!("  {reason:<22} {n}");
             }
         }
-        Response::Status(s) => println!("{} node={} pod_cidr={} ports={}", s.detail, s.node_name, s.pod_cidr, s.ports),
+        Response::Status(s) => println!(
+            "{} node={} pod_cidr={} ports={}",
+            s.detail, s.node_name, s.pod_cidr, s.ports
+        ),
         Response::Error(e) => {
             eprintln!("switchctl: switchd says ({:?}): {}", e.kind, e.message);
             return ExitCode::FAILURE;

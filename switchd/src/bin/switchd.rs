@@ -40,7 +40,9 @@ struct Args {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -59,7 +61,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("switchd").build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("switchd")
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchd: cannot start the runtime: {e}");
@@ -81,6 +87,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let sw = Switch::start(cfg).await?;
     let listener = control::bind(&socket)?;
     sw.set_ready();
+    if let Err(e) = switchd::notify::notify("READY=1") {
+        tracing::warn!(error = %e, "cannot notify systemd of readiness");
+    }
     tracing::info!(
         node = %sw.cfg.node_name,
         pod_cidr = %sw.cfg.pod_cidr,

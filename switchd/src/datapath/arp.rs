@@ -12,8 +12,14 @@ pub const REPLY_LEN: usize = VNET_HDR_LEN + ETH_HDR_LEN + 28;
 
 /// Decide on an ARP frame (`frame` starts at the Ethernet header). On success the reply,
 /// ready to write back to the input port, is in `reply[..REPLY_LEN]`.
-pub fn answer(frame: &[u8], in_port: PortId, table: &Table, reply: &mut [u8]) -> Result<usize, DropReason> {
-    let packet = ArpPacket::new_checked(&frame[ETH_HDR_LEN..]).map_err(|_| DropReason::Malformed)?;
+pub fn answer(
+    frame: &[u8],
+    in_port: PortId,
+    table: &Table,
+    reply: &mut [u8],
+) -> Result<usize, DropReason> {
+    let packet =
+        ArpPacket::new_checked(&frame[ETH_HDR_LEN..]).map_err(|_| DropReason::Malformed)?;
     let ArpRepr::EthernetIpv4 {
         operation,
         source_hardware_addr,

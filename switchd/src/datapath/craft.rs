@@ -22,7 +22,13 @@ fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, out: &mut Vec<u8>) {
 }
 
 /// virtio-net header + Ethernet + IPv4 (valid header checksum) + UDP + `payload` zero bytes.
-pub fn ipv4_udp(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, payload: usize) -> Vec<u8> {
+pub fn ipv4_udp(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    payload: usize,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(VNET_HDR_LEN + ETH_HDR_LEN + 28 + payload);
     eth(dst_mac, src_mac, ETHERTYPE_IPV4, &mut out);
     let total = (20 + 8 + payload) as u16;
@@ -59,7 +65,12 @@ pub fn arp_request(src_mac: [u8; 6], src: Ipv4Addr, target: Ipv4Addr) -> Vec<u8>
 /// A frame of another ethertype, `len` bytes of Ethernet payload.
 pub fn ethertype(ethertype: u16, len: usize) -> Vec<u8> {
     let mut out = Vec::new();
-    eth([0x33, 0x33, 0, 0, 0, 1], mac_for_ip(Ipv4Addr::new(10, 244, 1, 2)), ethertype, &mut out);
+    eth(
+        [0x33, 0x33, 0, 0, 0, 1],
+        mac_for_ip(Ipv4Addr::new(10, 244, 1, 2)),
+        ethertype,
+        &mut out,
+    );
     out.resize(out.len() + len, 0);
     out
 }

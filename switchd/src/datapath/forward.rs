@@ -3,7 +3,10 @@
 use etherparse::{Ethernet2HeaderSlice, Ipv4HeaderSlice};
 
 use super::arp;
-use super::frame::{eth_dst, gso_type, set_eth_dst, set_eth_src, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETH_HDR_LEN, VIRTIO_NET_HDR_GSO_NONE, VNET_HDR_LEN};
+use super::frame::{
+    eth_dst, gso_type, set_eth_dst, set_eth_src, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETH_HDR_LEN,
+    VIRTIO_NET_HDR_GSO_NONE, VNET_HDR_LEN,
+};
 use super::table::{PortId, Table, HOST_PORT};
 use super::DropReason;
 
@@ -52,7 +55,9 @@ fn forward_ipv4(frame: &mut [u8], gso: u8, in_port: PortId, table: &Table) -> Ve
     }
     match table.ports.get(&in_port) {
         Some(p) => match p.allowed_src {
-            Some(allowed) if allowed.octets() != src => return Verdict::Drop(DropReason::SpoofedSource),
+            Some(allowed) if allowed.octets() != src => {
+                return Verdict::Drop(DropReason::SpoofedSource)
+            }
             _ => {}
         },
         // A port removed from the table while its last frames were in flight.
@@ -75,7 +80,10 @@ fn forward_ipv4(frame: &mut [u8], gso: u8, in_port: PortId, table: &Table) -> Ve
         return Verdict::Forward(ep.port);
     }
     let dst_addr = std::net::Ipv4Addr::from(dst);
-    if table.cluster_cidr.contains(&dst_addr) || table.pod_cidr.contains(&dst_addr) || in_port == HOST_PORT {
+    if table.cluster_cidr.contains(&dst_addr)
+        || table.pod_cidr.contains(&dst_addr)
+        || in_port == HOST_PORT
+    {
         // A pod address nobody holds here (remote nodes come with the tunnel), or the node
         // sending something that is not for a pod.
         return Verdict::Drop(DropReason::NoRoute);
@@ -148,16 +156,89 @@ mod tests {
         let t = table();
         let cases: Vec<(Vec<u8>, PortId, DropReason)> = vec![
             (vec![0u8; 20], 1, DropReason::Malformed),
-            (craft::truncate(craft::ipv4_udp(mac_for_ip(A), mac_for_ip(B), A, B, 0), VNET_HDR_LEN + 20), 1, DropReason::Malformed),
-            (craft::ethertype(0x86dd, 60), 1, DropReason::UnsupportedProtocol),
-            (craft::ipv4_udp(mac_for_ip(A), t.router_mac, A, Ipv4Addr::new(10, 244, 1, 77), 10), 1, DropReason::NoRoute),
-            (craft::ipv4_udp(mac_for_ip(A), t.router_mac, A, Ipv4Addr::new(10, 244, 9, 7), 10), 1, DropReason::NoRoute),
-            (craft::ipv4_udp(t.router_mac, t.router_mac, GW, Ipv4Addr::new(192, 0, 2, 1), 10), HOST_PORT, DropReason::NoRoute),
-            (craft::ipv4_udp(mac_for_ip(A), mac_for_ip(B), B, A, 10), 1, DropReason::SpoofedSource),
-            (craft::ipv4_udp(mac_for_ip(A), [0xff; 6], A, Ipv4Addr::new(255, 255, 255, 255), 10), 1, DropReason::Multicast),
-            (craft::ipv4_udp(mac_for_ip(A), [1, 0, 0x5e, 0, 0, 251], A, Ipv4Addr::new(224, 0, 0, 251), 10), 1, DropReason::Multicast),
-            (craft::ipv4_udp(mac_for_ip(A), mac_for_ip(B), A, B, 1500), 1, DropReason::TooBig),
-            (craft::ipv4_udp(t.router_mac, mac_for_ip(A), GW, A, 10), 9, DropReason::NoRoute),
+            (
+                craft::truncate(
+                    craft::ipv4_udp(mac_for_ip(A), mac_for_ip(B), A, B, 0),
+                    VNET_HDR_LEN + 20,
+                ),
+                1,
+                DropReason::Malformed,
+            ),
+            (
+                craft::ethertype(0x86dd, 60),
+                1,
+                DropReason::UnsupportedProtocol,
+            ),
+            (
+                craft::ipv4_udp(
+                    mac_for_ip(A),
+                    t.router_mac,
+                    A,
+                    Ipv4Addr::new(10, 244, 1, 77),
+                    10,
+                ),
+                1,
+                DropReason::NoRoute,
+            ),
+            (
+                craft::ipv4_udp(
+                    mac_for_ip(A),
+                    t.router_mac,
+                    A,
+                    Ipv4Addr::new(10, 244, 9, 7),
+                    10,
+                ),
+                1,
+                DropReason::NoRoute,
+            ),
+            (
+                craft::ipv4_udp(
+                    t.router_mac,
+                    t.router_mac,
+                    GW,
+                    Ipv4Addr::new(192, 0, 2, 1),
+                    10,
+                ),
+                HOST_PORT,
+                DropReason::NoRoute,
+            ),
+            (
+                craft::ipv4_udp(mac_for_ip(A), mac_for_ip(B), B, A, 10),
+                1,
+                DropReason::SpoofedSource,
+            ),
+            (
+                craft::ipv4_udp(
+                    mac_for_ip(A),
+                    [0xff; 6],
+                    A,
+                    Ipv4Addr::new(255, 255, 255, 255),
+                    10,
+                ),
+                1,
+                DropReason::Multicast,
+            ),
+            (
+                craft::ipv4_udp(
+                    mac_for_ip(A),
+                    [1, 0, 0x5e, 0, 0, 251],
+                    A,
+                    Ipv4Addr::new(224, 0, 0, 251),
+                    10,
+                ),
+                1,
+                DropReason::Multicast,
+            ),
+            (
+                craft::ipv4_udp(mac_for_ip(A), mac_for_ip(B), A, B, 1500),
+                1,
+                DropReason::TooBig,
+            ),
+            (
+                craft::ipv4_udp(t.router_mac, mac_for_ip(A), GW, A, 10),
+                9,
+                DropReason::NoRoute,
+            ),
         ];
         for (i, (mut f, port, reason)) in cases.into_iter().enumerate() {
             assert_eq!(run(&mut f, port, &t).0, Verdict::Drop(reason), "case {i}");
@@ -206,9 +287,16 @@ mod tests {
     fn arp_that_needs_no_answer_is_dropped() {
         let t = table();
         let mut f = craft::arp_request(mac_for_ip(A), A, Ipv4Addr::new(10, 244, 1, 99));
-        assert_eq!(run(&mut f, 1, &t).0, Verdict::Drop(DropReason::ArpUnknownTarget));
+        assert_eq!(
+            run(&mut f, 1, &t).0,
+            Verdict::Drop(DropReason::ArpUnknownTarget)
+        );
         let mut f = craft::arp_request(mac_for_ip(A), Ipv4Addr::UNSPECIFIED, A);
-        assert_eq!(run(&mut f, 1, &t).0, Verdict::Drop(DropReason::ArpIgnored), "duplicate-address probe");
+        assert_eq!(
+            run(&mut f, 1, &t).0,
+            Verdict::Drop(DropReason::ArpIgnored),
+            "duplicate-address probe"
+        );
         let mut f = craft::arp_request(mac_for_ip(A), A, B);
         f[VNET_HDR_LEN + ETH_HDR_LEN + 7] = 2; // make it a reply
         assert_eq!(run(&mut f, 1, &t).0, Verdict::Drop(DropReason::ArpIgnored));

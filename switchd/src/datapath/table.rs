@@ -52,15 +52,28 @@ impl Table {
             by_ip: HashMap::default(),
             ports: HashMap::default(),
         };
-        table.by_ip.insert(u32::from(gateway), Endpoint { port: HOST_PORT, mac: router_mac });
-        table.ports.insert(HOST_PORT, PortEntry { allowed_src: None });
+        table.by_ip.insert(
+            u32::from(gateway),
+            Endpoint {
+                port: HOST_PORT,
+                mac: router_mac,
+            },
+        );
+        table
+            .ports
+            .insert(HOST_PORT, PortEntry { allowed_src: None });
         table
     }
 
     /// Add a pod port.
     pub fn insert_pod(&mut self, port: PortId, ip: Ipv4Addr, mac: [u8; 6]) {
         self.by_ip.insert(u32::from(ip), Endpoint { port, mac });
-        self.ports.insert(port, PortEntry { allowed_src: Some(ip) });
+        self.ports.insert(
+            port,
+            PortEntry {
+                allowed_src: Some(ip),
+            },
+        );
     }
 
     #[inline]

@@ -27,7 +27,12 @@ pub const BATCH: usize = 64;
 pub enum PortOwner {
     /// The node's own port, `switchd0`.
     Host,
-    Pod { key: AttachmentKey, pod: PodRef, network: String, netns: String },
+    Pod {
+        key: AttachmentKey,
+        pod: PodRef,
+        network: String,
+        netns: String,
+    },
 }
 
 #[derive(Debug, Default)]

@@ -33,7 +33,9 @@ const TUN_F_USO6: libc::c_uint = 0x40;
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
     /// `/dev/net/tun` is missing or not accessible (module not loaded, no CAP_NET_ADMIN).
-    #[error("cannot open /dev/net/tun: {0} (is the tun module loaded and do we have CAP_NET_ADMIN?)")]
+    #[error(
+        "cannot open /dev/net/tun: {0} (is the tun module loaded and do we have CAP_NET_ADMIN?)"
+    )]
     OpenTun(io::Error),
     /// The interface name is empty, too long (15 bytes max) or contains a NUL.
     #[error("invalid interface name {0:?}: 1 to 15 bytes, no NUL")]
@@ -43,7 +45,11 @@ pub enum TapError {
     SetIff { name: String, source: io::Error },
     /// One of the configuration ioctls failed.
     #[error("{what} on TAP {name} failed: {source}")]
-    Configure { what: &'static str, name: String, source: io::Error },
+    Configure {
+        what: &'static str,
+        name: String,
+        source: io::Error,
+    },
 }
 
 /// A TAP device opened in multi-offload mode. Every read returns, and every write takes, a
@@ -79,16 +85,30 @@ impl Tap {
             .map_err(TapError::OpenTun)?;
         let fd: OwnedFd = file.into();
 
-        let mut req = IfReqFlags { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
+        let mut req = IfReqFlags {
+            name: [0; libc::IFNAMSIZ],
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            _pad: [0; 22],
+        };
         req.name[..bytes.len()].copy_from_slice(bytes);
         // SAFETY: `fd` is an open /dev/net/tun descriptor and `req` is a properly sized,
         // initialised ifreq that lives across the call; the kernel only reads name and flags.
         let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReqFlags) };
         if rc < 0 {
-            return Err(TapError::SetIff { name: name.into(), source: io::Error::last_os_error() });
+            return Err(TapError::SetIff {
+                name: name.into(),
+                source: io::Error::last_os_error(),
+            });
         }
-        let tap = Tap { fd, name: name.into() };
-        tap.ioctl_int(TUNSETVNETHDRSZ, VNET_HDR_LEN as libc::c_int, "TUNSETVNETHDRSZ")?;
+        let tap = Tap {
+            fd,
+            name: name.into(),
+        };
+        tap.ioctl_int(
+            TUNSETVNETHDRSZ,
+            VNET_HDR_LEN as libc::c_int,
+            "TUNSETVNETHDRSZ",
+        )?;
         tap.enable_offloads()?;
         Ok(tap)
     }
@@ -98,7 +118,13 @@ impl Tap {
     fn enable_offloads(&self) -> Result<(), TapError> {
         let base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
         // SAFETY: TUNSETOFFLOAD takes its argument by value; `fd` is a configured TAP.
-        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETOFFLOAD, (base | TUN_F_USO4 | TUN_F_USO6) as libc::c_ulong) };
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                TUNSETOFFLOAD,
+                (base | TUN_F_USO4 | TUN_F_USO6) as libc::c_ulong,
+            )
+        };
         if rc == 0 {
             return Ok(());
         }
@@ -116,7 +142,12 @@ impl Tap {
         self.ioctl_int(TUNSETPERSIST, persist as libc::c_int, "TUNSETPERSIST")
     }
 
-    fn ioctl_int(&self, request: libc::c_ulong, value: libc::c_int, what: &'static str) -> Result<(), TapError> {
+    fn ioctl_int(
+        &self,
+        request: libc::c_ulong,
+        value: libc::c_int,
+        what: &'static str,
+    ) -> Result<(), TapError> {
         let rc = if request == TUNSETPERSIST {
             // SAFETY: TUNSETPERSIST takes its argument by value.
             unsafe { libc::ioctl(self.fd.as_raw_fd(), request, value as libc::c_ulong) }
@@ -132,7 +163,11 @@ impl Tap {
     }
 
     fn configure_error(&self, what: &'static str) -> TapError {
-        TapError::Configure { what, name: self.name.clone(), source: io::Error::last_os_error() }
+        TapError::Configure {
+            what,
+            name: self.name.clone(),
+            source: io::Error::last_os_error(),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -175,7 +210,13 @@ mod tests {
     #[test]
     fn names_the_kernel_would_refuse_are_refused_before_any_syscall() {
         assert!(matches!(Tap::open(""), Err(TapError::InvalidName(_))));
-        assert!(matches!(Tap::open("a-very-long-ifname"), Err(TapError::InvalidName(_))));
-        assert!(matches!(Tap::open("bad\0name"), Err(TapError::InvalidName(_))));
+        assert!(matches!(
+            Tap::open("a-very-long-ifname"),
+            Err(TapError::InvalidName(_))
+        ));
+        assert!(matches!(
+            Tap::open("bad\0name"),
+            Err(TapError::InvalidName(_))
+        ));
     }
 }

@@ -131,14 +131,19 @@ pub struct Node {
 impl Node {
     /// Start a node whose pods live in `pod_cidr` (e.g. "10.244.1.0/24").
     pub fn start(pod_cidr: &str) -> Node {
-        let ns = Netns::new("n");
+        Node::start_in(Netns::new("n"), pod_cidr, Some(1450))
+    }
+
+    /// Start a node in an existing namespace; `mtu: None` leaves the MTU for switchd to derive.
+    pub fn start_in(ns: Netns, pod_cidr: &str, mtu: Option<u32>) -> Node {
         let dir = std::env::temp_dir().join(&ns.name);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let config = format!(
-            "node_name = \"{name}\"\npod_cidr = \"{pod_cidr}\"\ncluster_cidr = \"10.244.0.0/16\"\nsocket = \"{dir}/switchd.sock\"\nstate_dir = \"{dir}/state\"\nmtu = 1450\n",
+            "node_name = \"{name}\"\npod_cidr = \"{pod_cidr}\"\ncluster_cidr = \"10.244.0.0/16\"\nsocket = \"{dir}/switchd.sock\"\nstate_dir = \"{dir}/state\"\n{mtu}",
             name = ns.name,
-            dir = dir.display()
+            dir = dir.display(),
+            mtu = mtu.map(|m| format!("mtu = {m}\n")).unwrap_or_default()
         );
         fs::write(dir.join("switchd.toml"), config).unwrap();
         let mut node = Node {

@@ -536,3 +536,82 @@ fn invalid_config_stops_switchd_with_the_key_named() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn pod_mtu_defaults_to_the_default_route_mtu_minus_tunnel_overhead() {
+    let ns = Netns::new("n");
+    // The veth lives entirely inside the node's own namespace, so its names cannot collide.
+    let up = "u1".to_string();
+    for cmd in [
+        vec![
+            "ip",
+            "link",
+            "add",
+            "u0",
+            "mtu",
+            "1400",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            up.as_str(),
+        ],
+        vec!["ip", "link", "set", "u0", "up"],
+        vec!["ip", "link", "set", up.as_str(), "up"],
+        vec!["ip", "addr", "add", "192.0.2.1/24", "dev", "u0"],
+        vec![
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.0.2.254",
+            "dev",
+            "u0",
+        ],
+    ] {
+        let out = ns.exec(&cmd);
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let node = Node::start_in(ns, "10.244.1.0/24", None);
+    let pod = Netns::new("p");
+    let add = cni(
+        "ADD",
+        &node.netconf("1.1.0"),
+        &pod.name,
+        Some(&pod.path()),
+        "eth0",
+        "",
+    );
+    assert!(add.ok(), "{:?}", add.json);
+    assert_eq!(
+        add.json["interfaces"][0]["mtu"], 1350,
+        "1400-byte underlay minus 50"
+    );
+    let link = String::from_utf8(pod.exec(&["ip", "link", "show", "eth0"]).stdout).unwrap();
+    assert!(link.contains("mtu 1350"), "{link}");
+    // A full-MTU packet with DF set crosses the switch.
+    let other = Netns::new("q");
+    let addr = node.add_pod(&other);
+    assert!(
+        pod.exec(&[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-s",
+            "1322",
+            "-M",
+            "do",
+            &addr.to_string()
+        ])
+        .status
+        .success(),
+        "1350-byte packet fits"
+    );
+}

@@ -226,12 +226,7 @@ pub fn check_pod_iface(netns: &str, iface: PodIface) -> Result<()> {
                     iface.prefix_len
                 );
             }
-            let routes: Vec<_> = h
-                .route()
-                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-                .execute()
-                .try_collect()
-                .await?;
+            let routes = ipv4_routes(h).await?;
             let has_default = routes.iter().any(|r| {
                 r.header.destination_prefix_length == 0
                     && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(RouteAddress::Inet(gw)) if *gw == iface.gateway))
@@ -247,6 +242,13 @@ pub fn check_pod_iface(netns: &str, iface: PodIface) -> Result<()> {
             Ok(())
         })
     })
+}
+
+async fn ipv4_routes(h: &Handle) -> Result<Vec<netlink_packet_route::route::RouteMessage>> {
+    let request = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build());
+    Ok(request.execute().try_collect().await?)
 }
 
 fn hex_mac(m: &[u8]) -> String {
@@ -317,12 +319,7 @@ pub fn setup_host_port(
 pub fn default_route_mtu() -> Result<Option<u32>> {
     run_in("/proc/self/ns/net", |h| {
         Box::pin(async move {
-            let routes: Vec<_> = h
-                .route()
-                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-                .execute()
-                .try_collect()
-                .await?;
+            let routes = ipv4_routes(h).await?;
             let oif = routes
                 .iter()
                 .filter(|r| r.header.destination_prefix_length == 0)

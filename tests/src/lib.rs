@@ -263,17 +263,22 @@ impl Node {
         )
     }
 
-    /// ADD a pod (namespace `pod`, interface eth0, container id = namespace name); returns
-    /// the pod's address.
-    pub fn add_pod(&self, pod: &Netns) -> Ipv4Addr {
-        let r = cni(
-            "ADD",
+    /// Run a CNI `command` for `pod` (container id = namespace name, interface eth0) with
+    /// the standard configuration, as a runtime would.
+    pub fn cni(&self, command: &str, pod: &Netns) -> CniOutput {
+        cni(
+            command,
             &self.netconf("1.1.0"),
             &pod.name,
             Some(&pod.path()),
             "eth0",
             "",
-        );
+        )
+    }
+
+    /// ADD a pod and return its address.
+    pub fn add_pod(&self, pod: &Netns) -> Ipv4Addr {
+        let r = self.cni("ADD", pod);
         assert!(r.ok(), "ADD failed: {:?}", r.json);
         r.address()
     }

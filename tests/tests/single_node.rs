@@ -198,14 +198,7 @@ fn check_passes_after_add_and_fails_once_the_interface_is_deleted_by_hand() {
         .exec(&["ip", "route", "del", "default"])
         .status
         .success());
-    let check = cni(
-        "CHECK",
-        &node.netconf("1.1.0"),
-        &other.name,
-        Some(&other.path()),
-        "eth0",
-        "",
-    );
+    let check = node.cni("CHECK", &other);
     assert_eq!(check.error_code(), Some(102));
     assert!(
         check.json["details"]
@@ -258,14 +251,7 @@ fn restarted_switchd_still_knows_every_allocation_and_keeps_forwarding() {
     node.restart();
 
     for pod in [&a, &b] {
-        let check = cni(
-            "CHECK",
-            &node.netconf("1.1.0"),
-            &pod.name,
-            Some(&pod.path()),
-            "eth0",
-            "",
-        );
+        let check = node.cni("CHECK", &pod);
         assert!(check.ok(), "CHECK after restart failed: {:?}", check.json);
     }
     assert_eq!(node.pod_ports(), 2, "ports re-adopted");
@@ -281,14 +267,7 @@ fn restarted_switchd_still_knows_every_allocation_and_keeps_forwarding() {
         ![addr_a, addr_b].contains(&addr_c),
         "restart forgot an allocation: {addr_c} handed out twice"
     );
-    let dup = cni(
-        "ADD",
-        &node.netconf("1.1.0"),
-        &a.name,
-        Some(&a.path()),
-        "eth0",
-        "",
-    );
+    let dup = node.cni("ADD", &a);
     assert_eq!(
         dup.error_code(),
         Some(101),
@@ -309,14 +288,7 @@ fn add_for_an_existing_interface_fails_cleanly_and_leaves_no_allocation() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let r = cni(
-        "ADD",
-        &node.netconf("1.1.0"),
-        &pod.name,
-        Some(&pod.path()),
-        "eth0",
-        "",
-    );
+    let r = node.cni("ADD", &pod);
     assert_eq!(r.error_code(), Some(101), "{:?}", r.json);
     assert!(
         r.json["details"]
@@ -402,14 +374,7 @@ fn daemon_down_gets_code_11_within_seconds_and_status_50() {
     let mut node = Node::start("10.244.1.0/24");
     let pod = Netns::new("p");
     node.stop();
-    let r = cni(
-        "ADD",
-        &node.netconf("1.1.0"),
-        &pod.name,
-        Some(&pod.path()),
-        "eth0",
-        "",
-    );
+    let r = node.cni("ADD", &pod);
     assert_eq!(r.error_code(), Some(11), "{:?}", r.json);
     assert!(r.elapsed < Duration::from_secs(10), "took {:?}", r.elapsed);
     assert!(
@@ -579,14 +544,7 @@ fn pod_mtu_defaults_to_the_default_route_mtu_minus_tunnel_overhead() {
     }
     let node = Node::start_in(ns, "10.244.1.0/24", None);
     let pod = Netns::new("p");
-    let add = cni(
-        "ADD",
-        &node.netconf("1.1.0"),
-        &pod.name,
-        Some(&pod.path()),
-        "eth0",
-        "",
-    );
+    let add = node.cni("ADD", &pod);
     assert!(add.ok(), "{:?}", add.json);
     assert_eq!(
         add.json["interfaces"][0]["mtu"], 1350,

@@ -23,7 +23,7 @@ pub const HOST_PORT_NAME: &str = "switchd0";
 
 /// The file as written, before validation. Values that need parsing stay strings here so
 /// that the error can name the key.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub node_name: Option<String>,
@@ -34,16 +34,8 @@ pub struct FileConfig {
     pub mtu: Option<u32>,
 }
 
-/// Values given on the command line; each replaces the file's.
-#[derive(Debug, Default, Clone)]
-pub struct Overrides {
-    pub node_name: Option<String>,
-    pub pod_cidr: Option<String>,
-    pub cluster_cidr: Option<String>,
-    pub socket: Option<PathBuf>,
-    pub state_dir: Option<PathBuf>,
-    pub mtu: Option<u32>,
-}
+/// Values given on the command line; each replaces the file's. Same keys as the file.
+pub type Overrides = FileConfig;
 
 #[derive(Debug, Clone)]
 pub struct Config {

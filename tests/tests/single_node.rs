@@ -331,14 +331,7 @@ fn bad_input_gets_the_spec_error_codes() {
     let r = cni("ADD", "{not json", &pod.name, Some(&pod.path()), "eth0", "");
     assert_eq!(r.error_code(), Some(6));
 
-    let r = cni(
-        "",
-        &node.netconf("1.1.0"),
-        &pod.name,
-        Some(&pod.path()),
-        "eth0",
-        "",
-    );
+    let r = node.cni("", &pod);
     assert_eq!(r.error_code(), Some(4), "missing CNI_COMMAND: {:?}", r.json);
 
     let r = cni("ADD", &node.netconf("1.1.0"), &pod.name, None, "eth0", "");

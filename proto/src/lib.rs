@@ -88,6 +88,9 @@ pub enum Request {
     /// Operator views.
     ListPorts,
     ListTable,
+    ListPeers,
+    /// Re-read the peers from the configuration and apply them.
+    Reload,
     Stats,
 }
 
@@ -101,6 +104,8 @@ pub enum Response {
     Status(StatusInfo),
     Ports { ports: Vec<PortInfo> },
     Table { entries: Vec<TableEntry> },
+    Peers { peers: Vec<PeerInfo> },
+    Reloaded { peers: usize },
     Stats(StatsInfo),
     Error(ErrorReply),
 }
@@ -130,6 +135,11 @@ pub struct StatusInfo {
     pub ready: bool,
     pub node_name: String,
     pub pod_cidr: String,
+    /// The pods' gateway MAC and this node's VTEP MAC (what peers put in `mac`).
+    pub router_mac: String,
+    /// The tunnel's underlay address and port, if the node has one.
+    pub underlay: Option<String>,
+    pub mtu: u32,
     pub ports: usize,
     pub detail: String,
 }
@@ -162,6 +172,21 @@ pub struct TableEntry {
     pub mac: String,
     pub port: u32,
     pub port_name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerInfo {
+    pub name: String,
+    /// Underlay address and port.
+    pub addr: String,
+    pub pod_cidr: String,
+    pub mac: String,
+    /// Where the peer came from ("static": config or peers file).
+    pub source: String,
+    /// When this peer (with this configuration) was added, seconds since the Unix epoch.
+    pub since_unix: u64,
+    /// rx/tx are tunnel datagrams from/to this peer.
+    pub counters: Counters,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

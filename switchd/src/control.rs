@@ -119,6 +119,12 @@ async fn dispatch(sw: &Switch, req: Request) -> Response {
             ready: sw.is_ready(),
             node_name: sw.cfg.node_name.clone(),
             pod_cidr: sw.cfg.pod_cidr.to_string(),
+            router_mac: crate::datapath::frame::format_mac(sw.cfg.router_mac),
+            underlay: sw
+                .cfg
+                .underlay_addr
+                .map(|a| format!("{a}:{}", sw.cfg.tunnel_port)),
+            mtu: sw.mtu,
             ports: sw.port_count(),
             detail: if sw.is_ready() {
                 "ready".into()
@@ -131,6 +137,8 @@ async fn dispatch(sw: &Switch, req: Request) -> Response {
             entries: sw.table(),
         }),
         Request::Stats => Ok(Response::Stats(sw.stats_info())),
+        Request::ListPeers => Ok(Response::Peers { peers: sw.peers() }),
+        Request::Reload => sw.reload_peers().map(|peers| Response::Reloaded { peers }),
     };
     result.unwrap_or_else(Response::Error)
 }

@@ -17,3 +17,4 @@ pub mod notify;
 pub mod port;
 pub mod stats;
 pub mod switch;
+pub mod tunnel;

@@ -315,8 +315,37 @@ pub fn setup_host_port(
     })
 }
 
+/// MTU of the underlay: of the interface holding `underlay_addr` when given, else of the
+/// interface the default route leaves through, in switchd's own namespace.
+pub fn underlay_mtu(underlay_addr: Option<Ipv4Addr>) -> Result<Option<u32>> {
+    let Some(addr) = underlay_addr else {
+        return default_route_mtu();
+    };
+    run_in("/proc/self/ns/net", move |h| {
+        Box::pin(async move {
+            let addrs: Vec<_> = h.address().get().execute().try_collect().await?;
+            let idx = addrs
+                .iter()
+                .find(|m| m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(ip)) | AddressAttribute::Local(IpAddr::V4(ip)) if *ip == addr)))
+                .map(|m| m.header.index)
+                .with_context(|| format!("underlay_addr {addr} is not assigned to any interface in switchd's namespace"))?;
+            link_mtu(h, idx).await
+        })
+    })
+}
+
+async fn link_mtu(h: &Handle, idx: u32) -> Result<Option<u32>> {
+    let link = h.link().get().match_index(idx).execute().try_next().await?;
+    Ok(link.and_then(|l| {
+        l.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+    }))
+}
+
 /// MTU of the interface the default route leaves through, in switchd's own namespace.
-pub fn default_route_mtu() -> Result<Option<u32>> {
+fn default_route_mtu() -> Result<Option<u32>> {
     run_in("/proc/self/ns/net", |h| {
         Box::pin(async move {
             let routes = ipv4_routes(h).await?;
@@ -330,13 +359,7 @@ pub fn default_route_mtu() -> Result<Option<u32>> {
                     })
                 });
             let Some(oif) = oif else { return Ok(None) };
-            let link = h.link().get().match_index(oif).execute().try_next().await?;
-            Ok(link.and_then(|l| {
-                l.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::Mtu(m) => Some(*m),
-                    _ => None,
-                })
-            }))
+            link_mtu(h, oif).await
         })
     })
 }

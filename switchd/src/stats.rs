@@ -13,7 +13,7 @@ pub struct Stats {
 
 impl Stats {
     #[inline]
-    pub fn drop(&self, reason: DropReason) {
+    pub fn count_drop(&self, reason: DropReason) {
         self.drops[reason as usize].fetch_add(1, Relaxed);
     }
 

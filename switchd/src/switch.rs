@@ -8,7 +8,7 @@
 //! control-plane maps below.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -17,25 +17,31 @@ use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use switchd_proto::{
-    Attachment, AttachmentKey, ErrorKind, ErrorReply, PodRef, PortInfo, RouteInfo, StatsInfo,
-    TableEntry,
+    Attachment, AttachmentKey, ErrorKind, ErrorReply, PeerInfo, PodRef, PortInfo, RouteInfo,
+    StatsInfo, TableEntry,
 };
 
 use crate::config::{Config, HOST_PORT_NAME, TUNNEL_OVERHEAD};
 use crate::datapath::frame::{format_mac, mac_for_ip};
 use crate::datapath::table::FastU32;
-use crate::datapath::{PortId, Table, HOST_PORT};
+use crate::datapath::{PeerRoute, PortId, Table, HOST_PORT};
 use crate::ipam::{Ipam, IpamError};
 use crate::netns::{self, NetnsError, PodIface};
 use crate::port::tap::Tap;
 use crate::port::{self, Port, PortCounters, PortOwner};
 use crate::stats::Stats;
+use crate::tunnel::{PeerState, Tunnel};
 
 /// Everything a port loop needs for one batch: the core's table and the ports to write to.
 #[derive(Debug)]
 pub struct Snapshot {
     pub table: Table,
     pub ports: HashMap<PortId, Arc<Port>, FastU32>,
+    pub tunnel: Option<Arc<Tunnel>>,
+    /// Same order as `table.peers`.
+    pub peers: Vec<Arc<PeerState>>,
+    /// Underlay address → index into `peers`, for checking tunnel senders.
+    pub peer_by_addr: HashMap<u32, usize, FastU32>,
 }
 
 pub type SnapshotCell = ArcSwap<Snapshot>;
@@ -47,7 +53,12 @@ struct Slot {
 
 pub struct Switch {
     pub cfg: Config,
+    /// Pod interface MTU.
     pub mtu: u32,
+    /// Largest IP packet the tunnel carries.
+    pub tunnel_mtu: u32,
+    tunnel: Option<Arc<Tunnel>>,
+    peers: Mutex<Vec<Arc<PeerState>>>,
     slots: DashMap<PortId, Slot>,
     by_key: DashMap<AttachmentKey, PortId>,
     cell: Arc<SnapshotCell>,
@@ -81,21 +92,28 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 impl Switch {
     /// Bring the switch up: host port, state, and every pod port that survived the last run.
     pub async fn start(cfg: Config) -> Result<Arc<Switch>> {
-        let mtu = match cfg.mtu {
-            Some(m) => m,
+        let underlay_addr = cfg.underlay_addr;
+        let tunnel_mtu = match blocking(move || netns::underlay_mtu(underlay_addr)).await? {
+            Some(underlay) => underlay.saturating_sub(TUNNEL_OVERHEAD),
             None => {
-                match blocking(netns::default_route_mtu).await? {
-                    Some(underlay) => underlay.saturating_sub(TUNNEL_OVERHEAD),
-                    None => {
-                        tracing::warn!("no default route to derive the MTU from; assuming a 1500-byte underlay");
-                        1500 - TUNNEL_OVERHEAD
-                    }
-                }
+                tracing::warn!("no underlay interface or default route to derive the MTU from; assuming a 1500-byte underlay");
+                1500 - TUNNEL_OVERHEAD
             }
+        };
+        let mtu = cfg.mtu.unwrap_or(tunnel_mtu);
+        let tunnel = match cfg.underlay_addr {
+            Some(addr) => {
+                let t = Arc::new(Tunnel::bind(
+                    SocketAddrV4::new(addr, cfg.tunnel_port),
+                    cfg.vni,
+                )?);
+                Some(t)
+            }
+            None => None,
         };
         let ipam = Ipam::open(&cfg.state_dir, cfg.pod_cidr)?;
         let state_lock = lock_state_dir(&cfg.state_dir)?;
-        let router_mac = cfg.router_mac();
+        let router_mac = cfg.router_mac;
         let (gateway, pod_cidr, cluster_cidr) = (cfg.gateway(), cfg.pod_cidr, cfg.cluster_cidr);
         let host_tap = blocking(move || {
             netns::setup_host_port(
@@ -111,14 +129,21 @@ impl Switch {
         .context("setting up the host port")?;
 
         let table = Table::new(cfg.pod_cidr, cfg.cluster_cidr, router_mac, mtu);
+        let peers = cfg.peers.iter().map(PeerState::new).map(Arc::new).collect();
         let sw = Arc::new(Switch {
             cfg,
             mtu,
+            tunnel_mtu,
+            tunnel: tunnel.clone(),
+            peers: Mutex::new(peers),
             slots: DashMap::new(),
             by_key: DashMap::new(),
             cell: Arc::new(ArcSwap::from_pointee(Snapshot {
                 table,
                 ports: HashMap::default(),
+                tunnel: None,
+                peers: Vec::new(),
+                peer_by_addr: HashMap::default(),
             })),
             stats: Arc::new(Stats::default()),
             ipam: Mutex::new(ipam),
@@ -130,6 +155,9 @@ impl Switch {
         sw.add_port(HOST_PORT, host_tap, PortOwner::Host, gateway, router_mac);
         sw.readopt().await;
         sw.publish();
+        if let Some(t) = tunnel {
+            tokio::spawn(crate::tunnel::receive(t, sw.cell.clone(), sw.stats.clone()));
+        }
         Ok(sw)
     }
 
@@ -195,9 +223,20 @@ impl Switch {
         let mut table = Table::new(
             self.cfg.pod_cidr,
             self.cfg.cluster_cidr,
-            self.cfg.router_mac(),
+            self.cfg.router_mac,
             self.mtu,
         );
+        table.tunnel_mtu = self.tunnel_mtu;
+        table.icmp_frag_needed = self.cfg.icmp_frag_needed;
+        let peers = self.peers.lock().unwrap().clone();
+        let mut peer_by_addr = HashMap::default();
+        for (i, p) in peers.iter().enumerate() {
+            table.insert_peer(PeerRoute {
+                pod_cidr: p.peer.pod_cidr,
+                mac: p.peer.mac,
+            });
+            peer_by_addr.insert(u32::from(*p.peer.addr.ip()), i);
+        }
         let mut ports = HashMap::default();
         for slot in self.slots.iter() {
             let p = &slot.port;
@@ -206,7 +245,13 @@ impl Switch {
             }
             ports.insert(p.id, p.clone());
         }
-        self.cell.store(Arc::new(Snapshot { table, ports }));
+        self.cell.store(Arc::new(Snapshot {
+            table,
+            ports,
+            tunnel: self.tunnel.clone(),
+            peers,
+            peer_by_addr,
+        }));
     }
 
     pub fn set_ready(&self) {
@@ -451,6 +496,70 @@ impl Switch {
             attaches: self.stats.attaches.load(Relaxed),
             detaches: self.stats.detaches.load(Relaxed),
         }
+    }
+
+    /// Re-read the peers from the configuration (file and peers file) and apply them.
+    /// Unchanged peers keep their state and counters, so their flows are not disturbed.
+    pub fn reload_peers(&self) -> OpResult<usize> {
+        let Some((path, overrides)) = &self.cfg.loaded_from else {
+            return Err(ErrorReply::new(
+                ErrorKind::BadRequest,
+                "switchd was not started from a config file; nothing to reload",
+            ));
+        };
+        let fresh = Config::load(path, overrides.clone()).map_err(|e| {
+            ErrorReply::new(
+                ErrorKind::BadRequest,
+                format!("reload refused, peers unchanged: {e:#}"),
+            )
+        })?;
+        if fresh.peers.is_empty() == false && self.tunnel.is_none() {
+            return Err(ErrorReply::new(
+                ErrorKind::BadRequest,
+                "reload refused: peers need underlay_addr, which takes a restart to set",
+            ));
+        }
+        let count = fresh.peers.len();
+        {
+            let mut peers = self.peers.lock().unwrap();
+            let old = std::mem::take(&mut *peers);
+            *peers = fresh
+                .peers
+                .iter()
+                .map(|p| {
+                    old.iter()
+                        .find(|o| &o.peer == p)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(PeerState::new(p)))
+                })
+                .collect();
+            let names =
+                |v: &[Arc<PeerState>]| v.iter().map(|p| p.peer.name.clone()).collect::<Vec<_>>();
+            tracing::info!(before = ?names(&old), after = ?names(&peers), "peers reloaded");
+        }
+        self.publish();
+        Ok(count)
+    }
+
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        self.peers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| PeerInfo {
+                name: p.peer.name.clone(),
+                addr: p.peer.addr.to_string(),
+                pod_cidr: p.peer.pod_cidr.to_string(),
+                mac: format_mac(p.peer.mac),
+                source: "static".into(),
+                since_unix: p
+                    .since
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+                counters: p.counters.snapshot(),
+            })
+            .collect()
     }
 
     pub fn port_count(&self) -> usize {

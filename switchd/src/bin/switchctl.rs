@@ -35,6 +35,10 @@ enum Command {
     Table,
     /// Totals, drops by reason, attach and detach counts.
     Stats,
+    /// Peer nodes: underlay address, pod CIDR, MAC, tunnel counters.
+    Peers,
+    /// Re-read the peers from the configuration and apply them (like SIGHUP).
+    Reload,
     /// Is switchd ready?
     Status,
 }
@@ -45,6 +49,8 @@ fn main() -> ExitCode {
         Command::Ports => Request::ListPorts,
         Command::Table => Request::ListTable,
         Command::Stats => Request::Stats,
+        Command::Peers => Request::ListPeers,
+        Command::Reload => Request::Reload,
         Command::Status => Request::Status,
     };
     let response = UnixStream::connect(&args.socket)
@@ -135,9 +141,47 @@ fn main() -> ExitCode {
                 println!("  {reason:<22} {n}");
             }
         }
+        Response::Peers { peers } => {
+            println!(
+                "{:<16} {:<21} {:<18} {:<17} {:<7} {:>10} {:>12} {:>10} {:>12} {:>7}",
+                "PEER",
+                "ADDR",
+                "POD_CIDR",
+                "MAC",
+                "SOURCE",
+                "RX_PKTS",
+                "RX_BYTES",
+                "TX_PKTS",
+                "TX_BYTES",
+                "DROPS"
+            );
+            for p in peers {
+                let c = p.counters;
+                println!(
+                    "{:<16} {:<21} {:<18} {:<17} {:<7} {:>10} {:>12} {:>10} {:>12} {:>7}",
+                    p.name,
+                    p.addr,
+                    p.pod_cidr,
+                    p.mac,
+                    p.source,
+                    c.rx_packets,
+                    c.rx_bytes,
+                    c.tx_packets,
+                    c.tx_bytes,
+                    c.drops
+                );
+            }
+        }
+        Response::Reloaded { peers } => println!("reloaded: {peers} peers"),
         Response::Status(s) => println!(
-            "{} node={} pod_cidr={} ports={}",
-            s.detail, s.node_name, s.pod_cidr, s.ports
+            "{} node={} pod_cidr={} router_mac={} underlay={} mtu={} ports={}",
+            s.detail,
+            s.node_name,
+            s.pod_cidr,
+            s.router_mac,
+            s.underlay.as_deref().unwrap_or("none"),
+            s.mtu,
+            s.ports
         ),
         Response::Error(e) => {
             eprintln!("switchctl: switchd says ({:?}): {}", e.kind, e.message);

@@ -33,9 +33,21 @@ struct Args {
     /// Directory for persistent state (address allocations).
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// Pod interface MTU (default: default-route interface MTU minus 50).
+    /// Pod interface MTU (default: underlay interface MTU minus 50).
     #[arg(long)]
     mtu: Option<u32>,
+    /// Underlay address the VXLAN tunnel binds to.
+    #[arg(long)]
+    underlay_addr: Option<String>,
+    /// VXLAN UDP port (default 8472).
+    #[arg(long)]
+    tunnel_port: Option<u16>,
+    /// VXLAN network identifier (default 1).
+    #[arg(long)]
+    vni: Option<u32>,
+    /// File with `[[peers]]` tables; re-read on SIGHUP and `switchctl reload`.
+    #[arg(long)]
+    peers_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +65,11 @@ fn main() -> ExitCode {
         socket: args.socket,
         state_dir: args.state_dir,
         mtu: args.mtu,
+        underlay_addr: args.underlay_addr,
+        tunnel_port: args.tunnel_port,
+        vni: args.vni,
+        peers_file: args.peers_file,
+        ..Overrides::default()
     };
     let cfg = match Config::load(&args.config, overrides) {
         Ok(c) => c,
@@ -95,17 +112,28 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         pod_cidr = %sw.cfg.pod_cidr,
         gateway = %sw.cfg.gateway(),
         mtu = sw.mtu,
+        tunnel_mtu = sw.tunnel_mtu,
+        underlay = ?sw.cfg.underlay_addr,
+        peers = sw.cfg.peers.len(),
         ports = sw.port_count(),
         socket = %socket.display(),
         "switchd ready"
     );
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = control::serve(sw.clone(), listener) => {}
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down; pod interfaces stay up and are re-adopted on start"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down; pod interfaces stay up and are re-adopted on start"),
+    let mut hup = signal(SignalKind::hangup())?;
+    let server = tokio::spawn(control::serve(sw.clone(), listener));
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down; pod interfaces stay up and are re-adopted on start"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down; pod interfaces stay up and are re-adopted on start"); break }
+            _ = hup.recv() => match sw.reload_peers() {
+                Ok(n) => tracing::info!(peers = n, "SIGHUP: peers reloaded"),
+                Err(e) => tracing::error!(error = %e.message, "SIGHUP: reload failed; the previous peers stay in force"),
+            },
+        }
     }
+    server.abort();
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -33,12 +33,17 @@ pub fn answer(
     if operation != ArpOperation::Request {
         return Err(DropReason::ArpIgnored);
     }
-    let Some(target) = table.lookup(target_protocol_addr.octets()) else {
-        return Err(DropReason::ArpUnknownTarget);
+    // Pods and the gateway answer with their own MAC; addresses on other nodes with the
+    // router MAC, so the node's kernel sends them to us for the tunnel.
+    let target = target_protocol_addr.octets();
+    let (mac, owner) = match table.lookup(target) {
+        Some(ep) => (ep.mac, Some(ep.port)),
+        None if table.lookup_peer(target).is_some() => (table.router_mac, None),
+        None => return Err(DropReason::ArpUnknownTarget),
     };
     // A port asking about its own address is probing for duplicates (RFC 5227); answering
     // would make it believe its address is taken.
-    if target.port == in_port {
+    if owner == Some(in_port) {
         return Err(DropReason::ArpIgnored);
     }
 
@@ -46,11 +51,11 @@ pub fn answer(
     clear_vnet_hdr(reply);
     let eth = &mut reply[VNET_HDR_LEN..];
     eth[0..6].copy_from_slice(source_hardware_addr.as_bytes());
-    eth[6..12].copy_from_slice(&target.mac);
+    eth[6..12].copy_from_slice(&mac);
     eth[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
     let repr = ArpRepr::EthernetIpv4 {
         operation: ArpOperation::Reply,
-        source_hardware_addr: EthernetAddress(target.mac),
+        source_hardware_addr: EthernetAddress(mac),
         source_protocol_addr: target_protocol_addr,
         target_hardware_addr: source_hardware_addr,
         target_protocol_addr: source_protocol_addr,

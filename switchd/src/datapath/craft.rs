@@ -81,12 +81,57 @@ pub fn truncate(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
 }
 
 fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for pair in bytes.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    super::checksum::finish(super::checksum::sum(bytes, 0))
+}
+
+/// A TCPv4 super-frame as a pod's kernel hands it over with TSO: virtio-net header with
+/// `gso_type` TCPv4 and `gso_size` = `mss`, the TCP checksum field holding only the
+/// pseudo-header sum (the "partial" checksum), flags ACK|PSH.
+pub fn tcp4_super_frame(payload: &[u8], seq: u32, mss: u16) -> Vec<u8> {
+    let (a, b) = (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 2, 2));
+    let mut out = Vec::with_capacity(VNET_HDR_LEN + ETH_HDR_LEN + 40 + payload.len());
+    eth(
+        mac_for_ip(Ipv4Addr::new(10, 244, 1, 1)),
+        mac_for_ip(a),
+        ETHERTYPE_IPV4,
+        &mut out,
+    );
+    super::offload::VnetHdr::write_tcp4_gso(&mut out, mss, (ETH_HDR_LEN + 20) as u16);
+    let total = (40 + payload.len()).min(usize::from(u16::MAX)) as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+    ip[6] = 0x40; // DF
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&a.octets());
+    ip[16..20].copy_from_slice(&b.octets());
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    out.extend_from_slice(&ip);
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&5201u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x18; // ACK|PSH
+    tcp[14..16].copy_from_slice(&64000u16.to_be_bytes());
+    let pseudo = super::checksum::pseudo_header_v4(a.octets(), b.octets(), 6, 20 + payload.len());
+    let partial = !super::checksum::finish(pseudo);
+    tcp[16..18].copy_from_slice(&partial.to_be_bytes());
+    out.extend_from_slice(&tcp);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The demo table with a peer node owning `10.244.2.0/24` (peer index 0).
+pub fn demo_table_with_peer() -> Table {
+    let mut t = demo_table();
+    t.tunnel_mtu = 1450;
+    t.insert_peer(super::table::PeerRoute {
+        pod_cidr: "10.244.2.0/24".parse().unwrap(),
+        mac: mac_for_ip(Ipv4Addr::new(10, 244, 2, 1)),
+    });
+    t
 }

@@ -2,13 +2,13 @@
 
 use etherparse::{Ethernet2HeaderSlice, Ipv4HeaderSlice};
 
-use super::arp;
 use super::frame::{
-    eth_dst, gso_type, set_eth_dst, set_eth_src, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETH_HDR_LEN,
-    VIRTIO_NET_HDR_GSO_NONE, VNET_HDR_LEN,
+    eth_dst, set_eth_dst, set_eth_src, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETH_HDR_LEN, VNET_HDR_LEN,
 };
+use super::offload::{self, VnetHdr, GSO_NONE, GSO_TCPV4};
 use super::table::{PortId, Table, HOST_PORT};
 use super::DropReason;
+use super::{arp, icmp};
 
 /// What to do with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,25 +17,34 @@ pub enum Verdict {
     Forward(PortId),
     /// Write `reply[..len]` back to the port the frame came from (an ARP answer).
     Reply(usize),
+    /// Encapsulate the frame (MACs already rewritten for the peer) and send it to peer `n`
+    /// of [`Table::peers`].
+    Encap(usize),
+    /// Drop the frame for `reason`, and write `reply[..len]` (an ICMP error) back to the
+    /// port it came from.
+    Reject {
+        len: usize,
+        reason: DropReason,
+    },
     Drop(DropReason),
 }
 
 /// Decide what happens to `buf`, a frame read from `in_port`: virtio-net header followed by
 /// an Ethernet frame. MAC addresses may be rewritten in place when the frame is routed
-/// rather than switched. `reply` must hold at least [`arp::REPLY_LEN`] bytes.
+/// rather than switched. `reply` must hold at least [`icmp::MAX_REPLY_LEN`] bytes.
 #[inline]
 pub fn forward(buf: &mut [u8], in_port: PortId, table: &Table, reply: &mut [u8]) -> Verdict {
     if buf.len() < VNET_HDR_LEN + ETH_HDR_LEN {
         return Verdict::Drop(DropReason::Malformed);
     }
-    let gso = gso_type(buf);
+    let vnet = VnetHdr::read(buf);
     let frame = &mut buf[VNET_HDR_LEN..];
     let ethertype = match Ethernet2HeaderSlice::from_slice(frame) {
         Ok(eth) => eth.ether_type().0,
         Err(_) => return Verdict::Drop(DropReason::Malformed),
     };
     match ethertype {
-        ETHERTYPE_IPV4 => forward_ipv4(frame, gso, in_port, table),
+        ETHERTYPE_IPV4 => forward_ipv4(frame, vnet, in_port, table, reply),
         ETHERTYPE_ARP => match arp::answer(frame, in_port, table, reply) {
             Ok(len) => Verdict::Reply(len),
             Err(reason) => Verdict::Drop(reason),
@@ -45,12 +54,18 @@ pub fn forward(buf: &mut [u8], in_port: PortId, table: &Table, reply: &mut [u8])
 }
 
 #[inline]
-fn forward_ipv4(frame: &mut [u8], gso: u8, in_port: PortId, table: &Table) -> Verdict {
+fn forward_ipv4(
+    frame: &mut [u8],
+    vnet: VnetHdr,
+    in_port: PortId,
+    table: &Table,
+    reply: &mut [u8],
+) -> Verdict {
     let (src, dst) = match Ipv4HeaderSlice::from_slice(&frame[ETH_HDR_LEN..]) {
         Ok(ip) => (ip.source(), ip.destination()),
         Err(_) => return Verdict::Drop(DropReason::Malformed),
     };
-    if gso == VIRTIO_NET_HDR_GSO_NONE && frame.len() - ETH_HDR_LEN > table.mtu as usize {
+    if vnet.gso_type == GSO_NONE && frame.len() - ETH_HDR_LEN > table.mtu as usize {
         return Verdict::Drop(DropReason::TooBig);
     }
     match table.ports.get(&in_port) {
@@ -66,31 +81,108 @@ fn forward_ipv4(frame: &mut [u8], gso: u8, in_port: PortId, table: &Table) -> Ve
     if dst[0] >= 224 || dst == [255; 4] {
         return Verdict::Drop(DropReason::Multicast);
     }
-
-    if let Some(ep) = table.lookup(dst) {
-        if ep.port == in_port {
-            return Verdict::Drop(DropReason::Loop);
-        }
-        // Switched frames already carry the pod's MAC; routed ones (sent to the gateway MAC)
-        // get the pod's MAC and the router's as their source, as a router would write them.
-        if eth_dst(frame) != ep.mac {
-            set_eth_dst(frame, ep.mac);
-            set_eth_src(frame, table.router_mac);
-        }
-        return Verdict::Forward(ep.port);
+    if let Some(v) = deliver_local(frame, dst, in_port, table) {
+        return v;
+    }
+    if let Some(peer) = table.lookup_peer(dst) {
+        return encap_to_peer(frame, vnet, peer, table, reply);
     }
     let dst_addr = std::net::Ipv4Addr::from(dst);
-    if table.cluster_cidr.contains(&dst_addr)
-        || table.pod_cidr.contains(&dst_addr)
-        || in_port == HOST_PORT
-    {
-        // A pod address nobody holds here (remote nodes come with the tunnel), or the node
-        // sending something that is not for a pod.
+    if table.pod_cidr.contains(&dst_addr) || in_port == HOST_PORT {
+        // A pod address nobody holds here, or the node sending something not for a pod.
         return Verdict::Drop(DropReason::NoRoute);
+    }
+    if table.cluster_cidr.contains(&dst_addr) {
+        return Verdict::Drop(DropReason::NoPeer);
     }
     // Anything else leaves through the node, which routes it like its own traffic.
     set_eth_dst(frame, table.router_mac);
     Verdict::Forward(HOST_PORT)
+}
+
+/// To a pod on this node or to the node itself (the gateway address).
+#[inline]
+fn deliver_local(
+    frame: &mut [u8],
+    dst: [u8; 4],
+    in_port: PortId,
+    table: &Table,
+) -> Option<Verdict> {
+    let ep = table.lookup(dst)?;
+    if ep.port == in_port {
+        return Some(Verdict::Drop(DropReason::Loop));
+    }
+    // Switched frames already carry the pod's MAC; routed ones (sent to the gateway MAC,
+    // or arriving from the tunnel) get the pod's MAC and the router's as their source.
+    if eth_dst(frame) != ep.mac {
+        set_eth_dst(frame, ep.mac);
+        set_eth_src(frame, table.router_mac);
+    }
+    Some(Verdict::Forward(ep.port))
+}
+
+#[inline]
+fn encap_to_peer(
+    frame: &mut [u8],
+    vnet: VnetHdr,
+    peer: usize,
+    table: &Table,
+    reply: &mut [u8],
+) -> Verdict {
+    // A super-frame crosses as segments of its headers plus gso_size each.
+    let ip_len = match vnet.gso_type {
+        GSO_NONE => frame.len() - ETH_HDR_LEN,
+        GSO_TCPV4 => match offload::tcp4_segment_ip_len(frame, vnet.gso_size) {
+            Ok(len) => len,
+            Err(reason) => return Verdict::Drop(reason),
+        },
+        _ => return Verdict::Drop(DropReason::UnsupportedProtocol),
+    };
+    if ip_len > table.tunnel_mtu as usize {
+        return too_big(frame, table, reply);
+    }
+    let route = &table.peers[peer];
+    set_eth_dst(frame, route.mac);
+    set_eth_src(frame, table.router_mac);
+    Verdict::Encap(peer)
+}
+
+/// Answer a packet the tunnel cannot carry: ICMP "fragmentation needed" when enabled.
+#[inline]
+pub fn too_big(frame: &[u8], table: &Table, reply: &mut [u8]) -> Verdict {
+    if table.icmp_frag_needed {
+        let len = icmp::frag_needed(frame, table, table.tunnel_mtu, reply);
+        Verdict::Reject {
+            len,
+            reason: DropReason::TooBig,
+        }
+    } else {
+        Verdict::Drop(DropReason::TooBig)
+    }
+}
+
+/// Decide on a frame that arrived through the tunnel from peer `peer` (already decapsulated
+/// into a port buffer). Only IPv4 from the peer's own pod CIDR is accepted, and only for
+/// this node: the switch never relays tunnel traffic onwards.
+#[inline]
+pub fn forward_from_tunnel(buf: &mut [u8], peer: usize, table: &Table) -> Verdict {
+    let frame = &mut buf[VNET_HDR_LEN..];
+    match Ethernet2HeaderSlice::from_slice(frame) {
+        Ok(eth) if eth.ether_type().0 == ETHERTYPE_IPV4 => {}
+        Ok(_) => return Verdict::Drop(DropReason::UnsupportedProtocol),
+        Err(_) => return Verdict::Drop(DropReason::Malformed),
+    }
+    let (src, dst) = match Ipv4HeaderSlice::from_slice(&frame[ETH_HDR_LEN..]) {
+        Ok(ip) => (ip.source(), ip.destination()),
+        Err(_) => return Verdict::Drop(DropReason::Malformed),
+    };
+    let Some(route) = table.peers.get(peer) else {
+        return Verdict::Drop(DropReason::UnknownPeer);
+    };
+    if !route.pod_cidr.contains(&std::net::Ipv4Addr::from(src)) {
+        return Verdict::Drop(DropReason::SpoofedSource);
+    }
+    deliver_local(frame, dst, PortId::MAX, table).unwrap_or(Verdict::Drop(DropReason::NoRoute))
 }
 
 #[cfg(test)]
@@ -115,7 +207,7 @@ mod tests {
         let mut reply = [0u8; 128];
         let v = forward(buf, in_port, t, &mut reply);
         let r = match v {
-            Verdict::Reply(n) => reply[..n].to_vec(),
+            Verdict::Reply(n) | Verdict::Reject { len: n, .. } => reply[..n].to_vec(),
             _ => vec![],
         };
         (v, r)
@@ -189,7 +281,7 @@ mod tests {
                     10,
                 ),
                 1,
-                DropReason::NoRoute,
+                DropReason::NoPeer,
             ),
             (
                 craft::ipv4_udp(
@@ -303,5 +395,164 @@ mod tests {
         let mut f = craft::arp_request(mac_for_ip(A), A, B);
         f.truncate(VNET_HDR_LEN + ETH_HDR_LEN + 20);
         assert_eq!(run(&mut f, 1, &t).0, Verdict::Drop(DropReason::Malformed));
+    }
+
+    const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 7);
+
+    fn peered() -> Table {
+        let mut t = craft::demo_table_with_peer();
+        t.insert_pod(1, A, mac_for_ip(A));
+        t.insert_pod(2, B, mac_for_ip(B));
+        t
+    }
+
+    #[test]
+    fn frames_for_another_nodes_pods_are_encapsulated_to_that_peer_with_its_mac() {
+        let t = peered();
+        let mut f = craft::ipv4_udp(mac_for_ip(A), t.router_mac, A, REMOTE, 100);
+        assert_eq!(run(&mut f, 1, &t).0, Verdict::Encap(0));
+        assert_eq!(
+            &f[VNET_HDR_LEN..VNET_HDR_LEN + 6],
+            &t.peers[0].mac,
+            "inner dst = peer VTEP MAC"
+        );
+        assert_eq!(&f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12], &t.router_mac);
+        assert_eq!(
+            &f[VNET_HDR_LEN + 14 + 12..VNET_HDR_LEN + 14 + 20],
+            &[10, 244, 1, 2, 10, 244, 2, 7],
+            "addresses untouched"
+        );
+        // The node itself reaches remote pods through the host port.
+        let mut f = craft::ipv4_udp(t.router_mac, t.router_mac, GW, REMOTE, 100);
+        assert_eq!(run(&mut f, HOST_PORT, &t).0, Verdict::Encap(0));
+        // A pod CIDR in the cluster that nobody owns.
+        let mut f = craft::ipv4_udp(
+            mac_for_ip(A),
+            t.router_mac,
+            A,
+            Ipv4Addr::new(10, 244, 9, 9),
+            100,
+        );
+        assert_eq!(run(&mut f, 1, &t).0, Verdict::Drop(DropReason::NoPeer));
+    }
+
+    #[test]
+    fn host_arp_for_a_remote_pod_gets_the_router_mac() {
+        let t = peered();
+        let mut f = craft::arp_request(t.router_mac, GW, REMOTE);
+        let (v, reply) = run(&mut f, HOST_PORT, &t);
+        assert_eq!(v, Verdict::Reply(arp::REPLY_LEN));
+        assert_eq!(&reply[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12], &t.router_mac);
+    }
+
+    #[test]
+    fn too_big_for_the_tunnel_gets_icmp_fragmentation_needed() {
+        let mut t = peered();
+        t.mtu = 1500;
+        t.tunnel_mtu = 1350;
+        let mut f = craft::ipv4_udp(mac_for_ip(A), t.router_mac, A, REMOTE, 1400);
+        let (v, reply) = run(&mut f, 1, &t);
+        let Verdict::Reject { len, reason } = v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(reason, DropReason::TooBig);
+        assert_eq!(len, reply.len());
+        let eth = &reply[VNET_HDR_LEN..];
+        assert_eq!(&eth[0..6], &mac_for_ip(A), "back to the sender");
+        let ip = &eth[ETH_HDR_LEN..];
+        assert_eq!(
+            crate::datapath::checksum::finish(crate::datapath::checksum::sum(&ip[..20], 0)),
+            0
+        );
+        assert_eq!(
+            (&ip[12..16], &ip[16..20]),
+            (&GW.octets()[..], &A.octets()[..])
+        );
+        let icmp = &ip[20..];
+        assert_eq!((icmp[0], icmp[1]), (3, 4));
+        assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1350, "next-hop MTU");
+        assert_eq!(
+            crate::datapath::checksum::finish(crate::datapath::checksum::sum(icmp, 0)),
+            0
+        );
+        assert_eq!(
+            &icmp[8 + 12..8 + 20],
+            &[10, 244, 1, 2, 10, 244, 2, 7],
+            "quotes the original header"
+        );
+
+        t.icmp_frag_needed = false;
+        let mut f = craft::ipv4_udp(mac_for_ip(A), t.router_mac, A, REMOTE, 1400);
+        assert_eq!(run(&mut f, 1, &t).0, Verdict::Drop(DropReason::TooBig));
+        // A TSO super-frame whose segments would not fit is refused the same way.
+        t.icmp_frag_needed = true;
+        let mut f = craft::tcp4_super_frame(&[0u8; 5000], 1, 1400);
+        assert!(matches!(
+            run(&mut f, 1, &t).0,
+            Verdict::Reject {
+                reason: DropReason::TooBig,
+                ..
+            }
+        ));
+        let mut f = craft::tcp4_super_frame(&[0u8; 5000], 1, 1200);
+        assert_eq!(run(&mut f, 1, &t).0, Verdict::Encap(0));
+    }
+
+    #[test]
+    fn tunnel_frames_reach_local_pods_only_from_the_peers_own_cidr() {
+        let t = peered();
+        let peer_mac = t.peers[0].mac;
+        let mut f = craft::ipv4_udp(peer_mac, t.router_mac, REMOTE, A, 100);
+        assert_eq!(forward_from_tunnel(&mut f, 0, &t), Verdict::Forward(1));
+        assert_eq!(
+            &f[VNET_HDR_LEN..VNET_HDR_LEN + 6],
+            &mac_for_ip(A),
+            "delivered with the pod's MAC"
+        );
+        let mut f = craft::ipv4_udp(peer_mac, t.router_mac, REMOTE, GW, 100);
+        assert_eq!(
+            forward_from_tunnel(&mut f, 0, &t),
+            Verdict::Forward(HOST_PORT),
+            "to the node itself"
+        );
+        let mut f = craft::ipv4_udp(peer_mac, t.router_mac, Ipv4Addr::new(10, 244, 3, 3), A, 100);
+        assert_eq!(
+            forward_from_tunnel(&mut f, 0, &t),
+            Verdict::Drop(DropReason::SpoofedSource)
+        );
+        let mut f = craft::ipv4_udp(
+            peer_mac,
+            t.router_mac,
+            REMOTE,
+            Ipv4Addr::new(10, 244, 1, 99),
+            100,
+        );
+        assert_eq!(
+            forward_from_tunnel(&mut f, 0, &t),
+            Verdict::Drop(DropReason::NoRoute)
+        );
+        let mut f = craft::ipv4_udp(
+            peer_mac,
+            t.router_mac,
+            REMOTE,
+            Ipv4Addr::new(192, 0, 2, 1),
+            100,
+        );
+        assert_eq!(
+            forward_from_tunnel(&mut f, 0, &t),
+            Verdict::Drop(DropReason::NoRoute),
+            "never relayed onwards"
+        );
+        let mut f = craft::arp_request(peer_mac, REMOTE, A);
+        assert_eq!(
+            forward_from_tunnel(&mut f, 0, &t),
+            Verdict::Drop(DropReason::UnsupportedProtocol)
+        );
+        let mut f = craft::ipv4_udp(peer_mac, t.router_mac, REMOTE, A, 100);
+        f.truncate(VNET_HDR_LEN + ETH_HDR_LEN + 10);
+        assert_eq!(
+            forward_from_tunnel(&mut f, 0, &t),
+            Verdict::Drop(DropReason::Malformed)
+        );
     }
 }

@@ -8,15 +8,6 @@ pub const ETH_HDR_LEN: usize = 14;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
 
-/// `virtio_net_hdr.gso_type` value for "not a segmentation offload super-frame".
-pub const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
-
-/// The segmentation type of a buffer (virtio-net header byte 1).
-#[inline]
-pub fn gso_type(buf: &[u8]) -> u8 {
-    buf[1]
-}
-
 /// Write an all-zero virtio-net header: a plain frame with a complete checksum.
 #[inline]
 pub fn clear_vnet_hdr(buf: &mut [u8]) {

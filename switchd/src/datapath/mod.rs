@@ -5,13 +5,18 @@
 //! with a table snapshot loaded once per batch, and carry out the [`Verdict`].
 
 pub mod arp;
+pub mod checksum;
 pub mod craft;
 pub mod forward;
 pub mod frame;
+pub mod icmp;
+pub mod offload;
 pub mod table;
+pub mod vxlan;
 
+pub use forward::forward_from_tunnel;
 pub use forward::{forward, Verdict};
-pub use table::{Endpoint, PortEntry, PortId, Table, HOST_PORT};
+pub use table::{Endpoint, PeerRoute, PortEntry, PortId, Table, HOST_PORT};
 
 /// Why a frame was not delivered. Each reason has its own counter and a stable name that
 /// shows up in `switchctl stats` (and later in metrics).
@@ -36,12 +41,20 @@ pub enum DropReason {
     TooBig,
     /// The destination is the port the frame came from.
     Loop,
-    /// The destination port rejected the write (interface down or deleted).
+    /// The destination port or the tunnel socket rejected the write.
     WriteFailed,
+    /// The destination is in the cluster CIDR but no node (local or peer) owns it.
+    NoPeer,
+    /// A tunnel datagram from an address that is not a configured peer.
+    UnknownPeer,
+    /// A tunnel datagram too short or without the VXLAN I flag.
+    BadTunnelPacket,
+    /// A tunnel datagram for another VXLAN network.
+    WrongVni,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Malformed,
         DropReason::UnsupportedProtocol,
         DropReason::Multicast,
@@ -52,6 +65,10 @@ impl DropReason {
         DropReason::TooBig,
         DropReason::Loop,
         DropReason::WriteFailed,
+        DropReason::NoPeer,
+        DropReason::UnknownPeer,
+        DropReason::BadTunnelPacket,
+        DropReason::WrongVni,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +83,10 @@ impl DropReason {
             DropReason::TooBig => "too_big",
             DropReason::Loop => "loop",
             DropReason::WriteFailed => "write_failed",
+            DropReason::NoPeer => "no_peer",
+            DropReason::UnknownPeer => "unknown_peer",
+            DropReason::BadTunnelPacket => "bad_tunnel_packet",
+            DropReason::WrongVni => "wrong_vni",
         }
     }
 }

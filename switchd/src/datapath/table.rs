@@ -38,6 +38,31 @@ pub struct Table {
     /// Every address the switch answers for: pods, and the gateway on the host port.
     pub by_ip: HashMap<u32, Endpoint, FastU32>,
     pub ports: HashMap<PortId, PortEntry, FastU32>,
+    /// Largest IP packet the tunnel carries (underlay MTU minus VXLAN overhead).
+    pub tunnel_mtu: u32,
+    /// Answer packets too big for the tunnel with ICMP "fragmentation needed".
+    pub icmp_frag_needed: bool,
+    /// Other nodes, indexed by the position the shell uses for their sockets and counters.
+    pub peers: Vec<PeerRoute>,
+    peer_index: HashMap<u64, usize, FastU32>,
+    peer_prefix_lens: Vec<u8>,
+}
+
+/// Another node: the pod CIDR it owns and its router (VTEP) MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerRoute {
+    pub pod_cidr: Ipv4Net,
+    pub mac: [u8; 6],
+}
+
+#[inline]
+fn peer_key(prefix_len: u8, ip: u32) -> u64 {
+    let mask = if prefix_len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix_len))
+    };
+    (u64::from(prefix_len) << 32) | u64::from(ip & mask)
 }
 
 impl Table {
@@ -51,6 +76,11 @@ impl Table {
             mtu,
             by_ip: HashMap::default(),
             ports: HashMap::default(),
+            tunnel_mtu: mtu,
+            icmp_frag_needed: true,
+            peers: Vec::new(),
+            peer_index: HashMap::default(),
+            peer_prefix_lens: Vec::new(),
         };
         table.by_ip.insert(
             u32::from(gateway),
@@ -74,6 +104,29 @@ impl Table {
                 allowed_src: Some(ip),
             },
         );
+    }
+
+    /// Add another node; returns its index in [`Table::peers`].
+    pub fn insert_peer(&mut self, route: PeerRoute) -> usize {
+        let idx = self.peers.len();
+        let len = route.pod_cidr.prefix_len();
+        self.peer_index
+            .insert(peer_key(len, u32::from(route.pod_cidr.network())), idx);
+        if !self.peer_prefix_lens.contains(&len) {
+            self.peer_prefix_lens.push(len);
+            self.peer_prefix_lens.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        self.peers.push(route);
+        idx
+    }
+
+    /// The peer whose pod CIDR holds `ip` (longest prefix first).
+    #[inline]
+    pub fn lookup_peer(&self, ip: [u8; 4]) -> Option<usize> {
+        let ip = u32::from_be_bytes(ip);
+        self.peer_prefix_lens
+            .iter()
+            .find_map(|len| self.peer_index.get(&peer_key(*len, ip)).copied())
     }
 
     #[inline]
@@ -105,6 +158,10 @@ impl Hasher for U32Hasher {
         for &b in bytes {
             self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         }
+    }
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
     #[inline]
     fn write_u32(&mut self, n: u32) {

@@ -12,7 +12,7 @@ use switchd_proto::{AttachmentKey, Counters, PodRef};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use crate::datapath::{self, arp, DropReason, PortId, Verdict};
+use crate::datapath::{self, icmp, DropReason, PortId, Verdict};
 use crate::stats::Stats;
 use crate::switch::{Snapshot, SnapshotCell};
 use tap::Tap;
@@ -77,7 +77,7 @@ impl AsRawFd for Port {
 impl Port {
     /// Write one buffer to this port, counting it either way.
     #[inline]
-    fn transmit(&self, buf: &[u8], stats: &Stats) {
+    pub fn transmit(&self, buf: &[u8], stats: &Stats) {
         match self.tap.write(buf) {
             Ok(_) => {
                 self.counters.tx_packets.fetch_add(1, Relaxed);
@@ -85,7 +85,7 @@ impl Port {
             }
             Err(_) => {
                 self.counters.drops.fetch_add(1, Relaxed);
-                stats.drop(DropReason::WriteFailed);
+                stats.count_drop(DropReason::WriteFailed);
             }
         }
     }
@@ -104,7 +104,8 @@ pub async fn run(port: Arc<Port>, table: Arc<SnapshotCell>, stats: Arc<Stats>) {
         }
     };
     let mut buf = vec![0u8; FRAME_BUF_LEN];
-    let mut reply = [0u8; arp::REPLY_LEN];
+    let mut reply = [0u8; icmp::MAX_REPLY_LEN];
+    let mut scratch = vec![0u8; FRAME_BUF_LEN];
     loop {
         let mut ready = match afd.readable().await {
             Ok(r) => r,
@@ -117,7 +118,14 @@ pub async fn run(port: Arc<Port>, table: Arc<SnapshotCell>, stats: Arc<Stats>) {
         let mut drained = false;
         for _ in 0..BATCH {
             match port.tap.read(&mut buf) {
-                Ok(n) => handle_frame(&port, &mut buf[..n], &snapshot, &stats, &mut reply),
+                Ok(n) => handle_frame(
+                    &port,
+                    &mut buf[..n],
+                    &snapshot,
+                    &stats,
+                    &mut reply,
+                    &mut scratch,
+                ),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     ready.clear_ready();
                     drained = true;
@@ -140,7 +148,14 @@ pub async fn run(port: Arc<Port>, table: Arc<SnapshotCell>, stats: Arc<Stats>) {
 }
 
 #[inline]
-fn handle_frame(port: &Port, buf: &mut [u8], snapshot: &Snapshot, stats: &Stats, reply: &mut [u8]) {
+fn handle_frame(
+    port: &Port,
+    buf: &mut [u8],
+    snapshot: &Snapshot,
+    stats: &Stats,
+    reply: &mut [u8],
+    scratch: &mut [u8],
+) {
     port.counters.rx_packets.fetch_add(1, Relaxed);
     port.counters.rx_bytes.fetch_add(buf.len() as u64, Relaxed);
     match datapath::forward(buf, port.id, &snapshot.table, reply) {
@@ -148,13 +163,25 @@ fn handle_frame(port: &Port, buf: &mut [u8], snapshot: &Snapshot, stats: &Stats,
             Some(out) => out.transmit(buf, stats),
             None => {
                 port.counters.drops.fetch_add(1, Relaxed);
-                stats.drop(DropReason::NoRoute);
+                stats.count_drop(DropReason::NoRoute);
             }
         },
         Verdict::Reply(len) => port.transmit(&reply[..len], stats),
+        Verdict::Encap(peer) => match (&snapshot.tunnel, snapshot.peers.get(peer)) {
+            (Some(tunnel), Some(peer)) => tunnel.send_frame(buf, peer, scratch, stats),
+            _ => {
+                port.counters.drops.fetch_add(1, Relaxed);
+                stats.count_drop(DropReason::NoPeer);
+            }
+        },
+        Verdict::Reject { len, reason } => {
+            port.counters.drops.fetch_add(1, Relaxed);
+            stats.count_drop(reason);
+            port.transmit(&reply[..len], stats);
+        }
         Verdict::Drop(reason) => {
             port.counters.drops.fetch_add(1, Relaxed);
-            stats.drop(reason);
+            stats.count_drop(reason);
         }
     }
 }

@@ -26,8 +26,6 @@ const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
 const TUN_F_TSO6: libc::c_uint = 0x04;
 const TUN_F_TSO_ECN: libc::c_uint = 0x08;
-const TUN_F_USO4: libc::c_uint = 0x20;
-const TUN_F_USO6: libc::c_uint = 0x40;
 
 /// Errors from opening or configuring a TAP device.
 #[derive(Debug, thiserror::Error)]
@@ -113,24 +111,19 @@ impl Tap {
         Ok(tap)
     }
 
-    /// Let the kernel hand us TCP (and, where supported, UDP) super-frames with partial
-    /// checksums instead of finished 1500-byte packets.
+    /// Let the kernel hand us TCP super-frames with partial checksums instead of finished
+    /// 1500-byte packets. UDP segmentation offload (USO) stays off: the tunnel path
+    /// segments TCP only, so the kernel keeps segmenting UDP itself.
     fn enable_offloads(&self) -> Result<(), TapError> {
-        let base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+        let offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
         // SAFETY: TUNSETOFFLOAD takes its argument by value; `fd` is a configured TAP.
         let rc = unsafe {
             libc::ioctl(
                 self.fd.as_raw_fd(),
                 TUNSETOFFLOAD,
-                (base | TUN_F_USO4 | TUN_F_USO6) as libc::c_ulong,
+                offloads as libc::c_ulong,
             )
         };
-        if rc == 0 {
-            return Ok(());
-        }
-        // Kernels before 6.2 have no UDP segmentation offload on TAP: keep the TCP ones.
-        // SAFETY: as above.
-        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETOFFLOAD, base as libc::c_ulong) };
         if rc < 0 {
             return Err(self.configure_error("TUNSETOFFLOAD"));
         }

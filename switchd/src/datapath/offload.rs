@@ -1,0 +1,258 @@
+//! Undoing the TAP's offloads before a frame leaves through the tunnel.
+//!
+//! With `IFF_VNET_HDR` and TSO enabled, a pod's kernel hands us TCP super-frames of up to
+//! 64 KiB with a partial checksum, and a virtio-net header saying how to finish the job
+//! (`gso_size`, `csum_start`, `csum_offset`). Same-node, the header travels with the frame to
+//! the other TAP and the receiving kernel deals with it. A VXLAN peer (another switchd, or a
+//! kernel VXLAN device) only takes finished, MTU-sized frames, so here we segment and
+//! checksum in software. Nothing allocates: segments are built in a caller-owned scratch.
+
+use super::checksum;
+use super::frame::{ETH_HDR_LEN, VNET_HDR_LEN};
+use super::DropReason;
+
+const F_NEEDS_CSUM: u8 = 1;
+pub const GSO_NONE: u8 = 0;
+pub const GSO_TCPV4: u8 = 1;
+const GSO_ECN: u8 = 0x80;
+const TCP_FIN: u8 = 0x01;
+const TCP_PSH: u8 = 0x08;
+const TCP_CWR: u8 = 0x80;
+
+/// The parts of the virtio-net header we use (little-endian, as on every host we run on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VnetHdr {
+    pub flags: u8,
+    pub gso_type: u8,
+    pub gso_size: u16,
+    pub csum_start: u16,
+    pub csum_offset: u16,
+}
+
+impl VnetHdr {
+    #[inline]
+    pub fn read(buf: &[u8]) -> VnetHdr {
+        let u16_at = |i: usize| u16::from_le_bytes([buf[i], buf[i + 1]]);
+        VnetHdr {
+            flags: buf[0],
+            gso_type: buf[1] & !GSO_ECN,
+            gso_size: u16_at(4),
+            csum_start: u16_at(6),
+            csum_offset: u16_at(8),
+        }
+    }
+
+    /// Write a header for a TCPv4 super-frame (tests and benchmarks use this).
+    pub fn write_tcp4_gso(buf: &mut [u8], gso_size: u16, csum_start: u16) {
+        buf[..VNET_HDR_LEN].fill(0);
+        buf[0] = F_NEEDS_CSUM;
+        buf[1] = GSO_TCPV4;
+        buf[4..6].copy_from_slice(&gso_size.to_le_bytes());
+        buf[6..8].copy_from_slice(&csum_start.to_le_bytes());
+        buf[8..10].copy_from_slice(&16u16.to_le_bytes());
+    }
+}
+
+/// Finish a partial checksum in place (`buf` = virtio-net header + frame). The field at
+/// `csum_start + csum_offset` already holds the pseudo-header sum, as the kernel leaves it.
+#[inline]
+pub fn finish_checksum(buf: &mut [u8], hdr: VnetHdr) -> Result<(), DropReason> {
+    if hdr.flags & F_NEEDS_CSUM == 0 {
+        return Ok(());
+    }
+    let frame = &mut buf[VNET_HDR_LEN..];
+    let (start, field) = (
+        hdr.csum_start as usize,
+        hdr.csum_start as usize + hdr.csum_offset as usize,
+    );
+    if field + 2 > frame.len() {
+        return Err(DropReason::Malformed);
+    }
+    let c = checksum::finish(checksum::sum(&frame[start..], 0));
+    frame[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    Ok(())
+}
+
+/// Layout of a TCP/IPv4 frame's headers.
+struct Tcp4Layout {
+    ip_len: usize,
+    tcp_len: usize,
+}
+
+fn tcp4_layout(frame: &[u8]) -> Result<Tcp4Layout, DropReason> {
+    let ip = frame.get(ETH_HDR_LEN..).ok_or(DropReason::Malformed)?;
+    if ip.len() < 20 || ip[0] >> 4 != 4 || ip[9] != 6 {
+        return Err(DropReason::Malformed);
+    }
+    let ip_len = usize::from(ip[0] & 0x0f) * 4;
+    let tcp = ip.get(ip_len..).ok_or(DropReason::Malformed)?;
+    if ip_len < 20 || tcp.len() < 20 {
+        return Err(DropReason::Malformed);
+    }
+    let tcp_len = usize::from(tcp[12] >> 4) * 4;
+    if tcp_len < 20 || tcp.len() < tcp_len {
+        return Err(DropReason::Malformed);
+    }
+    Ok(Tcp4Layout { ip_len, tcp_len })
+}
+
+/// The size of the IP packets [`segment_tcp4`] will produce from this super-frame
+/// (`frame` starts at the Ethernet header).
+pub fn tcp4_segment_ip_len(frame: &[u8], gso_size: u16) -> Result<usize, DropReason> {
+    let l = tcp4_layout(frame)?;
+    Ok(l.ip_len + l.tcp_len + usize::from(gso_size))
+}
+
+/// Split a TCPv4 super-frame (`buf` = virtio-net header + frame) into segments of at most
+/// `gso_size` payload bytes, each with correct IPv4 length, id and checksum and a complete
+/// TCP checksum. Each segment is handed to `emit` laid out like a port buffer: 12 bytes of
+/// headroom (for the VXLAN header) followed by the Ethernet frame. Returns the count.
+pub fn segment_tcp4(
+    buf: &[u8],
+    hdr: VnetHdr,
+    scratch: &mut [u8],
+    mut emit: impl FnMut(&mut [u8]),
+) -> Result<usize, DropReason> {
+    let frame = &buf[VNET_HDR_LEN..];
+    let l = tcp4_layout(frame)?;
+    let headers = ETH_HDR_LEN + l.ip_len + l.tcp_len;
+    let mss = usize::from(hdr.gso_size);
+    if mss == 0 || VNET_HDR_LEN + headers + mss > scratch.len() {
+        return Err(DropReason::Malformed);
+    }
+    let payload = &frame[headers..];
+    let ip0 = ETH_HDR_LEN;
+    let tcp0 = ip0 + l.ip_len;
+    let id = u16::from_be_bytes([frame[ip0 + 4], frame[ip0 + 5]]);
+    let seq = u32::from_be_bytes([
+        frame[tcp0 + 4],
+        frame[tcp0 + 5],
+        frame[tcp0 + 6],
+        frame[tcp0 + 7],
+    ]);
+    let src = [
+        frame[ip0 + 12],
+        frame[ip0 + 13],
+        frame[ip0 + 14],
+        frame[ip0 + 15],
+    ];
+    let dst = [
+        frame[ip0 + 16],
+        frame[ip0 + 17],
+        frame[ip0 + 18],
+        frame[ip0 + 19],
+    ];
+    let count = payload.len().div_ceil(mss).max(1);
+
+    for i in 0..count {
+        let chunk = &payload[(i * mss).min(payload.len())..((i + 1) * mss).min(payload.len())];
+        let seg_len = VNET_HDR_LEN + headers + chunk.len();
+        let seg = &mut scratch[..seg_len];
+        seg[VNET_HDR_LEN..VNET_HDR_LEN + headers].copy_from_slice(&frame[..headers]);
+        seg[VNET_HDR_LEN + headers..].copy_from_slice(chunk);
+        let f = &mut seg[VNET_HDR_LEN..];
+
+        let ip_total = (l.ip_len + l.tcp_len + chunk.len()) as u16;
+        f[ip0 + 2..ip0 + 4].copy_from_slice(&ip_total.to_be_bytes());
+        f[ip0 + 4..ip0 + 6].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
+        checksum::fix_ipv4_header(&mut f[ip0..tcp0]);
+
+        f[tcp0 + 4..tcp0 + 8].copy_from_slice(&seq.wrapping_add((i * mss) as u32).to_be_bytes());
+        if i + 1 < count {
+            f[tcp0 + 13] &= !(TCP_FIN | TCP_PSH);
+        }
+        if i > 0 {
+            f[tcp0 + 13] &= !TCP_CWR;
+        }
+        f[tcp0 + 16] = 0;
+        f[tcp0 + 17] = 0;
+        let tcp_seg_len = l.tcp_len + chunk.len();
+        let c = checksum::finish(checksum::sum(
+            &f[tcp0..],
+            checksum::pseudo_header_v4(src, dst, 6, tcp_seg_len),
+        ));
+        f[tcp0 + 16..tcp0 + 18].copy_from_slice(&c.to_be_bytes());
+        seg[..VNET_HDR_LEN].fill(0);
+        emit(seg);
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::craft;
+
+    fn verify_tcp4(frame: &[u8]) {
+        let ip = &frame[ETH_HDR_LEN..];
+        assert_eq!(
+            checksum::finish(checksum::sum(&ip[..20], 0)),
+            0,
+            "IPv4 header checksum"
+        );
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        assert_eq!(total, ip.len(), "IPv4 total length");
+        let src = [ip[12], ip[13], ip[14], ip[15]];
+        let dst = [ip[16], ip[17], ip[18], ip[19]];
+        let tcp = &ip[20..];
+        assert_eq!(
+            checksum::finish(checksum::sum(
+                tcp,
+                checksum::pseudo_header_v4(src, dst, 6, tcp.len())
+            )),
+            0,
+            "TCP checksum"
+        );
+    }
+
+    #[test]
+    fn a_super_frame_becomes_mss_sized_segments_with_valid_checksums_and_sequence() {
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let buf = craft::tcp4_super_frame(&payload, 1000, 1400);
+        let hdr = VnetHdr::read(&buf);
+        let mut scratch = vec![0u8; 2048];
+        let mut segs: Vec<Vec<u8>> = Vec::new();
+        let n = segment_tcp4(&buf, hdr, &mut scratch, |s| {
+            segs.push(s[VNET_HDR_LEN..].to_vec())
+        })
+        .unwrap();
+        assert_eq!(n, 8);
+        let mut rebuilt = Vec::new();
+        for (i, f) in segs.iter().enumerate() {
+            verify_tcp4(f);
+            let tcp = &f[ETH_HDR_LEN + 20..];
+            let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+            assert_eq!(seq, 1000 + (i as u32) * 1400);
+            let flags = tcp[13];
+            assert_eq!(
+                flags & TCP_PSH != 0,
+                i == n - 1,
+                "PSH only on the last segment"
+            );
+            rebuilt.extend_from_slice(&tcp[20..]);
+        }
+        assert_eq!(rebuilt, payload);
+    }
+
+    #[test]
+    fn a_partial_checksum_is_finished() {
+        let payload = vec![0x5au8; 333];
+        let mut buf = craft::tcp4_super_frame(&payload, 1, 1400);
+        buf[1] = GSO_NONE; // a plain frame that still needs its checksum
+        let hdr = VnetHdr::read(&buf);
+        finish_checksum(&mut buf, hdr).unwrap();
+        verify_tcp4(&buf[VNET_HDR_LEN..]);
+    }
+
+    #[test]
+    fn garbage_is_refused_not_panicked_on() {
+        let mut buf = craft::tcp4_super_frame(&[1, 2, 3], 1, 1400);
+        buf.truncate(VNET_HDR_LEN + ETH_HDR_LEN + 30);
+        let hdr = VnetHdr::read(&buf);
+        assert_eq!(
+            segment_tcp4(&buf, hdr, &mut [0u8; 2048], |_| ()),
+            Err(DropReason::Malformed)
+        );
+        assert_eq!(finish_checksum(&mut buf, hdr), Err(DropReason::Malformed));
+    }
+}

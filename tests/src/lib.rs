@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod cluster;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A unique name for this process: `swt<pid>x<n><tag>`, short enough for interface names.
@@ -136,15 +138,25 @@ impl Node {
 
     /// Start a node in an existing namespace; `mtu: None` leaves the MTU for switchd to derive.
     pub fn start_in(ns: Netns, pod_cidr: &str, mtu: Option<u32>) -> Node {
+        let extra = mtu.map(|m| format!("mtu = {m}\n")).unwrap_or_default();
+        Node::start_with(ns, pod_cidr, &extra, None)
+    }
+
+    /// Start a node with `extra` TOML appended to its config and, when `peers` is given, a
+    /// peers file (`[[peers]]` tables) named by `peers_file`.
+    pub fn start_with(ns: Netns, pod_cidr: &str, extra: &str, peers: Option<&str>) -> Node {
         let dir = std::env::temp_dir().join(&ns.name);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let config = format!(
-            "node_name = \"{name}\"\npod_cidr = \"{pod_cidr}\"\ncluster_cidr = \"10.244.0.0/16\"\nsocket = \"{dir}/switchd.sock\"\nstate_dir = \"{dir}/state\"\n{mtu}",
+        let mut config = format!(
+            "node_name = \"{name}\"\npod_cidr = \"{pod_cidr}\"\ncluster_cidr = \"10.244.0.0/16\"\nsocket = \"{dir}/switchd.sock\"\nstate_dir = \"{dir}/state\"\n{extra}",
             name = ns.name,
             dir = dir.display(),
-            mtu = mtu.map(|m| format!("mtu = {m}\n")).unwrap_or_default()
         );
+        if let Some(peers) = peers {
+            fs::write(dir.join("peers.toml"), peers).unwrap();
+            config += &format!("peers_file = \"{}/peers.toml\"\n", dir.display());
+        }
         fs::write(dir.join("switchd.toml"), config).unwrap();
         let mut node = Node {
             ns,
@@ -206,6 +218,29 @@ impl Node {
             }
             let _ = child.wait();
         }
+    }
+
+    /// The running switchd's PID (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("switchd running").id() as i32
+    }
+
+    /// Replace the peers file (apply it with `switchctl reload` or SIGHUP).
+    pub fn write_peers(&self, peers: &str) {
+        fs::write(self.dir.join("peers.toml"), peers).unwrap();
+    }
+
+    /// A drop counter from `switchctl stats`.
+    pub fn drops(&self, reason: &str) -> u64 {
+        let stats = self.query("stats");
+        stats["drops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d[0] == reason)
+            .unwrap_or_else(|| panic!("no drop reason {reason} in {stats}"))[1]
+            .as_u64()
+            .unwrap()
     }
 
     pub fn restart(&mut self) {
@@ -387,6 +422,16 @@ pub fn tcp_transfer(
     addr: Ipv4Addr,
     total: usize,
 ) -> (usize, u64, usize, u64, SocketAddr) {
+    tcp_transfer_while(from, to, addr, move |sent| sent < total)
+}
+
+/// Like [`tcp_transfer`], but the sender keeps going while `more(bytes_sent_so_far)` holds.
+pub fn tcp_transfer_while(
+    from: &Netns,
+    to: &Netns,
+    addr: Ipv4Addr,
+    more: impl Fn(usize) -> bool + Send + 'static,
+) -> (usize, u64, usize, u64, SocketAddr) {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = to.spawn(move || {
         let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 5201)).expect("bind server");
@@ -416,14 +461,14 @@ pub fn tcp_transfer(
             .unwrap();
         let (mut sent, mut h, mut x) = (0usize, FNV_START, 0x9E37_79B9_7F4A_7C15u64);
         let mut buf = vec![0u8; 1 << 16];
-        while sent < total {
+        while more(sent) {
             for chunk in buf.chunks_mut(8) {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
             }
-            let k = buf.len().min(total - sent);
+            let k = buf.len();
             conn.write_all(&buf[..k]).expect("client write");
             h = fnv1a(h, &buf[..k]);
             sent += k;

@@ -1,0 +1,272 @@
+//! Several nodes on one underlay: a namespace holding a Linux bridge that every node's
+//! underlay veth plugs into, switchd nodes that know each other as static peers, and a
+//! node configured with plain iproute2 the way flannel's vxlan backend does it.
+
+use std::net::Ipv4Addr;
+
+use crate::{Netns, Node};
+
+/// The underlay network: `192.168.77.0/24` on a bridge in its own namespace. (The range
+/// exists only inside namespaces these tests create.)
+pub struct Underlay {
+    pub ns: Netns,
+    next: u8,
+}
+
+impl Underlay {
+    pub fn new() -> Underlay {
+        let ns = Netns::new("ul");
+        for cmd in [
+            vec!["ip", "link", "add", "br0", "type", "bridge"],
+            vec!["ip", "link", "set", "br0", "up"],
+        ] {
+            assert!(ns.exec(&cmd).status.success(), "{cmd:?}");
+        }
+        Underlay { ns, next: 1 }
+    }
+
+    /// Plug `node` in as `u0` with the next address and the given MTU; returns the address.
+    pub fn attach(&mut self, node: &Netns, mtu: u32) -> Ipv4Addr {
+        let n = self.next;
+        self.next += 1;
+        let addr = Ipv4Addr::new(192, 168, 77, n);
+        let port = format!("v{n}");
+        let mtu = mtu.to_string();
+        let cidr = format!("{addr}/24");
+        for cmd in [
+            vec![
+                "ip",
+                "link",
+                "add",
+                "u0",
+                "mtu",
+                &mtu,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &self.ns.name,
+            ],
+            vec!["ip", "addr", "add", &cidr, "dev", "u0"],
+            vec!["ip", "link", "set", "u0", "up"],
+        ] {
+            let out = node.exec(&cmd);
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for cmd in [vec![
+            "ip", "link", "set", &port, "mtu", &mtu, "master", "br0", "up",
+        ]] {
+            let out = self.ns.exec(&cmd);
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        addr
+    }
+}
+
+impl Default for Underlay {
+    fn default() -> Self {
+        Underlay::new()
+    }
+}
+
+/// What a peer needs to know about a node.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub name: String,
+    pub underlay: Ipv4Addr,
+    pub pod_cidr: String,
+    pub mac: String,
+}
+
+impl NodeInfo {
+    /// Node `i` of a test cluster: pod CIDR `10.244.i.0/24`, switchd's default router MAC.
+    pub fn numbered(i: u8, underlay: Ipv4Addr) -> NodeInfo {
+        NodeInfo {
+            name: format!("node{i}"),
+            underlay,
+            pod_cidr: format!("10.244.{i}.0/24"),
+            mac: format!("0a:58:0a:f4:{i:02x}:01"),
+        }
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        let net: Ipv4Addr = self.pod_cidr.split('/').next().unwrap().parse().unwrap();
+        Ipv4Addr::from(u32::from(net) + 1)
+    }
+}
+
+/// `[[peers]]` tables for every node in `nodes` except `me`.
+pub fn peers_toml(nodes: &[NodeInfo], me: &str) -> String {
+    nodes
+        .iter()
+        .filter(|n| n.name != me)
+        .map(|n| {
+            format!(
+                "[[peers]]\nname = \"{}\"\naddr = \"{}\"\npod_cidr = \"{}\"\nmac = \"{}\"\n\n",
+                n.name, n.underlay, n.pod_cidr, n.mac
+            )
+        })
+        .collect()
+}
+
+/// Start switchd on `ns` (already on the underlay) as `me`, peering with `nodes`.
+pub fn start_switchd(ns: Netns, me: &NodeInfo, nodes: &[NodeInfo], extra: &str) -> Node {
+    let config = format!("underlay_addr = \"{}\"\n{extra}", me.underlay);
+    Node::start_with(
+        ns,
+        &me.pod_cidr,
+        &config,
+        Some(&peers_toml(nodes, &me.name)),
+    )
+}
+
+/// A node set up like flannel's vxlan backend does a host: a kernel VXLAN device
+/// `flannel.1` (VNI 1, UDP 8472, no learning), onlink routes to each remote pod CIDR via the
+/// remote's `.0` address, static neighbour and FDB entries pointing at the remote nodes, and
+/// one pod behind a Linux bridge `cni0`. This is the recipe in docs/kernel-interop.md.
+pub struct KernelNode {
+    pub ns: Netns,
+    pub pod: Netns,
+    pub info: NodeInfo,
+    pub pod_addr: Ipv4Addr,
+}
+
+impl KernelNode {
+    pub fn new(underlay: &mut Underlay, i: u8) -> KernelNode {
+        let ns = Netns::new("k");
+        let addr = underlay.attach(&ns, 1500);
+        let info = NodeInfo::numbered(i, addr);
+        let pod = Netns::new("kp");
+        let vtep_addr = format!("10.244.{i}.0/32");
+        let bridge_addr = format!("10.244.{i}.1/24");
+        let pod_addr = Ipv4Addr::new(10, 244, i, 2);
+        let pod_cidr = format!("{pod_addr}/24");
+        let gw = format!("10.244.{i}.1");
+        let local = addr.to_string();
+        let run = |ns: &Netns, cmd: &[&str]| {
+            let out = ns.exec(cmd);
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        // A veth underlay leaves checksums of encapsulated packets for "hardware" to finish,
+        // which a userspace receiver never sees done; a real NIC does it on the wire.
+        run(&ns, &["ethtool", "-K", "u0", "tx", "off"]);
+        run(
+            &ns,
+            &[
+                "ip",
+                "link",
+                "add",
+                "flannel.1",
+                "type",
+                "vxlan",
+                "id",
+                "1",
+                "local",
+                &local,
+                "dev",
+                "u0",
+                "dstport",
+                "8472",
+                "nolearning",
+            ],
+        );
+        run(
+            &ns,
+            &[
+                "ip",
+                "link",
+                "set",
+                "flannel.1",
+                "address",
+                &info.mac,
+                "mtu",
+                "1450",
+                "up",
+            ],
+        );
+        run(&ns, &["ip", "addr", "add", &vtep_addr, "dev", "flannel.1"]);
+        run(&ns, &["ip", "link", "add", "cni0", "type", "bridge"]);
+        run(&ns, &["ip", "addr", "add", &bridge_addr, "dev", "cni0"]);
+        run(&ns, &["ip", "link", "set", "cni0", "mtu", "1450", "up"]);
+        run(
+            &ns,
+            &[
+                "ip", "link", "add", "veth0", "mtu", "1450", "type", "veth", "peer", "name",
+                "eth0", "netns", &pod.name,
+            ],
+        );
+        run(&ns, &["ip", "link", "set", "veth0", "master", "cni0", "up"]);
+        run(&pod, &["ip", "addr", "add", &pod_cidr, "dev", "eth0"]);
+        run(&pod, &["ip", "link", "set", "eth0", "up"]);
+        run(&pod, &["ip", "route", "add", "default", "via", &gw]);
+        KernelNode {
+            ns,
+            pod,
+            info,
+            pod_addr,
+        }
+    }
+
+    /// Point the kernel node at a remote node, as flannel does for each lease it sees.
+    pub fn add_remote(&self, remote: &NodeInfo) {
+        let vtep = remote.pod_cidr.replace(".0/24", ".0");
+        let underlay = remote.underlay.to_string();
+        for cmd in [
+            vec![
+                "ip",
+                "route",
+                "add",
+                remote.pod_cidr.as_str(),
+                "via",
+                vtep.as_str(),
+                "dev",
+                "flannel.1",
+                "onlink",
+            ],
+            vec![
+                "ip",
+                "neigh",
+                "add",
+                vtep.as_str(),
+                "lladdr",
+                remote.mac.as_str(),
+                "dev",
+                "flannel.1",
+                "nud",
+                "permanent",
+            ],
+            vec![
+                "bridge",
+                "fdb",
+                "append",
+                remote.mac.as_str(),
+                "dev",
+                "flannel.1",
+                "dst",
+                underlay.as_str(),
+            ],
+        ] {
+            let out = self.ns.exec(&cmd);
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

@@ -7,12 +7,17 @@ use std::net::Ipv4Addr;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use switchd::datapath::frame::{mac_for_ip, ETH_HDR_LEN};
-use switchd::datapath::{craft, forward, Verdict};
+use switchd::datapath::{craft, forward, forward_from_tunnel, offload, vxlan, Verdict};
 
 const BATCH: usize = 64;
 
+/// Port and tunnel MTU of the benchmark tables: 1500-byte frames must be forwarded, not
+/// refused as too big (the verdicts are asserted before timing).
+const MTU: u32 = 1500;
+
 fn table_with_pods(n: u8) -> switchd::datapath::Table {
     let mut t = craft::demo_table();
+    t.mtu = MTU;
     for i in 0..n {
         let ip = Ipv4Addr::new(10, 244, 1, 2 + i);
         t.insert_pod(1 + i as u32, ip, mac_for_ip(ip));
@@ -28,15 +33,17 @@ fn pod_to_pod(c: &mut Criterion) {
         // Ethernet frame of `frame_len` bytes: headers + UDP payload.
         let payload = frame_len - ETH_HDR_LEN - 28;
         let frame = craft::ipv4_udp(mac_for_ip(a), mac_for_ip(b), a, b, payload);
+        let mut reply = [0u8; 256];
+        assert_eq!(
+            forward(&mut frame.clone(), 1, &table, &mut reply),
+            Verdict::Forward(2)
+        );
         let mut frames: Vec<Vec<u8>> = vec![frame; BATCH];
-        let mut reply = [0u8; 128];
         group.throughput(Throughput::Elements(BATCH as u64));
         group.bench_function(format!("{frame_len}B_packets"), |bench| {
             bench.iter(|| {
                 for f in frames.iter_mut() {
-                    let v = forward(black_box(f), 1, &table, &mut reply);
-                    debug_assert_eq!(v, Verdict::Forward(2));
-                    black_box(v);
+                    black_box(forward(black_box(f), 1, &table, &mut reply));
                 }
             })
         });
@@ -97,5 +104,72 @@ fn arp_answer(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pod_to_pod, baseline_copy, arp_answer);
+/// Cross-node paths: decide + encapsulate (frame for a remote pod, VXLAN header written in
+/// place) and decapsulate + decide (datagram from a peer to a local pod).
+fn tunnel_paths(c: &mut Criterion) {
+    let mut table = craft::demo_table_with_peer();
+    table.mtu = MTU;
+    table.tunnel_mtu = MTU;
+    let (a, remote) = (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 2, 7));
+    table.insert_pod(1, a, mac_for_ip(a));
+    let mut reply = [0u8; 256];
+    let mut group = c.benchmark_group("tunnel");
+    for frame_len in [64usize, 1500] {
+        let payload = frame_len - ETH_HDR_LEN - 28;
+        let out = craft::ipv4_udp(mac_for_ip(a), table.router_mac, a, remote, payload);
+        assert_eq!(
+            forward(&mut out.clone(), 1, &table, &mut reply),
+            Verdict::Encap(0)
+        );
+        let mut frames: Vec<Vec<u8>> = vec![out; BATCH];
+        group.throughput(Throughput::Elements(BATCH as u64));
+        group.bench_function(format!("encap_{frame_len}B"), |bench| {
+            bench.iter(|| {
+                for f in frames.iter_mut() {
+                    if let Verdict::Encap(_) = forward(black_box(f), 1, &table, &mut reply) {
+                        vxlan::encap_in_place(f, 1);
+                    }
+                    black_box(&f[vxlan::DATAGRAM_OFFSET..]);
+                }
+            })
+        });
+        let inbound = craft::ipv4_udp(table.peers[0].mac, table.router_mac, remote, a, payload);
+        assert_eq!(
+            forward_from_tunnel(&mut inbound.clone(), 0, &table),
+            Verdict::Forward(1)
+        );
+        let mut datagrams: Vec<Vec<u8>> = vec![inbound; BATCH];
+        for d in datagrams.iter_mut() {
+            vxlan::encap_in_place(d, 1);
+        }
+        group.bench_function(format!("decap_{frame_len}B"), |bench| {
+            bench.iter(|| {
+                for d in datagrams.iter_mut() {
+                    // Restore the header the previous iteration cleared.
+                    vxlan::encap_in_place(d, 1);
+                    if vxlan::decap_in_place(black_box(d), 1).is_ok() {
+                        black_box(forward_from_tunnel(d, 0, &table));
+                    }
+                }
+            })
+        });
+    }
+    // A 64 KiB TSO super-frame segmented into 1400-byte TCP segments with checksums.
+    let payload = vec![0x5au8; 64_000];
+    let superframe = craft::tcp4_super_frame(&payload, 1, 1398);
+    let hdr = offload::VnetHdr::read(&superframe);
+    let mut scratch = vec![0u8; 65_600];
+    group.throughput(Throughput::Bytes(payload.len() as u64));
+    group.bench_function("segment_64KiB_tso", |bench| {
+        bench.iter(|| {
+            offload::segment_tcp4(black_box(&superframe), hdr, &mut scratch, |s| {
+                black_box(s);
+            })
+            .unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pod_to_pod, baseline_copy, tunnel_paths, arp_answer);
 criterion_main!(benches);

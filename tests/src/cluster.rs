@@ -161,7 +161,7 @@ impl KernelNode {
                 String::from_utf8_lossy(&out.stderr)
             );
         };
-        run(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        run(&ns, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
         // A veth underlay leaves checksums of encapsulated packets for "hardware" to finish,
         // which a userspace receiver never sees done; a real NIC does it on the wire.
         run(&ns, &["ethtool", "-K", "u0", "tx", "off"]);

@@ -513,7 +513,26 @@ impl Switch {
                 format!("reload refused, peers unchanged: {e:#}"),
             )
         })?;
-        if fresh.peers.is_empty() == false && self.tunnel.is_none() {
+        let c = &self.cfg;
+        let needs_restart: Vec<&str> = [
+            ("pod_cidr", fresh.pod_cidr != c.pod_cidr),
+            ("cluster_cidr", fresh.cluster_cidr != c.cluster_cidr),
+            ("underlay_addr", fresh.underlay_addr != c.underlay_addr),
+            ("tunnel_port", fresh.tunnel_port != c.tunnel_port),
+            ("vni", fresh.vni != c.vni),
+            ("router_mac", fresh.router_mac != c.router_mac),
+            ("mtu", fresh.mtu != c.mtu),
+            ("socket", fresh.socket != c.socket),
+            ("state_dir", fresh.state_dir != c.state_dir),
+            ("icmp_frag_needed", fresh.icmp_frag_needed != c.icmp_frag_needed),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect();
+        if !needs_restart.is_empty() {
+            tracing::warn!(keys = ?needs_restart, "reload applies peers only; these changed keys take effect after a restart");
+        }
+        if !fresh.peers.is_empty() && self.tunnel.is_none() {
             return Err(ErrorReply::new(
                 ErrorKind::BadRequest,
                 "reload refused: peers need underlay_addr, which takes a restart to set",

@@ -524,7 +524,10 @@ impl Switch {
             ("mtu", fresh.mtu != c.mtu),
             ("socket", fresh.socket != c.socket),
             ("state_dir", fresh.state_dir != c.state_dir),
-            ("icmp_frag_needed", fresh.icmp_frag_needed != c.icmp_frag_needed),
+            (
+                "icmp_frag_needed",
+                fresh.icmp_frag_needed != c.icmp_frag_needed,
+            ),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))

@@ -6,6 +6,7 @@
 
 pub mod arp;
 pub mod checksum;
+pub mod coalesce;
 pub mod craft;
 pub mod forward;
 pub mod frame;

@@ -103,24 +103,37 @@ pub fn tcp4_segment_ip_len(frame: &[u8], gso_size: u16) -> Result<usize, DropRea
     Ok(l.ip_len + l.tcp_len + usize::from(gso_size))
 }
 
+/// Where [`segment_tcp4`] put the segments: segment `i` occupies
+/// `out[i * stride .. min((i + 1) * stride, len)]`, starting with the caller's headroom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segments {
+    pub count: usize,
+    pub stride: usize,
+    pub len: usize,
+}
+
 /// Split a TCPv4 super-frame (`buf` = virtio-net header + frame) into segments of at most
 /// `gso_size` payload bytes, each with correct IPv4 length, id and checksum and a complete
-/// TCP checksum. Each segment is handed to `emit` laid out like a port buffer: 12 bytes of
-/// headroom (for the VXLAN header) followed by the Ethernet frame. Returns the count.
+/// TCP checksum. Segments are written back to back into `out`, each preceded by `headroom`
+/// untouched bytes (room for a VXLAN header), so that all but the last have the same size:
+/// the layout UDP GSO sends in one call.
 pub fn segment_tcp4(
     buf: &[u8],
     hdr: VnetHdr,
-    scratch: &mut [u8],
-    mut emit: impl FnMut(&mut [u8]),
-) -> Result<usize, DropReason> {
+    out: &mut [u8],
+    headroom: usize,
+) -> Result<Segments, DropReason> {
     let frame = &buf[VNET_HDR_LEN..];
     let l = tcp4_layout(frame)?;
     let headers = ETH_HDR_LEN + l.ip_len + l.tcp_len;
     let mss = usize::from(hdr.gso_size);
-    if mss == 0 || VNET_HDR_LEN + headers + mss > scratch.len() {
+    let payload = &frame[headers..];
+    let count = payload.len().div_ceil(mss.max(1)).max(1);
+    let stride = headroom + headers + mss;
+    let len = (count - 1) * stride + headroom + headers + (payload.len() - (count - 1) * mss);
+    if mss == 0 || len > out.len() {
         return Err(DropReason::Malformed);
     }
-    let payload = &frame[headers..];
     let ip0 = ETH_HDR_LEN;
     let tcp0 = ip0 + l.ip_len;
     let id = u16::from_be_bytes([frame[ip0 + 4], frame[ip0 + 5]]);
@@ -142,15 +155,13 @@ pub fn segment_tcp4(
         frame[ip0 + 18],
         frame[ip0 + 19],
     ];
-    let count = payload.len().div_ceil(mss).max(1);
 
     for i in 0..count {
-        let chunk = &payload[(i * mss).min(payload.len())..((i + 1) * mss).min(payload.len())];
-        let seg_len = VNET_HDR_LEN + headers + chunk.len();
-        let seg = &mut scratch[..seg_len];
-        seg[VNET_HDR_LEN..VNET_HDR_LEN + headers].copy_from_slice(&frame[..headers]);
-        seg[VNET_HDR_LEN + headers..].copy_from_slice(chunk);
-        let f = &mut seg[VNET_HDR_LEN..];
+        let chunk = &payload[i * mss..((i + 1) * mss).min(payload.len())];
+        let at = i * stride + headroom;
+        let f = &mut out[at..at + headers + chunk.len()];
+        f[..headers].copy_from_slice(&frame[..headers]);
+        f[headers..].copy_from_slice(chunk);
 
         let ip_total = (l.ip_len + l.tcp_len + chunk.len()) as u16;
         f[ip0 + 2..ip0 + 4].copy_from_slice(&ip_total.to_be_bytes());
@@ -172,10 +183,8 @@ pub fn segment_tcp4(
             checksum::pseudo_header_v4(src, dst, 6, tcp_seg_len),
         ));
         f[tcp0 + 16..tcp0 + 18].copy_from_slice(&c.to_be_bytes());
-        seg[..VNET_HDR_LEN].fill(0);
-        emit(seg);
     }
-    Ok(count)
+    Ok(Segments { count, stride, len })
 }
 
 #[cfg(test)]
@@ -210,13 +219,21 @@ mod tests {
         let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
         let buf = craft::tcp4_super_frame(&payload, 1000, 1400);
         let hdr = VnetHdr::read(&buf);
-        let mut scratch = vec![0u8; 2048];
-        let mut segs: Vec<Vec<u8>> = Vec::new();
-        let n = segment_tcp4(&buf, hdr, &mut scratch, |s| {
-            segs.push(s[VNET_HDR_LEN..].to_vec())
-        })
-        .unwrap();
+        let mut out = vec![0u8; 16 * 1024];
+        let segments = segment_tcp4(&buf, hdr, &mut out, 8).unwrap();
+        let n = segments.count;
         assert_eq!(n, 8);
+        assert_eq!(segments.stride, 8 + 14 + 40 + 1400);
+        let segs: Vec<Vec<u8>> = (0..n)
+            .map(|i| {
+                out[i * segments.stride + 8..((i + 1) * segments.stride).min(segments.len)].to_vec()
+            })
+            .collect();
+        assert_eq!(
+            segs[7].len(),
+            14 + 40 + 10_000 - 7 * 1400,
+            "the last segment is the rest"
+        );
         let mut rebuilt = Vec::new();
         for (i, f) in segs.iter().enumerate() {
             verify_tcp4(f);
@@ -250,9 +267,12 @@ mod tests {
         buf.truncate(VNET_HDR_LEN + ETH_HDR_LEN + 30);
         let hdr = VnetHdr::read(&buf);
         assert_eq!(
-            segment_tcp4(&buf, hdr, &mut [0u8; 2048], |_| ()),
+            segment_tcp4(&buf, hdr, &mut [0u8; 2048], 8),
             Err(DropReason::Malformed)
         );
+        let big = craft::tcp4_super_frame(&[0u8; 5000], 1, 1400);
+        let too_small = segment_tcp4(&big, VnetHdr::read(&big), &mut [0u8; 2048], 8);
+        assert_eq!(too_small, Err(DropReason::Malformed), "output too small");
         assert_eq!(finish_checksum(&mut buf, hdr), Err(DropReason::Malformed));
     }
 }

@@ -18,7 +18,12 @@ pub const MAX_VNI: u32 = (1 << 24) - 1;
 /// header. The datagram to send is then `buf[DATAGRAM_OFFSET..]`.
 #[inline]
 pub fn encap_in_place(buf: &mut [u8], vni: u32) {
-    let h = &mut buf[DATAGRAM_OFFSET..VNET_HDR_LEN];
+    write_header(&mut buf[DATAGRAM_OFFSET..VNET_HDR_LEN], vni);
+}
+
+/// Write a VXLAN header into the first 8 bytes of `h`.
+#[inline]
+pub fn write_header(h: &mut [u8], vni: u32) {
     h[0] = FLAG_VNI_VALID;
     h[1..4].fill(0);
     h[4..7].copy_from_slice(&vni.to_be_bytes()[1..4]);

@@ -20,6 +20,8 @@ use tap::Tap;
 /// Big enough for the largest TSO super-frame the kernel hands over: a 64 KiB IP packet plus
 /// Ethernet and virtio-net headers.
 pub const FRAME_BUF_LEN: usize = 65_536 + 64;
+/// Room for a super-frame cut into segments, each with its own headers and VXLAN header.
+pub const SEGMENT_BUF_LEN: usize = 2 * FRAME_BUF_LEN;
 /// Frames handled per wake-up before yielding to other ports.
 pub const BATCH: usize = 64;
 
@@ -105,7 +107,7 @@ pub async fn run(port: Arc<Port>, table: Arc<SnapshotCell>, stats: Arc<Stats>) {
     };
     let mut buf = vec![0u8; FRAME_BUF_LEN];
     let mut reply = [0u8; icmp::MAX_REPLY_LEN];
-    let mut scratch = vec![0u8; FRAME_BUF_LEN];
+    let mut scratch = vec![0u8; SEGMENT_BUF_LEN];
     loop {
         let mut ready = match afd.readable().await {
             Ok(r) => r,

@@ -8,8 +8,8 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: the end-to-end tests create network namespaces and TAP devices; run as root (sudo)" >&2
     exit 1
 fi
-for tool in ip ping ethtool bridge; do
-    command -v "$tool" >/dev/null || { echo "scripts/test.sh: '$tool' is missing: apt-get install -y iproute2 iputils-ping ethtool" >&2; exit 1; }
+for tool in ip ping ethtool bridge iperf3; do
+    command -v "$tool" >/dev/null || { echo "scripts/test.sh: '$tool' is missing: apt-get install -y iproute2 iputils-ping ethtool iperf3" >&2; exit 1; }
 done
 [ -c /dev/net/tun ] || { echo "scripts/test.sh: /dev/net/tun is missing (modprobe tun)" >&2; exit 1; }
 
@@ -17,3 +17,6 @@ done
 cargo build --release --workspace --bins
 cargo test --release --workspace "$@"
 cargo bench -p switchd-benches -- --test
+# The end-to-end benchmark, once in its short mode, so it keeps working (its figures are
+# not checked: times are noisy on shared machines).
+target/release/e2e --quick

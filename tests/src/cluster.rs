@@ -142,7 +142,18 @@ pub struct KernelNode {
 }
 
 impl KernelNode {
+    /// A kernel node peering with switchd nodes (see `with_peers_in_userspace`).
     pub fn new(underlay: &mut Underlay, i: u8) -> KernelNode {
+        KernelNode::with_peers_in_userspace(underlay, i, true)
+    }
+
+    /// `userspace_peers`: turn off the veth underlay's checksum offload so a userspace
+    /// receiver gets finished inner checksums. Kernel-to-kernel setups leave it on.
+    pub fn with_peers_in_userspace(
+        underlay: &mut Underlay,
+        i: u8,
+        userspace_peers: bool,
+    ) -> KernelNode {
         let ns = Netns::new("k");
         let addr = underlay.attach(&ns, 1500);
         let info = NodeInfo::numbered(i, addr);
@@ -150,8 +161,6 @@ impl KernelNode {
         let vtep_addr = format!("10.244.{i}.0/32");
         let bridge_addr = format!("10.244.{i}.1/24");
         let pod_addr = Ipv4Addr::new(10, 244, i, 2);
-        let pod_cidr = format!("{pod_addr}/24");
-        let gw = format!("10.244.{i}.1");
         let local = addr.to_string();
         let run = |ns: &Netns, cmd: &[&str]| {
             let out = ns.exec(cmd);
@@ -164,7 +173,9 @@ impl KernelNode {
         run(&ns, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
         // A veth underlay leaves checksums of encapsulated packets for "hardware" to finish,
         // which a userspace receiver never sees done; a real NIC does it on the wire.
-        run(&ns, &["ethtool", "-K", "u0", "tx", "off"]);
+        if userspace_peers {
+            run(&ns, &["ethtool", "-K", "u0", "tx", "off"]);
+        }
         run(
             &ns,
             &[
@@ -203,23 +214,59 @@ impl KernelNode {
         run(&ns, &["ip", "link", "add", "cni0", "type", "bridge"]);
         run(&ns, &["ip", "addr", "add", &bridge_addr, "dev", "cni0"]);
         run(&ns, &["ip", "link", "set", "cni0", "mtu", "1450", "up"]);
-        run(
-            &ns,
-            &[
-                "ip", "link", "add", "veth0", "mtu", "1450", "type", "veth", "peer", "name",
-                "eth0", "netns", &pod.name,
-            ],
-        );
-        run(&ns, &["ip", "link", "set", "veth0", "master", "cni0", "up"]);
-        run(&pod, &["ip", "addr", "add", &pod_cidr, "dev", "eth0"]);
-        run(&pod, &["ip", "link", "set", "eth0", "up"]);
-        run(&pod, &["ip", "route", "add", "default", "via", &gw]);
-        KernelNode {
+        let node = KernelNode {
             ns,
             pod,
             info,
             pod_addr,
-        }
+        };
+        node.plug(&node.pod, pod_addr, 0);
+        node
+    }
+
+    /// Another pod on this node's bridge, at `.{host}`.
+    pub fn add_pod(&self, host: u8) -> (Netns, Ipv4Addr) {
+        let pod = Netns::new("kp");
+        let net: Ipv4Addr = self
+            .info
+            .pod_cidr
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let addr = Ipv4Addr::from(u32::from(net) + u32::from(host));
+        self.plug(&pod, addr, host);
+        (pod, addr)
+    }
+
+    /// Connect `pod` to the bridge with a veth and give it `addr`.
+    fn plug(&self, pod: &Netns, addr: Ipv4Addr, n: u8) {
+        let run = |ns: &Netns, cmd: &[&str]| {
+            let out = ns.exec(cmd);
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let veth = format!("veth{n}");
+        let cidr = format!("{addr}/24");
+        let gw = self.info.gateway().to_string();
+        run(
+            &self.ns,
+            &[
+                "ip", "link", "add", &veth, "mtu", "1450", "type", "veth", "peer", "name", "eth0",
+                "netns", &pod.name,
+            ],
+        );
+        run(
+            &self.ns,
+            &["ip", "link", "set", &veth, "master", "cni0", "up"],
+        );
+        run(pod, &["ip", "addr", "add", &cidr, "dev", "eth0"]);
+        run(pod, &["ip", "link", "set", "eth0", "up"]);
+        run(pod, &["ip", "route", "add", "default", "via", &gw]);
     }
 
     /// Point the kernel node at a remote node, as flannel does for each lease it sees.

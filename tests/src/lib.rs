@@ -9,7 +9,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -32,12 +32,11 @@ pub fn unique(tag: &str) -> String {
 
 /// The directory holding the workspace's built binaries (the test binary's own profile).
 pub fn bin_dir() -> PathBuf {
+    // Test binaries live in target/<profile>/deps, other binaries (the e2e benchmark) in
+    // target/<profile> itself.
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf();
+    let parent = exe.parent().expect("exe directory");
+    let dir = if parent.ends_with("deps") { parent.parent().expect("target/<profile>") } else { parent }.to_path_buf();
     for bin in ["switchd", "switchd-cni", "switchctl"] {
         assert!(
             dir.join(bin).exists(),

@@ -36,7 +36,12 @@ pub fn bin_dir() -> PathBuf {
     // target/<profile> itself.
     let exe = std::env::current_exe().expect("current_exe");
     let parent = exe.parent().expect("exe directory");
-    let dir = if parent.ends_with("deps") { parent.parent().expect("target/<profile>") } else { parent }.to_path_buf();
+    let dir = if parent.ends_with("deps") {
+        parent.parent().expect("target/<profile>")
+    } else {
+        parent
+    }
+    .to_path_buf();
     for bin in ["switchd", "switchd-cni", "switchctl"] {
         assert!(
             dir.join(bin).exists(),

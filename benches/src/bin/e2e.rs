@@ -165,6 +165,19 @@ fn main() {
     ));
     let ceiling = tcp(&n1.ns, &n2.ns, infos[1].underlay, 1);
 
+    // Memory and idle cost: node 1 with 110 pods attached.
+    let extra: Vec<Netns> = (0..108).map(|_| Netns::new("m")).collect();
+    for pod in &extra {
+        n1.add_pod(pod);
+    }
+    let rss_mib = rss_kib(n1.pid()) / 1024.0;
+    // Let the new pods' own start-up chatter (IPv6 DAD, router solicitations) die down.
+    std::thread::sleep(Duration::from_secs(3));
+    let idle_secs = f64::from(opts.seconds.max(3));
+    let idle_before = cpu_seconds(&[n1.pid()]);
+    std::thread::sleep(Duration::from_secs_f64(idle_secs));
+    let idle_pct = (cpu_seconds(&[n1.pid()]) - idle_before) / idle_secs * 100.0;
+
     println!();
     println!(
         "runs per line: {} (median), iperf3 -t {}, RR round trips: {}",
@@ -188,6 +201,8 @@ fn main() {
     }
     println!("| ceiling: plain routing node→node, TCP 1 stream (Gbit/s) | — | {ceiling:.2} | — |");
     println!("| switchd CPU seconds per GB, cross node TCP 1 stream (both nodes) | {cpu_per_gb:.2} | — | — |");
+    println!("| switchd RSS with 110 pods attached (MiB) | {rss_mib:.1} | — | — |");
+    println!("| switchd CPU while idle with 110 pods (% of a core, {idle_secs:.0} s) | {idle_pct:.2} | — | — |");
     // Namespaces, switchd processes and files are removed by the guards' Drop.
 }
 
@@ -348,6 +363,16 @@ fn cpu_seconds(pids: &[i32]) -> f64 {
             (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks
         })
         .sum()
+}
+
+/// Resident set size of a process, KiB.
+fn rss_kib(pid: i32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("switchd status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// Bytes node 1 sent into the tunnel so far.

@@ -18,7 +18,7 @@ use tokio::io::Interest;
 
 use crate::datapath::coalesce::Coalescer;
 use crate::datapath::frame::VNET_HDR_LEN;
-use crate::datapath::offload::{self, Segments, VnetHdr, GSO_NONE, GSO_TCPV4};
+use crate::datapath::offload::{self, Segments, VnetHdr, GSO_NONE, GSO_TCPV4, GSO_UDP_L4};
 use crate::datapath::vxlan::{self, DATAGRAM_OFFSET, VXLAN_HDR_LEN};
 use crate::datapath::{forward_from_tunnel, DropReason, Verdict};
 use crate::port::PortCounters;
@@ -99,6 +99,8 @@ impl Tunnel {
                 self.transmit(&buf[DATAGRAM_OFFSET..], None, 1, peer, stats);
             }),
             GSO_TCPV4 => offload::segment_tcp4(buf, hdr, scratch, VXLAN_HDR_LEN)
+                .map(|segs| self.send_segments(scratch, segs, peer, stats)),
+            GSO_UDP_L4 => offload::segment_udp4(buf, hdr, scratch, VXLAN_HDR_LEN)
                 .map(|segs| self.send_segments(scratch, segs, peer, stats)),
             _ => Err(DropReason::UnsupportedProtocol),
         };

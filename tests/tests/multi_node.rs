@@ -476,3 +476,64 @@ fn a_gigabyte_crosses_nodes_intact_and_pods_without_offloads_still_work() {
         );
     }
 }
+
+#[test]
+fn udp_segmentation_offload_from_a_pod_arrives_as_datagrams_across_nodes_and_on_the_same_node() {
+    let c = cluster(2, 2);
+    let (a, same, remote) = (&c.pods[0][0], &c.pods[0][1], &c.pods[1][0]);
+    let features =
+        String::from_utf8_lossy(&a.ns.exec(&["ethtool", "-k", "eth0"]).stdout).to_string();
+    eprintln!(
+        "pod eth0 USO: {:?}",
+        features.lines().find(|l| l.contains("udp-segmentation"))
+    );
+    for to in [remote, same] {
+        let addr = to.addr;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let server = to.ns.spawn(move || {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 6000)).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            ready_tx.send(()).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            while got.len() < 5 {
+                match s.recv(&mut buf) {
+                    Ok(n) => got.push(buf[..n].to_vec()),
+                    Err(_) => break,
+                }
+            }
+            got
+        });
+        ready_rx.recv().unwrap();
+        a.ns.spawn(move || {
+            use std::os::fd::AsRawFd;
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+            let seg: libc::c_int = 1200;
+            // SAFETY: setsockopt with a valid int option on a socket we own.
+            let rc = unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_UDP,
+                    103, /* UDP_SEGMENT */
+                    (&seg as *const libc::c_int).cast(),
+                    4,
+                )
+            };
+            assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+            let payload: Vec<u8> = (0..6000u32).map(|i| (i / 1200) as u8 + 1).collect();
+            s.send_to(&payload, (addr, 6000)).unwrap();
+        })
+        .join()
+        .unwrap();
+        let got = server.join().unwrap();
+        assert_eq!(got.len(), 5, "five 1200-byte datagrams to {addr}");
+        for (i, d) in got.iter().enumerate() {
+            assert_eq!(d.len(), 1200);
+            assert!(
+                d.iter().all(|b| *b == i as u8 + 1),
+                "datagram {i} to {addr} has the wrong content"
+            );
+        }
+    }
+}

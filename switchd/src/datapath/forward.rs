@@ -5,7 +5,7 @@ use etherparse::{Ethernet2HeaderSlice, Ipv4HeaderSlice};
 use super::frame::{
     eth_dst, set_eth_dst, set_eth_src, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETH_HDR_LEN, VNET_HDR_LEN,
 };
-use super::offload::{self, VnetHdr, GSO_NONE, GSO_TCPV4};
+use super::offload::{self, VnetHdr, GSO_NONE, GSO_TCPV4, GSO_UDP_L4};
 use super::table::{PortId, Table, HOST_PORT};
 use super::DropReason;
 use super::{arp, icmp};
@@ -133,6 +133,10 @@ fn encap_to_peer(
     let ip_len = match vnet.gso_type {
         GSO_NONE => frame.len() - ETH_HDR_LEN,
         GSO_TCPV4 => match offload::tcp4_segment_ip_len(frame, vnet.gso_size) {
+            Ok(len) => len,
+            Err(reason) => return Verdict::Drop(reason),
+        },
+        GSO_UDP_L4 => match offload::udp4_segment_ip_len(frame, vnet.gso_size) {
             Ok(len) => len,
             Err(reason) => return Verdict::Drop(reason),
         },

@@ -26,6 +26,8 @@ const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
 const TUN_F_TSO6: libc::c_uint = 0x04;
 const TUN_F_TSO_ECN: libc::c_uint = 0x08;
+const TUN_F_USO4: libc::c_uint = 0x20;
+const TUN_F_USO6: libc::c_uint = 0x40;
 
 /// Errors from opening or configuring a TAP device.
 #[derive(Debug, thiserror::Error)]
@@ -111,19 +113,25 @@ impl Tap {
         Ok(tap)
     }
 
-    /// Let the kernel hand us TCP super-frames with partial checksums instead of finished
-    /// 1500-byte packets. UDP segmentation offload (USO) stays off: the tunnel path
-    /// segments TCP only, so the kernel keeps segmenting UDP itself.
+    /// Let the kernel hand us TCP (and, where the kernel has USO, UDP) super-frames with
+    /// partial checksums instead of finished 1500-byte packets.
     fn enable_offloads(&self) -> Result<(), TapError> {
-        let offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+        let base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+        let with_uso = base | TUN_F_USO4 | TUN_F_USO6;
         // SAFETY: TUNSETOFFLOAD takes its argument by value; `fd` is a configured TAP.
         let rc = unsafe {
             libc::ioctl(
                 self.fd.as_raw_fd(),
                 TUNSETOFFLOAD,
-                offloads as libc::c_ulong,
+                with_uso as libc::c_ulong,
             )
         };
+        if rc == 0 {
+            return Ok(());
+        }
+        // Kernels before 6.2 have no USO on TAP devices: keep the TCP offloads.
+        // SAFETY: as above.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETOFFLOAD, base as libc::c_ulong) };
         if rc < 0 {
             return Err(self.configure_error("TUNSETOFFLOAD"));
         }

@@ -22,6 +22,7 @@ pub const DEFAULT_CLUSTER_CIDR: &str = "10.244.0.0/16";
 pub const HOST_PORT_NAME: &str = "switchd0";
 /// The port Linux (and flannel) use for VXLAN; IANA's 4789 is the other common choice.
 pub const DEFAULT_TUNNEL_PORT: u16 = 8472;
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9476";
 
 /// The file as written, before validation. Values that need parsing stay strings here so
 /// that the error can name the key.
@@ -41,6 +42,7 @@ pub struct FileConfig {
     pub icmp_frag_needed: Option<bool>,
     pub peers_file: Option<PathBuf>,
     pub peers: Option<Vec<PeerEntry>>,
+    pub metrics_addr: Option<String>,
 }
 
 /// One `[[peers]]` table, in the config file or in the peers file.
@@ -97,6 +99,8 @@ pub struct Config {
     pub peers_file: Option<PathBuf>,
     /// Peers from the config file and the peers file together.
     pub peers: Vec<Peer>,
+    /// Where `/metrics`, `/healthz` and `/readyz` listen; `None` when turned off.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// The file and command-line overrides this was loaded from, for reloading peers.
     pub loaded_from: Option<(PathBuf, Overrides)>,
 }
@@ -310,6 +314,11 @@ impl Config {
             icmp_frag_needed: o.icmp_frag_needed.or(file.icmp_frag_needed).unwrap_or(true),
             peers_file,
             peers: Vec::new(),
+            metrics_addr: match o.metrics_addr.or(file.metrics_addr).as_deref() {
+                None => Some(DEFAULT_METRICS_ADDR.parse().expect("default metrics address")),
+                Some("off") | Some("") => None,
+                Some(s) => Some(s.parse().with_context(|| format!("metrics_addr: {s:?} is not ADDRESS:PORT such as \"127.0.0.1:9476\" (or \"off\")"))?),
+            },
             loaded_from: None,
         };
         cfg.peers = cfg.parse_peers(&file.peers.unwrap_or_default())?;

@@ -18,3 +18,14 @@ pub fn notify(state: &str) -> std::io::Result<()> {
     sock.send_to_addr(state.as_bytes(), &addr)?;
     Ok(())
 }
+
+/// The keep-alive interval systemd asked for (`WatchdogSec=`), if it is meant for us.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec))
+}

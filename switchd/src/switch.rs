@@ -69,6 +69,10 @@ pub struct Switch {
     ready: AtomicBool,
     /// Held for the daemon's lifetime: one switchd per state directory.
     _state_lock: std::fs::File,
+    /// Attach durations, exported by `/metrics`.
+    pub attach_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Unix milliseconds of the last datapath-runtime heartbeat (see `run_heartbeat`).
+    pub heartbeat: std::sync::atomic::AtomicU64,
 }
 
 type OpResult<T> = std::result::Result<T, ErrorReply>;
@@ -151,6 +155,8 @@ impl Switch {
             publish_lock: Mutex::new(()),
             ready: AtomicBool::new(false),
             _state_lock: state_lock,
+            attach_seconds: crate::metrics::attach_histogram(),
+            heartbeat: std::sync::atomic::AtomicU64::new(crate::metrics::now_millis()),
         });
         sw.add_port(HOST_PORT, host_tap, PortOwner::Host, gateway, router_mac);
         sw.readopt().await;
@@ -263,6 +269,19 @@ impl Switch {
     }
 
     pub async fn attach(
+        &self,
+        key: AttachmentKey,
+        network: String,
+        netns: String,
+        pod: PodRef,
+    ) -> OpResult<Attachment> {
+        let started = std::time::Instant::now();
+        let result = self.attach_inner(key, network, netns, pod).await;
+        self.attach_seconds.observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn attach_inner(
         &self,
         key: AttachmentKey,
         network: String,
@@ -582,6 +601,27 @@ impl Switch {
                 counters: p.counters.snapshot(),
             })
             .collect()
+    }
+
+    /// Tick the heartbeat that `/readyz` checks and, under systemd with `WatchdogSec=`,
+    /// send `WATCHDOG=1`. It runs on the same runtime as the forwarding tasks: if that
+    /// runtime wedges, the keep-alives stop and systemd restarts switchd.
+    pub async fn run_heartbeat(self: Arc<Self>) {
+        let watchdog = crate::notify::watchdog_interval();
+        let every = watchdog
+            .map(|w| w / 2)
+            .unwrap_or(std::time::Duration::from_secs(1))
+            .min(std::time::Duration::from_secs(1));
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            self.heartbeat.store(crate::metrics::now_millis(), Relaxed);
+            if watchdog.is_some() {
+                if let Err(e) = crate::notify::notify("WATCHDOG=1") {
+                    tracing::warn!(error = %e, "cannot send the watchdog keep-alive");
+                }
+            }
+        }
     }
 
     pub fn port_count(&self) -> usize {

@@ -132,6 +132,8 @@ pub struct Node {
     pub dir: PathBuf,
     pub pod_cidr: String,
     child: Option<Child>,
+    /// Extra environment for switchd (e.g. NOTIFY_SOCKET).
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -149,6 +151,13 @@ impl Node {
     /// Start a node with `extra` TOML appended to its config and, when `peers` is given, a
     /// peers file (`[[peers]]` tables) named by `peers_file`.
     pub fn start_with(ns: Netns, pod_cidr: &str, extra: &str, peers: Option<&str>) -> Node {
+        let mut node = Node::prepare(ns, pod_cidr, extra, peers);
+        node.launch();
+        node
+    }
+
+    /// Write the node's configuration without starting switchd (see [`Node::launch`]).
+    pub fn prepare(ns: Netns, pod_cidr: &str, extra: &str, peers: Option<&str>) -> Node {
         let dir = std::env::temp_dir().join(&ns.name);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
@@ -162,14 +171,13 @@ impl Node {
             config += &format!("peers_file = \"{}/peers.toml\"\n", dir.display());
         }
         fs::write(dir.join("switchd.toml"), config).unwrap();
-        let mut node = Node {
+        Node {
             ns,
             dir,
             pod_cidr: pod_cidr.into(),
             child: None,
-        };
-        node.launch();
-        node
+            env: Vec::new(),
+        }
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -190,6 +198,7 @@ impl Node {
             .arg("--config")
             .arg(self.dir.join("switchd.toml"))
             .env("RUST_LOG", "switchd=debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 use switchd::config::{Config, Overrides};
 use switchd::{control, switch::Switch};
@@ -48,6 +49,9 @@ struct Args {
     /// File with `[[peers]]` tables; re-read on SIGHUP and `switchctl reload`.
     #[arg(long)]
     peers_file: Option<PathBuf>,
+    /// Address for /metrics, /healthz and /readyz (default 127.0.0.1:9476; "off" disables).
+    #[arg(long)]
+    metrics_addr: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         tunnel_port: args.tunnel_port,
         vni: args.vni,
         peers_file: args.peers_file,
+        metrics_addr: args.metrics_addr,
         ..Overrides::default()
     };
     let cfg = match Config::load(&args.config, overrides) {
@@ -103,6 +108,16 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let socket = cfg.socket.clone();
     let sw = Switch::start(cfg).await?;
     let listener = control::bind(&socket)?;
+    let metrics = match sw.cfg.metrics_addr {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("binding metrics_addr {addr} (set metrics_addr = \"off\" to disable)")
+        })?),
+        None => None,
+    };
+    tokio::spawn(sw.clone().run_heartbeat());
+    if let Some(listener) = metrics {
+        tokio::spawn(switchd::metrics::serve(sw.clone(), listener));
+    }
     sw.set_ready();
     if let Err(e) = switchd::notify::notify("READY=1") {
         tracing::warn!(error = %e, "cannot notify systemd of readiness");

@@ -1,0 +1,299 @@
+//! `/metrics` (Prometheus/OpenMetrics text), `/healthz` and `/readyz` on a small HTTP
+//! listener (default `127.0.0.1:9476`, `metrics_addr = "off"` to disable).
+//!
+//! Counters live where the datapath already keeps them (atomics on ports, peers and the
+//! switch); a scrape copies them into a fresh `prometheus-client` registry and encodes it,
+//! so the hot path pays nothing for metrics. The HTTP side is a few lines over tokio: three
+//! GET paths need no web framework.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::switch::Switch;
+
+type Labels = Vec<(String, String)>;
+
+/// How stale the datapath heartbeat may be before `/readyz` says no.
+pub const HEARTBEAT_STALE: Duration = Duration::from_secs(5);
+
+/// A histogram of attach durations, from 1 ms to about 4 s.
+pub fn attach_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 13))
+}
+
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn counter_family(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (Labels, u64)>,
+) {
+    let family = Family::<Labels, Counter>::default();
+    for (labels, v) in values {
+        family.get_or_create(&labels).inc_by(v);
+    }
+    registry.register(name, help, family);
+}
+
+/// Encode every metric as OpenMetrics text.
+pub fn render(sw: &Switch) -> String {
+    let mut r = Registry::default();
+    let ports = sw.ports();
+    let port_labels = |p: &switchd_proto::PortInfo| -> Labels {
+        vec![
+            ("kind".into(), p.kind.clone()),
+            ("namespace".into(), p.pod.namespace.clone()),
+            ("pod".into(), p.pod.name.clone()),
+            (
+                "container".into(),
+                p.container_id.chars().take(12).collect(),
+            ),
+            ("ifname".into(), p.ifname.clone()),
+        ]
+    };
+    let per_port = |f: fn(&switchd_proto::Counters) -> u64| {
+        ports
+            .iter()
+            .map(|p| (port_labels(p), f(&p.counters)))
+            .collect::<Vec<_>>()
+    };
+    counter_family(
+        &mut r,
+        "switchd_port_rx_packets",
+        "Frames read from the port",
+        per_port(|c| c.rx_packets),
+    );
+    counter_family(
+        &mut r,
+        "switchd_port_rx_bytes",
+        "Bytes read from the port",
+        per_port(|c| c.rx_bytes),
+    );
+    counter_family(
+        &mut r,
+        "switchd_port_tx_packets",
+        "Frames written to the port",
+        per_port(|c| c.tx_packets),
+    );
+    counter_family(
+        &mut r,
+        "switchd_port_tx_bytes",
+        "Bytes written to the port",
+        per_port(|c| c.tx_bytes),
+    );
+    counter_family(
+        &mut r,
+        "switchd_port_drops",
+        "Frames from or to the port that were dropped",
+        per_port(|c| c.drops),
+    );
+
+    let peers = sw.peers();
+    let per_peer = |f: fn(&switchd_proto::Counters) -> u64| {
+        peers
+            .iter()
+            .map(|p| {
+                (
+                    vec![
+                        ("peer".to_string(), p.name.clone()),
+                        ("addr".to_string(), p.addr.clone()),
+                    ],
+                    f(&p.counters),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    counter_family(
+        &mut r,
+        "switchd_peer_rx_packets",
+        "Tunnel datagrams received from the peer",
+        per_peer(|c| c.rx_packets),
+    );
+    counter_family(
+        &mut r,
+        "switchd_peer_rx_bytes",
+        "Tunnel bytes received from the peer",
+        per_peer(|c| c.rx_bytes),
+    );
+    counter_family(
+        &mut r,
+        "switchd_peer_tx_packets",
+        "Tunnel datagrams sent to the peer",
+        per_peer(|c| c.tx_packets),
+    );
+    counter_family(
+        &mut r,
+        "switchd_peer_tx_bytes",
+        "Tunnel bytes sent to the peer",
+        per_peer(|c| c.tx_bytes),
+    );
+    counter_family(
+        &mut r,
+        "switchd_peer_drops",
+        "Frames to or from the peer that were dropped",
+        per_peer(|c| c.drops),
+    );
+
+    let stats = sw.stats_info();
+    counter_family(
+        &mut r,
+        "switchd_drops",
+        "Frames dropped, by reason",
+        stats
+            .drops
+            .into_iter()
+            .map(|(reason, n)| (vec![("reason".to_string(), reason)], n)),
+    );
+    counter_family(
+        &mut r,
+        "switchd_attaches",
+        "Pods attached",
+        [(Labels::new(), stats.attaches)],
+    );
+    counter_family(
+        &mut r,
+        "switchd_detaches",
+        "Pods detached",
+        [(Labels::new(), stats.detaches)],
+    );
+    r.register(
+        "switchd_attach_duration_seconds",
+        "Time to attach a pod",
+        sw.attach_seconds.clone(),
+    );
+
+    let gauge = |r: &mut Registry, name: &str, help: &str, v: usize| {
+        let g = Gauge::<i64>::default();
+        g.set(v as i64);
+        r.register(name, help, g);
+    };
+    gauge(
+        &mut r,
+        "switchd_ports",
+        "Ports, the host port included",
+        ports.len(),
+    );
+    gauge(
+        &mut r,
+        "switchd_table_entries",
+        "Addresses in the forwarding table",
+        sw.table().len(),
+    );
+    gauge(&mut r, "switchd_peers", "Peer nodes", peers.len());
+    r.register(
+        "switchd_build",
+        "Build information",
+        Info::new(vec![
+            ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+            ("node".to_string(), sw.cfg.node_name.clone()),
+        ]),
+    );
+
+    let mut out = String::new();
+    encode(&mut out, &r).expect("encoding metrics into a String cannot fail");
+    out
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` until the listener fails.
+pub async fn serve(sw: Arc<Switch>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let sw = sw.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(&sw, stream).await {
+                        tracing::debug!(error = %e, "metrics connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept on the metrics listener failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(sw: &Switch, mut stream: TcpStream) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    let read_head = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&chunk[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), read_head)
+        .await
+        .map_err(|_| std::io::ErrorKind::TimedOut)??;
+    let line = String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/metrics") => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            render(sw),
+        ),
+        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", "/readyz") => match readiness(sw) {
+            Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
+            Err(why) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics, /healthz or /readyz\n".to_string(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
+    };
+    let response = format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Ready: control socket listening and ports adopted (`ready`), and the datapath's
+/// runtime ticking.
+pub fn readiness(sw: &Switch) -> Result<(), String> {
+    if !sw.is_ready() {
+        return Err("starting: control socket or port re-adoption not done".into());
+    }
+    let age = now_millis().saturating_sub(sw.heartbeat.load(Relaxed));
+    if age > HEARTBEAT_STALE.as_millis() as u64 {
+        return Err(format!("datapath heartbeat is {age} ms old"));
+    }
+    Ok(())
+}

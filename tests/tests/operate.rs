@@ -1,0 +1,168 @@
+//! Operating switchd: the systemd notify and watchdog protocol, metrics and health
+//! endpoints, and the unit file. Needs root; CI runs these as root.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use switchd_e2e::*;
+
+#[test]
+fn switchd_speaks_the_systemd_notify_and_watchdog_protocol() {
+    let dir = std::env::temp_dir().join(unique("notify"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+
+    let mut node = Node::prepare(Netns::new("n"), "10.244.1.0/24", "mtu = 1450\n", None);
+    node.env
+        .push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+    node.env.push(("WATCHDOG_USEC".into(), "200000".into()));
+    node.launch();
+
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 256];
+    let started = Instant::now();
+    while messages
+        .iter()
+        .filter(|m: &&String| m.as_str() == "WATCHDOG=1")
+        .count()
+        < 3
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "messages so far: {messages:?}"
+        );
+        let n = sock.recv(&mut buf).expect("a notification");
+        messages.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    assert_eq!(
+        messages[0], "READY=1",
+        "readiness comes first, once the socket listens: {messages:?}"
+    );
+    assert!(
+        node.switchctl(&["status"]).status.success(),
+        "READY=1 means the control socket answers"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// GET `path` from the metrics listener inside `ns`: (status line, body).
+fn get(ns: &Netns, path: &str) -> (String, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    ns.spawn(move || {
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, 9476)).expect("connect to metrics");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+        (head.lines().next().unwrap().to_string(), body.to_string())
+    })
+    .join()
+    .unwrap()
+}
+
+/// The value of the sample line that starts with `name{` and contains every `needle`.
+fn sample(body: &str, name: &str, needles: &[&str]) -> Option<f64> {
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .find(|l| needles.iter().all(|n| l.contains(n)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_health_and_readiness_report_what_the_switch_does() {
+    let node = Node::start("10.244.1.0/24");
+    let (a, b) = (Netns::new("a"), Netns::new("b"));
+    let add = cni(
+        "ADD",
+        &node.netconf("1.1.0"),
+        &a.name,
+        Some(&a.path()),
+        "eth0",
+        "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart",
+    );
+    assert!(add.ok());
+    let addr_b = node.add_pod(&b);
+    assert!(a.ping(addr_b));
+    assert!(!a.ping(Ipv4Addr::new(10, 244, 1, 200)), "nobody has .200");
+
+    let (status, body) = get(&node.ns, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let rx = sample(
+        &body,
+        "switchd_port_rx_packets_total",
+        &["pod=\"cart\"", "namespace=\"shop\""],
+    )
+    .expect("per-pod rx counter");
+    assert!(rx >= 2.0, "cart sent at least the pings: {rx}");
+    assert!(sample(&body, "switchd_port_tx_bytes_total", &["kind=\"host\""]).is_some());
+    assert!(
+        sample(
+            &body,
+            "switchd_drops_total",
+            &["reason=\"arp_unknown_target\""]
+        )
+        .unwrap()
+            > 0.0,
+        "the unanswered ARP for .200 was counted"
+    );
+    assert_eq!(sample(&body, "switchd_attaches_total", &[]), Some(2.0));
+    assert_eq!(
+        sample(&body, "switchd_attach_duration_seconds_count", &[]),
+        Some(2.0)
+    );
+    assert_eq!(sample(&body, "switchd_ports", &[]), Some(3.0));
+    assert!(body.contains("switchd_build_info{"), "build info");
+    assert!(
+        body.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
+
+    assert_eq!(get(&node.ns, "/healthz").0, "HTTP/1.1 200 OK");
+    let (status, body) = get(&node.ns, "/readyz");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert_eq!(get(&node.ns, "/nope").0, "HTTP/1.1 404 Not Found");
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/switchd.service"
+    ))
+    .unwrap();
+    assert!(
+        unit.contains("Type=notify")
+            && unit.contains("WatchdogSec=")
+            && unit.contains("Restart=on-failure"),
+        "unit essentials"
+    );
+    // Verify the unit as installed, with ExecStart pointing at the binary we built.
+    let dir = std::env::temp_dir().join(unique("unit"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("switchd.service");
+    std::fs::write(
+        &path,
+        unit.replace(
+            "/usr/local/bin/switchd",
+            &bin_dir().join("switchd").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = run(std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

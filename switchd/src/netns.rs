@@ -262,6 +262,7 @@ fn hex_mac(m: &[u8]) -> String {
 /// address and a route for the cluster CIDR, so the node reaches its pods and pods reach the
 /// node. Safe to repeat: existing addresses and routes are kept.
 pub fn setup_host_port(
+    existing: Option<Tap>,
     name: &str,
     mac: [u8; 6],
     mtu: u32,
@@ -272,7 +273,10 @@ pub fn setup_host_port(
     let name = name.to_string();
     run_in("/proc/self/ns/net", move |h| {
         Box::pin(async move {
-            let tap = Tap::open(&name)?;
+            let tap = match existing {
+                Some(tap) => tap,
+                None => Tap::open(&name)?,
+            };
             tap.set_persistent(true)?;
             let idx = ifindex(&name).context("host port vanished right after creation")?;
             h.link()

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -95,7 +96,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 impl Switch {
     /// Bring the switch up: host port, state, and every pod port that survived the last run.
-    pub async fn start(cfg: Config) -> Result<Arc<Switch>> {
+    /// `inherited`: TAP descriptors the service manager kept across a restart, by name
+    /// (see [`fd_name`]); ports found there are adopted without their link ever going down.
+    pub async fn start(
+        cfg: Config,
+        mut inherited: HashMap<String, OwnedFd>,
+    ) -> Result<Arc<Switch>> {
         let underlay_addr = cfg.underlay_addr;
         let tunnel_mtu = match blocking(move || netns::underlay_mtu(underlay_addr)).await? {
             Some(underlay) => underlay.saturating_sub(TUNNEL_OVERHEAD),
@@ -119,8 +125,13 @@ impl Switch {
         let state_lock = lock_state_dir(&cfg.state_dir)?;
         let router_mac = cfg.router_mac;
         let (gateway, pod_cidr, cluster_cidr) = (cfg.gateway(), cfg.pod_cidr, cfg.cluster_cidr);
+        let kept_host = match inherited.remove(HOST_FD_NAME) {
+            Some(fd) => Some(Tap::from_fd(fd, HOST_PORT_NAME)?),
+            None => None,
+        };
         let host_tap = blocking(move || {
             netns::setup_host_port(
+                kept_host,
                 HOST_PORT_NAME,
                 router_mac,
                 mtu,
@@ -159,7 +170,11 @@ impl Switch {
             heartbeat: std::sync::atomic::AtomicU64::new(crate::metrics::now_millis()),
         });
         sw.add_port(HOST_PORT, host_tap, PortOwner::Host, gateway, router_mac);
-        sw.readopt().await;
+        sw.readopt(&mut inherited).await;
+        for name in inherited.keys() {
+            tracing::warn!(fd_name = %name, "closing a stored descriptor that matches no attachment");
+            let _ = crate::notify::remove_fd(name);
+        }
         sw.publish();
         if let Some(t) = tunnel {
             tokio::spawn(crate::tunnel::receive(t, sw.cell.clone(), sw.stats.clone()));
@@ -169,14 +184,20 @@ impl Switch {
 
     /// Re-open the TAPs of pods attached before a restart; forget those whose namespace or
     /// interface is gone.
-    async fn readopt(&self) {
+    async fn readopt(&self, inherited: &mut HashMap<String, OwnedFd>) {
         let records = self.ipam.lock().unwrap().records().to_vec();
         for rec in records {
             let (ns, ifname) = (rec.netns.clone(), rec.key.ifname.clone());
-            let reopened = if Path::new(&ns).exists() {
-                blocking(move || netns::reopen_pod_tap(&ns, &ifname)).await
-            } else {
+            let kept = inherited.remove(&fd_name(&rec.key));
+            let reopened = if !Path::new(&ns).exists() {
                 Ok(None)
+            } else if let Some(fd) = kept {
+                // The service manager held the descriptor: the link never lost its carrier.
+                Tap::from_fd(fd, &ifname)
+                    .map(Some)
+                    .map_err(anyhow::Error::from)
+            } else {
+                blocking(move || netns::reopen_pod_tap(&ns, &ifname)).await
             };
             match reopened {
                 Ok(Some(tap)) => {
@@ -206,6 +227,15 @@ impl Switch {
     }
 
     fn add_port(&self, id: PortId, tap: Tap, owner: PortOwner, address: Ipv4Addr, mac: [u8; 6]) {
+        if crate::notify::under_service_manager() {
+            let name = match &owner {
+                PortOwner::Host => HOST_FD_NAME.to_string(),
+                PortOwner::Pod { key, .. } => fd_name(key),
+            };
+            if let Err(e) = crate::notify::store_fd(&name, tap.fd()) {
+                tracing::warn!(fd_name = %name, error = %e, "cannot hand the port to the fd store; a restart will blink its link");
+            }
+        }
         let port = Arc::new(Port {
             id,
             tap,
@@ -372,6 +402,7 @@ impl Switch {
                 self.publish();
                 slot.task.abort();
                 let _ = slot.task.await;
+                let _ = crate::notify::remove_fd(&fd_name(key));
                 // Not persistent any more: the device goes away when the last reference to
                 // the fd is dropped. If it is already gone (namespace deleted), nothing to do.
                 let _ = slot.port.tap.set_persistent(false);
@@ -627,6 +658,27 @@ impl Switch {
     pub fn port_count(&self) -> usize {
         self.slots.len()
     }
+}
+
+/// Name of the host port's descriptor in the service manager's fd store.
+const HOST_FD_NAME: &str = "host";
+
+/// Name of a pod port's descriptor in the fd store: printable, no `:`, at most 255 bytes.
+pub fn fd_name(key: &AttachmentKey) -> String {
+    let clean = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>()
+    };
+    let mut name = format!("pod-{}-{}", clean(&key.ifname), clean(&key.container_id));
+    name.truncate(255);
+    name
 }
 
 /// Take an exclusive `flock` on `state_dir/lock`, so two daemons never share allocations.

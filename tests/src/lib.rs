@@ -8,7 +8,8 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod cluster;
+pub mod fdstore;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -134,6 +136,8 @@ pub struct Node {
     child: Option<Child>,
     /// Extra environment for switchd (e.g. NOTIFY_SOCKET).
     pub env: Vec<(String, String)>,
+    /// Descriptors to pass the way systemd passes its fd store (`LISTEN_FDS` from fd 3).
+    pub inherit: Vec<(String, RawFd)>,
 }
 
 impl Node {
@@ -177,6 +181,7 @@ impl Node {
             pod_cidr: pod_cidr.into(),
             child: None,
             env: Vec::new(),
+            inherit: Vec::new(),
         }
     }
 
@@ -192,17 +197,51 @@ impl Node {
             .append(true)
             .open(self.dir.join("switchd.log"))
             .unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns.name])
-            .arg(bin_dir().join("switchd"))
-            .arg("--config")
-            .arg(self.dir.join("switchd.toml"))
-            .env("RUST_LOG", "switchd=debug")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn switchd");
+        // `sh` sets LISTEN_PID to its own PID and execs `ip netns exec`, which execs
+        // switchd: one PID throughout, as systemd guarantees.
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\"",
+            "ip",
+            "netns",
+            "exec",
+            &self.ns.name,
+        ])
+        .arg(bin_dir().join("switchd"))
+        .arg("--config")
+        .arg(self.dir.join("switchd.toml"))
+        .env("RUST_LOG", "switchd=debug")
+        .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(log);
+        if !self.inherit.is_empty() {
+            let names: Vec<&str> = self.inherit.iter().map(|(n, _)| n.as_str()).collect();
+            cmd.env("LISTEN_FDS", self.inherit.len().to_string())
+                .env("LISTEN_FDNAMES", names.join(":"));
+            let fds: Vec<RawFd> = self.inherit.iter().map(|(_, fd)| *fd).collect();
+            // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec. First
+            // every fd moves above the target range, then lands on 3, 4, ...
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut high = Vec::with_capacity(fds.len());
+                    for fd in &fds {
+                        let h = libc::fcntl(*fd, libc::F_DUPFD, 1000);
+                        if h < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        high.push(h);
+                    }
+                    for (i, h) in high.iter().enumerate() {
+                        if libc::dup2(*h, 3 + i as i32) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().expect("spawn switchd");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -215,6 +254,14 @@ impl Node {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("switchd did not become ready; log:\n{}", self.log());
+    }
+
+    /// Kill switchd with SIGKILL (a crash) and wait for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Stop switchd with SIGTERM and wait for it.

@@ -39,9 +39,13 @@ fn switchd_speaks_the_systemd_notify_and_watchdog_protocol() {
         let n = sock.recv(&mut buf).expect("a notification");
         messages.push(String::from_utf8_lossy(&buf[..n]).to_string());
     }
+    let protocol: Vec<&String> = messages
+        .iter()
+        .filter(|m| !m.starts_with("FDSTORE=1"))
+        .collect();
     assert_eq!(
-        messages[0], "READY=1",
-        "readiness comes first, once the socket listens: {messages:?}"
+        protocol[0], "READY=1",
+        "readiness comes before any keep-alive: {messages:?}"
     );
     assert!(
         node.switchctl(&["status"]).status.success(),
@@ -164,5 +168,116 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         "systemd-analyze verify: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether `eth0` in the calling thread's namespace has carrier (IFF_RUNNING).
+fn eth0_running(sock: &std::net::UdpSocket) -> bool {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    req.name[..4].copy_from_slice(b"eth0");
+    // SAFETY: SIOCGIFFLAGS fills `flags` of a properly sized ifreq that outlives the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req as *mut IfReq) };
+    rc == 0 && req.flags & libc::IFF_RUNNING as libc::c_short != 0
+}
+
+#[test]
+fn a_crash_and_restart_with_the_fd_store_is_invisible_to_pods() {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use switchd_e2e::fdstore::FdStore;
+
+    let mut store = FdStore::new();
+    let mut node = Node::prepare(Netns::new("n"), "10.244.1.0/24", "mtu = 1450\n", None);
+    node.env
+        .push(("NOTIFY_SOCKET".into(), store.path.display().to_string()));
+    node.launch();
+    let (a, b) = (Netns::new("a"), Netns::new("b"));
+    let addr_a = node.add_pod(&a);
+    let addr_b = node.add_pod(&b);
+    assert!(a.ping(addr_b));
+    assert!(
+        store.pump_until(Duration::from_secs(10), |s| s.fds.len() == 3),
+        "host + 2 pods stored: {:?}",
+        store.fds.keys().collect::<Vec<_>>()
+    );
+
+    // Watch pod a's link every 2 ms, and keep a TCP flow running, across the crash.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (down_samples, samples) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let watcher = {
+        let (stop, down, total) = (stop.clone(), down_samples.clone(), samples.clone());
+        a.spawn(move || {
+            let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                if !eth0_running(&sock) {
+                    down.fetch_add(1, Ordering::Relaxed);
+                }
+                total.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let flow_stop = Arc::new(AtomicBool::new(false));
+    let flow = std::thread::scope(|s| {
+        let fs = flow_stop.clone();
+        let flow =
+            s.spawn(|| tcp_transfer_while(&a, &b, addr_b, move |_| !fs.load(Ordering::Relaxed)));
+        std::thread::sleep(Duration::from_millis(300));
+
+        node.kill(); // SIGKILL: no chance to clean up
+        std::thread::sleep(Duration::from_millis(300));
+        node.inherit = store
+            .fds
+            .iter()
+            .map(|(name, fd)| (name.clone(), fd.as_raw_fd()))
+            .collect();
+        node.launch();
+        node.inherit.clear();
+
+        assert!(a.ping(addr_b), "forwarding resumed");
+        assert!(node.ns.ping(addr_a), "host port resumed");
+        std::thread::sleep(Duration::from_millis(500));
+        flow_stop.store(true, Ordering::Relaxed);
+        flow.join().unwrap()
+    });
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+
+    assert!(samples.load(Ordering::Relaxed) > 100, "the watcher ran");
+    assert_eq!(
+        down_samples.load(Ordering::Relaxed),
+        0,
+        "pod a's link lost carrier during the restart"
+    );
+    let (sent, h_sent, received, h_received, _) = flow;
+    assert!(sent > 0);
+    assert_eq!(
+        (received, h_received),
+        (sent, h_sent),
+        "the TCP flow across the crash arrived intact"
+    );
+    assert_eq!(node.pod_ports(), 2);
+    assert!(node
+        .log()
+        .contains("adopted port descriptors kept by the service manager"));
+
+    // DEL takes the port out of the store too.
+    assert!(node.cni("DEL", &b).ok());
+    assert!(
+        store.pump_until(Duration::from_secs(10), |s| s.fds.len() == 2),
+        "after DEL: {:?}",
+        store.fds.keys().collect::<Vec<_>>()
     );
 }

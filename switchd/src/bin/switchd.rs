@@ -55,6 +55,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: take the descriptors a service manager kept for us.
+    let inherited = switchd::notify::inherited_fds();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -94,7 +96,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cfg)) {
+    match runtime.block_on(run(cfg, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "switchd failed");
@@ -104,9 +106,19 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+async fn run(
+    cfg: Config,
+    inherited: std::collections::HashMap<String, std::os::fd::OwnedFd>,
+) -> anyhow::Result<()> {
     let socket = cfg.socket.clone();
-    let sw = Switch::start(cfg).await?;
+    let adopted = inherited.len();
+    let sw = Switch::start(cfg, inherited).await?;
+    if adopted > 0 {
+        tracing::info!(
+            descriptors = adopted,
+            "adopted port descriptors kept by the service manager"
+        );
+    }
     let listener = control::bind(&socket)?;
     let metrics = match sw.cfg.metrics_addr {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {

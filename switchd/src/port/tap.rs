@@ -113,6 +113,27 @@ impl Tap {
         Ok(tap)
     }
 
+    /// Adopt an already configured TAP descriptor (one the service manager kept for us
+    /// across a restart). Its device settings (virtio-net header, offloads, persistence)
+    /// belong to the device and are still in place.
+    pub fn from_fd(fd: OwnedFd, name: &str) -> Result<Tap, TapError> {
+        let tap = Tap {
+            fd,
+            name: name.into(),
+        };
+        // SAFETY: fcntl on a descriptor we own.
+        let rc = unsafe { libc::fcntl(tap.fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        if rc < 0 {
+            return Err(tap.configure_error("F_SETFL O_NONBLOCK"));
+        }
+        Ok(tap)
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
     /// Let the kernel hand us TCP (and, where the kernel has USO, UDP) super-frames with
     /// partial checksums instead of finished 1500-byte packets.
     fn enable_offloads(&self) -> Result<(), TapError> {

@@ -192,7 +192,7 @@ fn eth0_running(sock: &std::net::UdpSocket) -> bool {
 }
 
 #[test]
-fn a_crash_and_restart_with_the_fd_store_is_invisible_to_pods() {
+fn a_crash_or_a_clean_restart_with_the_fd_store_is_invisible_to_pods() {
     use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -252,6 +252,17 @@ fn a_crash_and_restart_with_the_fd_store_is_invisible_to_pods() {
         flow_stop.store(true, Ordering::Relaxed);
         flow.join().unwrap()
     });
+    // A clean stop and start (SIGTERM; an upgrade is the same with a new binary) keeps the
+    // link too: the watcher is still running.
+    node.stop();
+    node.inherit = store
+        .fds
+        .iter()
+        .map(|(name, fd)| (name.clone(), fd.as_raw_fd()))
+        .collect();
+    node.launch();
+    node.inherit.clear();
+    assert!(a.ping(addr_b), "forwarding resumed after SIGTERM and start");
     stop.store(true, Ordering::Relaxed);
     watcher.join().unwrap();
 
@@ -280,4 +291,23 @@ fn a_crash_and_restart_with_the_fd_store_is_invisible_to_pods() {
         "after DEL: {:?}",
         store.fds.keys().collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn attachments_whose_namespace_vanished_while_switchd_was_down_are_released_on_start() {
+    let mut node = Node::start("10.244.1.0/24");
+    let (keep, gone) = (Netns::new("k"), Netns::new("g"));
+    node.add_pod(&keep);
+    node.add_pod(&gone);
+    node.stop();
+    drop(gone); // the runtime deleted the pod while switchd was down
+    node.launch();
+    assert_eq!(node.pod_ports(), 1, "only the surviving pod is re-adopted");
+    assert_eq!(
+        node.ipam_records().len(),
+        1,
+        "the vanished pod's address is released"
+    );
+    assert!(node.log().contains("releasing stale attachment"));
+    assert!(node.cni("CHECK", &keep).ok());
 }

@@ -52,6 +52,9 @@ struct Args {
     /// Address for /metrics, /healthz and /readyz (default 127.0.0.1:9476; "off" disables).
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// Validate the configuration (and peers file), print a summary and exit.
+    #[arg(long)]
+    check: bool,
 }
 
 fn main() -> ExitCode {
@@ -85,6 +88,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.check {
+        println!(
+            "config OK: node {} pod_cidr {} cluster_cidr {} underlay {} peers {}",
+            cfg.node_name,
+            cfg.pod_cidr,
+            cfg.cluster_cidr,
+            cfg.underlay_addr
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "none".into()),
+            cfg.peers
+                .iter()
+                .map(|p| format!("{}={}", p.name, p.pod_cidr))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("switchd")

@@ -91,6 +91,13 @@ pub enum Request {
     ListPeers,
     /// Re-read the peers from the configuration and apply them.
     Reload,
+    /// Stream copies of the frames crossing one port: answered by `count` `Frame`
+    /// responses (or until the client hangs up), then `CaptureDone`. `port` is a pod name,
+    /// `namespace/name`, a container id prefix, or `switchd0` for the host port.
+    Capture {
+        port: String,
+        count: u32,
+    },
     Stats,
 }
 
@@ -106,6 +113,8 @@ pub enum Response {
     Table { entries: Vec<TableEntry> },
     Peers { peers: Vec<PeerInfo> },
     Reloaded { peers: usize },
+    Frame(CapturedFrame),
+    CaptureDone { frames: u32 },
     Stats(StatsInfo),
     Error(ErrorReply),
 }
@@ -187,6 +196,16 @@ pub struct PeerInfo {
     pub since_unix: u64,
     /// rx/tx are tunnel datagrams from/to this peer.
     pub counters: Counters,
+}
+
+/// One frame seen on a port, without the virtio-net header.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CapturedFrame {
+    /// Microseconds since the Unix epoch.
+    pub ts_micros: u64,
+    /// "rx": read from the port (sent by the pod); "tx": written to it.
+    pub direction: String,
+    pub data: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

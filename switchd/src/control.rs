@@ -69,6 +69,10 @@ async fn handle_connection(sw: Arc<Switch>, mut stream: UnixStream) -> Result<()
                 let mut payload = vec![0u8; len];
                 stream.read_exact(&mut payload).await?;
                 match proto::decode::<Request>(&payload) {
+                    Ok(Request::Capture { port, count }) => {
+                        capture(&sw, &mut stream, &port, count).await?;
+                        continue;
+                    }
                     Ok(req) => dispatch(&sw, req).await,
                     Err(e @ FrameError::Version { .. }) => {
                         Response::Error(ErrorReply::new(ErrorKind::VersionMismatch, e.to_string()))
@@ -139,6 +143,74 @@ async fn dispatch(sw: &Switch, req: Request) -> Response {
         Request::Stats => Ok(Response::Stats(sw.stats_info())),
         Request::ListPeers => Ok(Response::Peers { peers: sw.peers() }),
         Request::Reload => sw.reload_peers().map(|peers| Response::Reloaded { peers }),
+        Request::Capture { .. } => Err(ErrorReply::new(
+            ErrorKind::BadRequest,
+            "capture is streamed, not dispatched",
+        )),
     };
     result.unwrap_or_else(Response::Error)
+}
+
+/// Stream `count` frames (0: until the client hangs up) crossing the port `selector` names.
+async fn capture(
+    sw: &Switch,
+    stream: &mut UnixStream,
+    selector: &str,
+    count: u32,
+) -> Result<(), FrameError> {
+    let port = match sw.find_port(selector) {
+        Ok(p) => p,
+        Err(e) => {
+            stream
+                .write_all(&proto::encode(&Response::Error(e))?)
+                .await?;
+            return Ok(());
+        }
+    };
+    if port.capturing.load(std::sync::atomic::Ordering::Relaxed) {
+        let e = ErrorReply::new(
+            ErrorKind::AlreadyExists,
+            format!("port {} is already being captured", port.tap.name()),
+        );
+        stream
+            .write_all(&proto::encode(&Response::Error(e))?)
+            .await?;
+        return Ok(());
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+    port.set_capture(Some(tx));
+    struct StopOnDrop(Arc<crate::port::Port>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.set_capture(None);
+        }
+    }
+    let _stop = StopOnDrop(port.clone());
+    tracing::info!(
+        port = port.id,
+        ifname = port.tap.name(),
+        count,
+        "capture started"
+    );
+    let (mut reader, mut writer) = stream.split();
+    let mut sent = 0u32;
+    let mut hangup = [0u8; 1];
+    while count == 0 || sent < count {
+        tokio::select! {
+            frame = rx.recv() => match frame {
+                Some(f) => {
+                    writer.write_all(&proto::encode(&Response::Frame(f))?).await?;
+                    sent += 1;
+                }
+                None => break,
+            },
+            // The client never sends during a capture: any read result means it hung up.
+            _ = reader.read(&mut hangup) => break,
+        }
+    }
+    writer
+        .write_all(&proto::encode(&Response::CaptureDone { frames: sent })?)
+        .await?;
+    tracing::info!(port = port.id, frames = sent, "capture ended");
+    Ok(())
 }

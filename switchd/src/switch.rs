@@ -244,6 +244,8 @@ impl Switch {
             mac,
             counters: PortCounters::default(),
             alive: AtomicBool::new(true),
+            capturing: AtomicBool::new(false),
+            capture: Mutex::new(None),
         });
         let task = tokio::spawn(port::run(
             port.clone(),
@@ -652,6 +654,37 @@ impl Switch {
                     tracing::warn!(error = %e, "cannot send the watchdog keep-alive");
                 }
             }
+        }
+    }
+
+    /// The port a `switchctl capture` selector names: `switchd0`/`host`, a pod name,
+    /// `namespace/name`, or a container id prefix of at least 4 characters.
+    pub fn find_port(&self, selector: &str) -> OpResult<Arc<Port>> {
+        let matches: Vec<Arc<Port>> = self
+            .slots
+            .iter()
+            .map(|s| s.port.clone())
+            .filter(|p| match &p.owner {
+                PortOwner::Host => selector == HOST_PORT_NAME || selector == "host",
+                PortOwner::Pod { key, pod, .. } => {
+                    selector == pod.name
+                        || selector == format!("{}/{}", pod.namespace, pod.name)
+                        || (selector.len() >= 4 && key.container_id.starts_with(selector))
+                }
+            })
+            .collect();
+        match matches.len() {
+            1 => Ok(matches[0].clone()),
+            0 => Err(ErrorReply::new(
+                ErrorKind::NotFound,
+                format!("no port matches {selector:?}; see `switchctl ports`"),
+            )),
+            n => Err(ErrorReply::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "{n} ports match {selector:?}; use namespace/name or a longer container id"
+                ),
+            )),
         }
     }
 

@@ -311,3 +311,144 @@ fn attachments_whose_namespace_vanished_while_switchd_was_down_are_released_on_s
     assert!(node.log().contains("releasing stale attachment"));
     assert!(node.cni("CHECK", &keep).ok());
 }
+
+#[test]
+fn switchctl_capture_writes_a_pcap_that_tcpdump_reads() {
+    let node = Node::start("10.244.1.0/24");
+    let (a, b) = (Netns::new("a"), Netns::new("b"));
+    let add = cni(
+        "ADD",
+        &node.netconf("1.1.0"),
+        &a.name,
+        Some(&a.path()),
+        "eth0",
+        "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web",
+    );
+    assert!(add.ok());
+    let addr_b = node.add_pod(&b);
+    let pcap = std::env::temp_dir().join(format!("{}.pcap", unique("cap")));
+
+    let capture = std::process::Command::new(bin_dir().join("switchctl"))
+        .arg("--socket")
+        .arg(node.socket())
+        .args(["capture", "shop/web", "-c", "30", "-w"])
+        .arg(&pcap)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // 15 requests and 15 replies outnumber the pod's own start-up chatter (IPv6, ARP).
+    let ping = a.exec(&[
+        "ping",
+        "-c",
+        "15",
+        "-i",
+        "0.1",
+        "-W",
+        "2",
+        &addr_b.to_string(),
+    ]);
+    assert!(ping.status.success());
+    let mut capture = capture;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while capture.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = capture.kill();
+            let _ = std::fs::remove_file(&pcap);
+            panic!("switchctl capture did not see 30 frames in time");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let done = capture.wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(String::from_utf8_lossy(&done.stderr).contains("30 frames captured"));
+
+    let read = run(std::process::Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(&pcap));
+    let _ = std::fs::remove_file(&pcap);
+    let text = String::from_utf8_lossy(&read.stdout);
+    assert!(
+        read.status.success(),
+        "tcpdump -r: {}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let requests = text
+        .lines()
+        .filter(|l| l.contains("ICMP echo request"))
+        .count();
+    let replies = text
+        .lines()
+        .filter(|l| l.contains("ICMP echo reply"))
+        .count();
+    assert!(
+        requests >= 3 && replies >= 3,
+        "both directions captured:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("> {addr_b}: ICMP echo request")),
+        "{text}"
+    );
+    // The capture is over: the port is no longer copying frames.
+    assert!(node
+        .switchctl(&["capture", "nobody-by-this-name", "-c", "1"])
+        .stderr
+        .starts_with(b"switchctl: switchd says (NotFound)"));
+}
+
+#[test]
+fn metrics_parse_as_openmetrics_and_move_with_traffic() {
+    let node = Node::start("10.244.1.0/24");
+    let (a, b) = (Netns::new("a"), Netns::new("b"));
+    node.add_pod(&a);
+    let addr_b = node.add_pod(&b);
+    let script = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse
+total = 0
+for fam in parse(sys.stdin.read()):
+    for s in fam.samples:
+        if s.name == "switchd_port_rx_bytes_total":
+            total += s.value
+print(int(total))
+"#;
+    let rx_bytes = || {
+        let (_, body) = get(&node.ns, "/metrics");
+        let mut child = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", &script.replace("\\\\n", "\\n")])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "not valid OpenMetrics: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = rx_bytes();
+    let (_, h1, n, h2, _) = tcp_transfer(&a, &b, addr_b, 8 << 20);
+    assert_eq!((n, h2), (8 << 20, h1));
+    let after = rx_bytes();
+    assert!(
+        after >= before + (8 << 20),
+        "rx bytes moved by the transfer: {before} -> {after}"
+    );
+}

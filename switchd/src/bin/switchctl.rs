@@ -39,18 +39,40 @@ enum Command {
     Peers,
     /// Re-read the peers from the configuration and apply them (like SIGHUP).
     Reload,
+    /// Capture the frames crossing a pod's port: a summary per frame, or a pcap file that
+    /// tcpdump and Wireshark read (`-w file.pcap`, `-w -` for stdout).
+    Capture {
+        /// Pod name, namespace/name, container id prefix, or switchd0 for the host port.
+        port: String,
+        /// Stop after this many frames (0: until interrupted).
+        #[arg(short = 'c', long, default_value_t = 0)]
+        count: u32,
+        /// Write a pcap file instead of printing summaries.
+        #[arg(short = 'w', long)]
+        write: Option<PathBuf>,
+    },
     /// Is switchd ready?
     Status,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Command::Capture { port, count, write } = &args.command {
+        return match capture(&args.socket, port, *count, write.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchctl: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let request = match args.command {
         Command::Ports => Request::ListPorts,
         Command::Table => Request::ListTable,
         Command::Stats => Request::Stats,
         Command::Peers => Request::ListPeers,
         Command::Reload => Request::Reload,
+        Command::Capture { .. } => unreachable!("handled above"),
         Command::Status => Request::Status,
     };
     let response = UnixStream::connect(&args.socket)
@@ -197,4 +219,108 @@ fn main() -> ExitCode {
 
 fn short(id: &str) -> String {
     id.chars().take(12).collect()
+}
+
+/// Run a capture: pcap to `write`, or one summary line per frame on stdout.
+fn capture(
+    socket: &std::path::Path,
+    port: &str,
+    count: u32,
+    write: Option<&std::path::Path>,
+) -> Result<(), String> {
+    use std::io::Write;
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|e| format!("cannot reach switchd at {}: {e}", socket.display()))?;
+    proto::write_message(
+        &mut stream,
+        &Request::Capture {
+            port: port.into(),
+            count,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out: Option<Box<dyn Write>> = match write {
+        None => None,
+        Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout().lock())),
+        Some(p) => Some(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| format!("cannot create {}: {e}", p.display()))?,
+        ))),
+    };
+    if let Some(w) = out.as_mut() {
+        // pcap global header: microsecond timestamps, version 2.4, snaplen 256 KiB (super-frames), Ethernet.
+        let mut h = Vec::with_capacity(24);
+        h.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+        h.extend_from_slice(&2u16.to_le_bytes());
+        h.extend_from_slice(&4u16.to_le_bytes());
+        h.extend_from_slice(&[0u8; 8]);
+        h.extend_from_slice(&262_144u32.to_le_bytes());
+        h.extend_from_slice(&1u32.to_le_bytes());
+        w.write_all(&h).map_err(|e| e.to_string())?;
+    }
+    loop {
+        match proto::read_message::<_, Response>(&mut stream).map_err(|e| e.to_string())? {
+            Response::Frame(f) => match out.as_mut() {
+                Some(w) => {
+                    let mut rec = Vec::with_capacity(16 + f.data.len());
+                    rec.extend_from_slice(&((f.ts_micros / 1_000_000) as u32).to_le_bytes());
+                    rec.extend_from_slice(&((f.ts_micros % 1_000_000) as u32).to_le_bytes());
+                    rec.extend_from_slice(&(f.data.len() as u32).to_le_bytes());
+                    rec.extend_from_slice(&(f.data.len() as u32).to_le_bytes());
+                    rec.extend_from_slice(&f.data);
+                    w.write_all(&rec).map_err(|e| e.to_string())?;
+                }
+                None => println!("{}", summary(&f)),
+            },
+            Response::CaptureDone { frames } => {
+                if let Some(mut w) = out {
+                    w.flush().map_err(|e| e.to_string())?;
+                }
+                eprintln!("switchctl: {frames} frames captured");
+                return Ok(());
+            }
+            Response::Error(e) => {
+                return Err(format!("switchd says ({:?}): {}", e.kind, e.message))
+            }
+            other => return Err(format!("unexpected response {other:?}")),
+        }
+    }
+}
+
+/// One line per frame, tcpdump -n style: time, direction, length, what it is.
+fn summary(f: &switchd_proto::CapturedFrame) -> String {
+    let d = &f.data;
+    let secs = f.ts_micros / 1_000_000;
+    let time = format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60,
+        f.ts_micros % 1_000_000
+    );
+    let what = match d.get(12..14) {
+        Some([0x08, 0x00]) if d.len() >= 34 => {
+            let ip = &d[14..];
+            let proto = match ip[9] {
+                1 => "ICMP".to_string(),
+                6 => "TCP".to_string(),
+                17 => "UDP".to_string(),
+                p => format!("proto {p}"),
+            };
+            format!(
+                "{}.{}.{}.{} > {}.{}.{}.{} {proto}",
+                ip[12], ip[13], ip[14], ip[15], ip[16], ip[17], ip[18], ip[19]
+            )
+        }
+        Some([0x08, 0x06]) if d.len() >= 42 => {
+            let a = &d[14..];
+            let op = if a[7] == 1 { "who-has" } else { "reply" };
+            format!(
+                "ARP {op} {}.{}.{}.{} tell {}.{}.{}.{}",
+                a[24], a[25], a[26], a[27], a[14], a[15], a[16], a[17]
+            )
+        }
+        Some([hi, lo]) => format!("ethertype 0x{hi:02x}{lo:02x}"),
+        _ => "runt".to_string(),
+    };
+    format!("{time} {} {} bytes {what}", f.direction, d.len())
 }

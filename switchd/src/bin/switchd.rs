@@ -52,21 +52,41 @@ struct Args {
     /// Address for /metrics, /healthz and /readyz (default 127.0.0.1:9476; "off" disables).
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// Log format: "text" (journald-friendly: no colours or timestamps under systemd) or
+    /// "json" (one object per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Validate the configuration (and peers file), print a summary and exit.
     #[arg(long)]
     check: bool,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // journald stamps every line itself and shows no colours.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text if journald => builder.without_time().with_ansi(false).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
 fn main() -> ExitCode {
     // Before any thread exists: take the descriptors a service manager kept for us.
     let inherited = switchd::notify::inherited_fds();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    init_logging(args.log_format);
     let overrides = Overrides {
         node_name: args.node_name,
         pod_cidr: args.pod_cidr,

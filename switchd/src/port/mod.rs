@@ -8,7 +8,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use switchd_proto::{AttachmentKey, Counters, PodRef};
+use std::sync::Mutex;
+
+use switchd_proto::{AttachmentKey, CapturedFrame, Counters, PodRef};
+use tokio::sync::mpsc;
+
+use crate::datapath::frame::VNET_HDR_LEN;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -68,6 +73,10 @@ pub struct Port {
     pub counters: PortCounters,
     /// Cleared when the device disappeared under us (deleted by hand, namespace gone).
     pub alive: AtomicBool,
+    /// `switchctl capture`: checked with one relaxed load per frame; frames are copied
+    /// only while a capture runs.
+    pub capturing: AtomicBool,
+    pub capture: Mutex<Option<mpsc::Sender<CapturedFrame>>>,
 }
 
 impl AsRawFd for Port {
@@ -77,9 +86,32 @@ impl AsRawFd for Port {
 }
 
 impl Port {
+    /// Hand a copy of `buf` (virtio-net header + frame) to a running capture.
+    #[cold]
+    fn capture_frame(&self, buf: &[u8], direction: &str) {
+        if let Some(tx) = self.capture.lock().unwrap().as_ref() {
+            let frame = CapturedFrame {
+                ts_micros: now_micros(),
+                direction: direction.into(),
+                data: buf.get(VNET_HDR_LEN..).unwrap_or(&[]).to_vec(),
+            };
+            let _ = tx.try_send(frame); // a slow reader loses frames, never the datapath
+        }
+    }
+
+    /// Start (`Some`) or stop (`None`) capturing this port's frames.
+    pub fn set_capture(&self, tx: Option<mpsc::Sender<CapturedFrame>>) {
+        let on = tx.is_some();
+        *self.capture.lock().unwrap() = tx;
+        self.capturing.store(on, Relaxed);
+    }
+
     /// Write one buffer to this port, counting it either way.
     #[inline]
     pub fn transmit(&self, buf: &[u8], stats: &Stats) {
+        if self.capturing.load(Relaxed) {
+            self.capture_frame(buf, "tx");
+        }
         match self.tap.write(buf) {
             Ok(_) => {
                 self.counters.tx_packets.fetch_add(1, Relaxed);
@@ -160,6 +192,9 @@ fn handle_frame(
 ) {
     port.counters.rx_packets.fetch_add(1, Relaxed);
     port.counters.rx_bytes.fetch_add(buf.len() as u64, Relaxed);
+    if port.capturing.load(Relaxed) {
+        port.capture_frame(buf, "rx");
+    }
     match datapath::forward(buf, port.id, &snapshot.table, reply) {
         Verdict::Forward(to) => match snapshot.ports.get(&to) {
             Some(out) => out.transmit(buf, stats),
@@ -186,4 +221,11 @@ fn handle_frame(
             stats.count_drop(reason);
         }
     }
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }

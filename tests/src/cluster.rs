@@ -121,8 +121,15 @@ pub fn peers_toml(nodes: &[NodeInfo], me: &str) -> String {
 
 /// Start switchd on `ns` (already on the underlay) as `me`, peering with `nodes`.
 pub fn start_switchd(ns: Netns, me: &NodeInfo, nodes: &[NodeInfo], extra: &str) -> Node {
+    let mut node = prepare_switchd(ns, me, nodes, extra);
+    node.launch();
+    node
+}
+
+/// Like [`start_switchd`] without starting it (to set its environment first).
+pub fn prepare_switchd(ns: Netns, me: &NodeInfo, nodes: &[NodeInfo], extra: &str) -> Node {
     let config = format!("underlay_addr = \"{}\"\n{extra}", me.underlay);
-    Node::start_with(
+    Node::prepare(
         ns,
         &me.pod_cidr,
         &config,

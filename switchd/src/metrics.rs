@@ -211,14 +211,18 @@ pub fn render(sw: &Switch) -> String {
     out
 }
 
+/// The switch, once it has started; the listener is up before that, so `/healthz`
+/// answers and `/readyz` says "starting" while ports are being re-adopted.
+pub type SwitchSlot = Arc<std::sync::OnceLock<Arc<Switch>>>;
+
 /// Serve `/metrics`, `/healthz` and `/readyz` until the listener fails.
-pub async fn serve(sw: Arc<Switch>, listener: TcpListener) {
+pub async fn serve(slot: SwitchSlot, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let sw = sw.clone();
+                let slot = slot.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(&sw, stream).await {
+                    if let Err(e) = handle(slot.get().map(|s| s.as_ref()), stream).await {
                         tracing::debug!(error = %e, "metrics connection ended");
                     }
                 });
@@ -231,7 +235,7 @@ pub async fn serve(sw: Arc<Switch>, listener: TcpListener) {
     }
 }
 
-async fn handle(sw: &Switch, mut stream: TcpStream) -> std::io::Result<()> {
+async fn handle(sw: Option<&Switch>, mut stream: TcpStream) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
     let read_head = async {
@@ -254,14 +258,20 @@ async fn handle(sw: &Switch, mut stream: TcpStream) -> std::io::Result<()> {
         .to_string();
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => (
+    let starting = (
+        "503 Service Unavailable",
+        "text/plain",
+        "not ready: starting, re-adopting ports\n".to_string(),
+    );
+    let (status, content_type, body) = match (method, path, sw) {
+        ("GET", "/metrics", Some(sw)) => (
             "200 OK",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             render(sw),
         ),
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", "/readyz") => match readiness(sw) {
+        ("GET", "/metrics" | "/readyz", None) => starting,
+        ("GET", "/healthz", _) => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", "/readyz", Some(sw)) => match readiness(sw) {
             Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
             Err(why) => (
                 "503 Service Unavailable",
@@ -269,7 +279,7 @@ async fn handle(sw: &Switch, mut stream: TcpStream) -> std::io::Result<()> {
                 format!("not ready: {why}\n"),
             ),
         },
-        ("GET", _) => (
+        ("GET", _, _) => (
             "404 Not Found",
             "text/plain",
             "try /metrics, /healthz or /readyz\n".to_string(),

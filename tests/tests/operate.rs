@@ -452,3 +452,54 @@ print(int(total))
         "rx bytes moved by the transfer: {before} -> {after}"
     );
 }
+
+#[test]
+fn readyz_says_starting_until_ports_are_re_adopted() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let mut node = Node::start("10.244.1.0/24");
+    let pods: Vec<Netns> = (0..40).map(|_| Netns::new("p")).collect();
+    for p in &pods {
+        node.add_pod(p);
+    }
+    node.stop();
+
+    // Poll /readyz every 2 ms from before switchd starts until it says ready.
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (seen, done) = (seen.clone(), done.clone());
+        node.ns.spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, 9476)) {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    let _ = s.write_all(b"GET /readyz HTTP/1.1\r\n\r\n");
+                    let mut r = String::new();
+                    let _ = s.read_to_string(&mut r);
+                    let status = r.lines().next().unwrap_or("").to_string();
+                    let ready = status.contains("200");
+                    seen.lock().unwrap().push(status);
+                    if ready {
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    node.launch();
+    poller.join().unwrap();
+    done.store(true, Ordering::Relaxed);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("HTTP/1.1 200 OK"),
+        "ready in the end: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|s| s.contains("503")),
+        "not ready while re-adopting 40 ports: {seen:?}"
+    );
+    assert_eq!(node.pod_ports(), 40);
+}

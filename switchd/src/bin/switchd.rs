@@ -152,7 +152,17 @@ async fn run(
 ) -> anyhow::Result<()> {
     let socket = cfg.socket.clone();
     let adopted = inherited.len();
+    // The health endpoints come up first: /healthz answers and /readyz says "starting"
+    // while ports are re-adopted.
+    let slot: switchd::metrics::SwitchSlot = Default::default();
+    if let Some(addr) = cfg.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("binding metrics_addr {addr} (set metrics_addr = \"off\" to disable)")
+        })?;
+        tokio::spawn(switchd::metrics::serve(slot.clone(), listener));
+    }
     let sw = Switch::start(cfg, inherited).await?;
+    let _ = slot.set(sw.clone());
     if adopted > 0 {
         tracing::info!(
             descriptors = adopted,
@@ -160,16 +170,7 @@ async fn run(
         );
     }
     let listener = control::bind(&socket)?;
-    let metrics = match sw.cfg.metrics_addr {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
-            format!("binding metrics_addr {addr} (set metrics_addr = \"off\" to disable)")
-        })?),
-        None => None,
-    };
     tokio::spawn(sw.clone().run_heartbeat());
-    if let Some(listener) = metrics {
-        tokio::spawn(switchd::metrics::serve(sw.clone(), listener));
-    }
     sw.set_ready();
     if let Err(e) = switchd::notify::notify("READY=1") {
         tracing::warn!(error = %e, "cannot notify systemd of readiness");

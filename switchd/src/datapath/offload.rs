@@ -105,6 +105,57 @@ pub fn tcp4_segment_ip_len(frame: &[u8], gso_size: u16) -> Result<usize, DropRea
     Ok(l.ip_len + l.tcp_len + usize::from(gso_size))
 }
 
+/// Source and destination of an IPv4 header.
+#[inline]
+fn ipv4_addrs(ip: &[u8]) -> ([u8; 4], [u8; 4]) {
+    (
+        [ip[12], ip[13], ip[14], ip[15]],
+        [ip[16], ip[17], ip[18], ip[19]],
+    )
+}
+
+/// The layout of `payload_len` bytes cut into `mss`-sized segments, each behind `headers`
+/// bytes of headers and `headroom` bytes for the caller; refused if it does not fit `out_len`.
+fn plan(
+    payload_len: usize,
+    headers: usize,
+    mss: usize,
+    headroom: usize,
+    out_len: usize,
+) -> Result<Segments, DropReason> {
+    let count = payload_len.div_ceil(mss.max(1)).max(1);
+    let stride = headroom + headers + mss;
+    let len = (count - 1) * stride + headroom + headers + (payload_len - (count - 1) * mss);
+    if mss == 0 || len > out_len {
+        return Err(DropReason::Malformed);
+    }
+    Ok(Segments { count, stride, len })
+}
+
+/// Write segment `i` (the original headers, then `chunk`) into its place in `out`, with
+/// its IPv4 total length, id (original + i) and header checksum fixed. Returns the frame.
+fn place<'o>(
+    out: &'o mut [u8],
+    segs: &Segments,
+    i: usize,
+    headroom: usize,
+    headers: &[u8],
+    l4_start: usize,
+    chunk: &[u8],
+) -> &'o mut [u8] {
+    let at = i * segs.stride + headroom;
+    let f = &mut out[at..at + headers.len() + chunk.len()];
+    f[..headers.len()].copy_from_slice(headers);
+    f[headers.len()..].copy_from_slice(chunk);
+    let ip0 = ETH_HDR_LEN;
+    let total = (f.len() - ip0) as u16;
+    let id = u16::from_be_bytes([headers[ip0 + 4], headers[ip0 + 5]]).wrapping_add(i as u16);
+    f[ip0 + 2..ip0 + 4].copy_from_slice(&total.to_be_bytes());
+    f[ip0 + 4..ip0 + 6].copy_from_slice(&id.to_be_bytes());
+    checksum::fix_ipv4_header(&mut f[ip0..l4_start]);
+    f
+}
+
 /// IPv4 header length of a UDP/IPv4 frame, checked.
 fn udp4_ip_len(frame: &[u8]) -> Result<usize, DropReason> {
     let ip = frame.get(ETH_HDR_LEN..).ok_or(DropReason::Malformed)?;
@@ -137,35 +188,12 @@ pub fn segment_udp4(
     let headers = ETH_HDR_LEN + ip_len + 8;
     let mss = usize::from(hdr.gso_size);
     let payload = &frame[headers..];
-    let count = payload.len().div_ceil(mss.max(1)).max(1);
-    let stride = headroom + headers + mss;
-    let len = (count - 1) * stride + headroom + headers + (payload.len() - (count - 1) * mss);
-    if mss == 0 || len > out.len() {
-        return Err(DropReason::Malformed);
-    }
-    let (ip0, udp0) = (ETH_HDR_LEN, ETH_HDR_LEN + ip_len);
-    let id = u16::from_be_bytes([frame[ip0 + 4], frame[ip0 + 5]]);
-    let src = [
-        frame[ip0 + 12],
-        frame[ip0 + 13],
-        frame[ip0 + 14],
-        frame[ip0 + 15],
-    ];
-    let dst = [
-        frame[ip0 + 16],
-        frame[ip0 + 17],
-        frame[ip0 + 18],
-        frame[ip0 + 19],
-    ];
-    for i in 0..count {
+    let segs = plan(payload.len(), headers, mss, headroom, out.len())?;
+    let udp0 = ETH_HDR_LEN + ip_len;
+    let (src, dst) = ipv4_addrs(&frame[ETH_HDR_LEN..]);
+    for i in 0..segs.count {
         let chunk = &payload[i * mss..((i + 1) * mss).min(payload.len())];
-        let at = i * stride + headroom;
-        let f = &mut out[at..at + headers + chunk.len()];
-        f[..headers].copy_from_slice(&frame[..headers]);
-        f[headers..].copy_from_slice(chunk);
-        f[ip0 + 2..ip0 + 4].copy_from_slice(&((ip_len + 8 + chunk.len()) as u16).to_be_bytes());
-        f[ip0 + 4..ip0 + 6].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
-        checksum::fix_ipv4_header(&mut f[ip0..udp0]);
+        let f = place(out, &segs, i, headroom, &frame[..headers], udp0, chunk);
         let udp_len = 8 + chunk.len();
         f[udp0 + 4..udp0 + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
         f[udp0 + 6] = 0;
@@ -178,7 +206,7 @@ pub fn segment_udp4(
         let c = if c == 0 { 0xffff } else { c };
         f[udp0 + 6..udp0 + 8].copy_from_slice(&c.to_be_bytes());
     }
-    Ok(Segments { count, stride, len })
+    Ok(segs)
 }
 
 /// Where [`segment_tcp4`] put the segments: segment `i` occupies
@@ -206,48 +234,20 @@ pub fn segment_tcp4(
     let headers = ETH_HDR_LEN + l.ip_len + l.tcp_len;
     let mss = usize::from(hdr.gso_size);
     let payload = &frame[headers..];
-    let count = payload.len().div_ceil(mss.max(1)).max(1);
-    let stride = headroom + headers + mss;
-    let len = (count - 1) * stride + headroom + headers + (payload.len() - (count - 1) * mss);
-    if mss == 0 || len > out.len() {
-        return Err(DropReason::Malformed);
-    }
-    let ip0 = ETH_HDR_LEN;
-    let tcp0 = ip0 + l.ip_len;
-    let id = u16::from_be_bytes([frame[ip0 + 4], frame[ip0 + 5]]);
+    let segs = plan(payload.len(), headers, mss, headroom, out.len())?;
+    let tcp0 = ETH_HDR_LEN + l.ip_len;
     let seq = u32::from_be_bytes([
         frame[tcp0 + 4],
         frame[tcp0 + 5],
         frame[tcp0 + 6],
         frame[tcp0 + 7],
     ]);
-    let src = [
-        frame[ip0 + 12],
-        frame[ip0 + 13],
-        frame[ip0 + 14],
-        frame[ip0 + 15],
-    ];
-    let dst = [
-        frame[ip0 + 16],
-        frame[ip0 + 17],
-        frame[ip0 + 18],
-        frame[ip0 + 19],
-    ];
-
-    for i in 0..count {
+    let (src, dst) = ipv4_addrs(&frame[ETH_HDR_LEN..]);
+    for i in 0..segs.count {
         let chunk = &payload[i * mss..((i + 1) * mss).min(payload.len())];
-        let at = i * stride + headroom;
-        let f = &mut out[at..at + headers + chunk.len()];
-        f[..headers].copy_from_slice(&frame[..headers]);
-        f[headers..].copy_from_slice(chunk);
-
-        let ip_total = (l.ip_len + l.tcp_len + chunk.len()) as u16;
-        f[ip0 + 2..ip0 + 4].copy_from_slice(&ip_total.to_be_bytes());
-        f[ip0 + 4..ip0 + 6].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
-        checksum::fix_ipv4_header(&mut f[ip0..tcp0]);
-
+        let f = place(out, &segs, i, headroom, &frame[..headers], tcp0, chunk);
         f[tcp0 + 4..tcp0 + 8].copy_from_slice(&seq.wrapping_add((i * mss) as u32).to_be_bytes());
-        if i + 1 < count {
+        if i + 1 < segs.count {
             f[tcp0 + 13] &= !(TCP_FIN | TCP_PSH);
         }
         if i > 0 {
@@ -262,7 +262,7 @@ pub fn segment_tcp4(
         ));
         f[tcp0 + 16..tcp0 + 18].copy_from_slice(&c.to_be_bytes());
     }
-    Ok(Segments { count, stride, len })
+    Ok(segs)
 }
 
 #[cfg(test)]

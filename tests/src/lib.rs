@@ -19,6 +19,7 @@ use serde_json::Value;
 
 pub mod cluster;
 pub mod fdstore;
+pub mod podman;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 

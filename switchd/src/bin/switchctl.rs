@@ -120,7 +120,11 @@ fn main() -> ExitCode {
                 let pod = if p.pod.name.is_empty() {
                     short(&p.container_id)
                 } else {
-                    format!("{}/{}", p.pod.namespace, p.pod.name)
+                    if p.pod.namespace.is_empty() {
+                        p.pod.name.clone()
+                    } else {
+                        format!("{}/{}", p.pod.namespace, p.pod.name)
+                    }
                 };
                 let c = p.counters;
                 println!(

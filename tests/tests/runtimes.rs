@@ -1,0 +1,125 @@
+//! Real container runtimes calling switchd-cni through their own CNI libraries: podman 4.3
+//! with its CNI backend, chained with the reference `tuning` plugin. Needs root and the
+//! Debian packages podman, runc, conmon, containernetworking-plugins and busybox-static,
+//! which CI installs.
+
+use std::net::Ipv4Addr;
+
+use switchd_e2e::podman::Podman;
+use switchd_e2e::*;
+
+/// The address switchd gave the container `name` (podman passes it as K8S_POD_NAME).
+fn addr_of(node: &Node, name: &str) -> Ipv4Addr {
+    let ports = node.query("ports");
+    let port = ports["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pod"]["name"] == name)
+        .unwrap_or_else(|| panic!("no port for {name}: {ports}"));
+    port["address"].as_str().unwrap().parse().unwrap()
+}
+
+fn ok(out: &std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn podman_containers_reach_each_other_and_the_node_and_release_everything() {
+    let node = Node::start("10.244.1.0/24");
+    let pm = Podman::new(&node);
+    ok(&pm.run("c1"), "podman run c1");
+    ok(&pm.run("c2"), "podman run c2");
+    let (a1, a2) = (addr_of(&node, "c1"), addr_of(&node, "c2"));
+    assert_ne!(a1, a2);
+
+    ok(
+        &pm.exec("c1", &["ping", "-c", "2", "-W", "2", &a2.to_string()]),
+        "c1 pings c2",
+    );
+    ok(
+        &pm.exec("c2", &["ping", "-c", "2", "-W", "2", "10.244.1.1"]),
+        "c2 pings the node",
+    );
+    assert!(node.ns.ping(a1), "the node reaches c1");
+    // The chained tuning plugin ran inside the pod, on the interface we created.
+    assert_eq!(
+        ok(
+            &pm.exec("c1", &["cat", "/proc/sys/net/ipv4/conf/eth0/accept_local"]),
+            "sysctl"
+        )
+        .trim(),
+        "1"
+    );
+
+    // podman stop and podman rm -f both release everything.
+    ok(&pm.podman(&["stop", "-t", "0", "c1"]), "podman stop");
+    ok(&pm.podman(&["rm", "-f", "c2"]), "podman rm -f");
+    assert_eq!(node.pod_ports(), 0, "no port left");
+    assert!(
+        node.ipam_records().is_empty(),
+        "no address left: {:?}",
+        node.ipam_records()
+    );
+    ok(&pm.podman(&["rm", "-f", "c1"]), "podman rm");
+    assert!(node.ipam_records().is_empty());
+}
+
+#[test]
+fn podman_run_while_switchd_is_down_fails_cleanly_and_works_once_it_is_back() {
+    let mut node = Node::start("10.244.1.0/24");
+    let pm = Podman::new(&node);
+    node.stop();
+    let out = pm.run("early");
+    assert!(
+        !out.status.success(),
+        "podman run must fail while switchd is down"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("switchd is not reachable") || err.contains("try again later"),
+        "the CNI error reaches the user: {err}"
+    );
+    let _ = pm.podman(&["rm", "-f", "early"]);
+
+    node.launch();
+    ok(&pm.run("late"), "podman run after switchd is back");
+    assert_eq!(
+        addr_of(&node, "late"),
+        Ipv4Addr::new(10, 244, 1, 2),
+        "the failed attempt leaked no address"
+    );
+    assert_eq!(node.ipam_records().len(), 1);
+}
+
+#[test]
+fn thirty_podman_containers_started_in_parallel_get_distinct_working_addresses() {
+    let node = Node::start("10.244.1.0/24");
+    let pm = Podman::new(&node);
+    let names: Vec<String> = (0..30).map(|i| format!("p{i}")).collect();
+    std::thread::scope(|s| {
+        let runs: Vec<_> = names
+            .iter()
+            .map(|n| s.spawn(|| (n.clone(), pm.run(n))))
+            .collect();
+        for r in runs {
+            let (name, out) = r.join().unwrap();
+            ok(&out, &format!("podman run {name}"));
+        }
+    });
+    let addrs: std::collections::HashSet<Ipv4Addr> =
+        names.iter().map(|n| addr_of(&node, n)).collect();
+    assert_eq!(addrs.len(), 30, "distinct addresses");
+    for a in &addrs {
+        assert!(node.ns.ping(*a), "{a} unreachable");
+    }
+    ok(&pm.podman(&["rm", "-af", "-t", "0"]), "remove all");
+    assert_eq!(node.pod_ports(), 0);
+    assert!(node.ipam_records().is_empty());
+}

@@ -97,26 +97,48 @@ fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
     matches!(err, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
 }
 
-/// Create the pod's TAP inside its namespace and configure it. The TAP is persistent, so it
-/// survives a restart of switchd; on any failure it is destroyed again before returning.
+/// Create the pod's TAP and configure it inside the pod's namespace. The TAP is persistent,
+/// so it survives a restart of switchd; on any failure it is destroyed again.
+///
+/// The TAP is created in switchd's own namespace under a temporary name, moved into the
+/// pod's namespace and renamed there. Opening `/dev/net/tun` from inside the pod's
+/// namespace would tie our descriptor to that namespace and keep it alive after the
+/// runtime deleted it; created here, the device dies with the pod's namespace, and switchd
+/// notices (see `Switch::reap_vanished`).
 pub fn create_pod_tap(netns: &str, iface: PodIface) -> Result<Tap> {
-    let path = netns.to_string();
-    run_in(netns, move |h| {
+    let name = iface.ifname.clone();
+    let exists = run_in(netns, move |_| {
+        Box::pin(async move { Ok(ifindex(&name).is_some()) })
+    })?;
+    if exists {
+        return Err(NetnsError::IfaceExists {
+            ifname: iface.ifname.clone(),
+            path: netns.to_string(),
+        }
+        .into());
+    }
+    let target = File::open(netns).map_err(|source| NetnsError::Unavailable {
+        path: netns.into(),
+        source,
+    })?;
+    let temp = temp_name();
+    let tap = run_in("/proc/self/ns/net", move |h| {
         Box::pin(async move {
-            if ifindex(&iface.ifname).is_some() {
-                return Err(NetnsError::IfaceExists {
-                    ifname: iface.ifname.clone(),
-                    path,
-                }
-                .into());
-            }
-            let tap = Tap::open(&iface.ifname)?;
-            let configured = async {
+            let tap = Tap::open(&temp)?;
+            let moved = async {
                 tap.set_persistent(true)?;
-                let idx = ifindex(&iface.ifname).context("TAP vanished right after creation")?;
-                configure_pod_link(h, idx, &iface).await
+                let idx = ifindex(&temp).context("TAP vanished right after creation")?;
+                h.link()
+                    .set(
+                        LinkUnspec::new_with_index(idx)
+                            .setns_by_fd(target.as_raw_fd())
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .context("moving the TAP into the pod's namespace")
             };
-            match configured.await {
+            match moved.await {
                 Ok(()) => Ok(tap),
                 Err(e) => {
                     let _ = tap.set_persistent(false); // dropping the fd now destroys it
@@ -124,7 +146,38 @@ pub fn create_pod_tap(netns: &str, iface: PodIface) -> Result<Tap> {
                 }
             }
         })
-    })
+    })?;
+    let temp = tap.name().to_string();
+    let spec = iface.clone();
+    let configured = run_in(netns, move |h| {
+        Box::pin(async move {
+            let idx = ifindex(&temp).context("the moved TAP is not in the pod's namespace")?;
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(idx)
+                        .name(spec.ifname.clone())
+                        .build(),
+                )
+                .execute()
+                .await
+                .with_context(|| format!("renaming {temp} to {}", spec.ifname))?;
+            configure_pod_link(h, idx, &spec).await
+        })
+    });
+    match configured {
+        Ok(()) => Ok(tap.renamed(&iface.ifname)),
+        Err(e) => {
+            let _ = tap.set_persistent(false);
+            Err(e)
+        }
+    }
+}
+
+/// A name for a TAP between its creation and its move, unique in switchd's namespace.
+fn temp_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("swp{:08x}", (std::process::id() << 16) ^ n)
 }
 
 async fn configure_pod_link(h: &Handle, idx: u32, iface: &PodIface) -> Result<()> {

@@ -70,6 +70,8 @@ pub struct Switch {
     ready: AtomicBool,
     /// Held for the daemon's lifetime: one switchd per state directory.
     _state_lock: std::fs::File,
+    /// Ports whose device disappeared report here (see [`Switch::reap_vanished`]).
+    gone: tokio::sync::mpsc::UnboundedSender<PortId>,
     /// Attach durations, exported by `/metrics`.
     pub attach_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Unix milliseconds of the last datapath-runtime heartbeat (see `run_heartbeat`).
@@ -145,6 +147,7 @@ impl Switch {
 
         let table = Table::new(cfg.pod_cidr, cfg.cluster_cidr, router_mac, mtu);
         let peers = cfg.peers.iter().map(PeerState::new).map(Arc::new).collect();
+        let (gone, gone_rx) = tokio::sync::mpsc::unbounded_channel();
         let sw = Arc::new(Switch {
             cfg,
             mtu,
@@ -166,10 +169,12 @@ impl Switch {
             publish_lock: Mutex::new(()),
             ready: AtomicBool::new(false),
             _state_lock: state_lock,
+            gone,
             attach_seconds: crate::metrics::attach_histogram(),
             heartbeat: std::sync::atomic::AtomicU64::new(crate::metrics::now_millis()),
         });
         sw.add_port(HOST_PORT, host_tap, PortOwner::Host, gateway, router_mac);
+        tokio::spawn(reap_loop(Arc::downgrade(&sw), gone_rx));
         sw.readopt(&mut inherited).await;
         for name in inherited.keys() {
             tracing::warn!(fd_name = %name, "closing a stored descriptor that matches no attachment");
@@ -251,6 +256,7 @@ impl Switch {
             port.clone(),
             self.cell.clone(),
             self.stats.clone(),
+            self.gone.clone(),
         ));
         self.slots.insert(id, Slot { port, task });
     }
@@ -688,6 +694,25 @@ impl Switch {
         }
     }
 
+    /// A port's device disappeared. If the pod's network namespace is gone too, the pod
+    /// was deleted without a DEL reaching us (some runtimes skip DEL when the namespace
+    /// path vanished): release it, as DEL would have. If the namespace is still there,
+    /// someone deleted the interface by hand; keep the attachment so CHECK reports it.
+    async fn reap_vanished(&self, id: PortId) {
+        let owner = self.slots.get(&id).map(|s| s.port.owner.clone());
+        let Some(PortOwner::Pod { key, netns, .. }) = owner else {
+            return;
+        };
+        if Path::new(&netns).exists() {
+            tracing::warn!(container = %key.container_id, ifname = %key.ifname, "pod interface vanished but its namespace exists; CHECK will fail until DEL and ADD");
+            return;
+        }
+        tracing::warn!(container = %key.container_id, ifname = %key.ifname, netns = %netns, "pod's network namespace vanished without a DEL; releasing its address");
+        if let Err(e) = self.detach(&key).await {
+            tracing::error!(error = %e.message, "cannot release the vanished pod");
+        }
+    }
+
     pub fn port_count(&self) -> usize {
         self.slots.len()
     }
@@ -732,4 +757,16 @@ fn lock_state_dir(dir: &Path) -> Result<std::fs::File> {
         );
     }
     Ok(file)
+}
+
+/// Reap ports whose device vanished. Holds only a weak reference, so it never keeps a
+/// stopped switch alive.
+async fn reap_loop(
+    sw: std::sync::Weak<Switch>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<PortId>,
+) {
+    while let Some(id) = rx.recv().await {
+        let Some(sw) = sw.upgrade() else { return };
+        sw.reap_vanished(id).await;
+    }
 }

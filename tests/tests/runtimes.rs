@@ -123,3 +123,49 @@ fn thirty_podman_containers_started_in_parallel_get_distinct_working_addresses()
     assert_eq!(node.pod_ports(), 0);
     assert!(node.ipam_records().is_empty());
 }
+
+#[test]
+fn a_container_whose_netns_was_removed_behind_podmans_back_still_releases_its_address() {
+    let node = Node::start("10.244.1.0/24");
+    let pm = Podman::new(&node);
+    ok(&pm.run("victim"), "podman run");
+    let sandbox = ok(
+        &pm.podman(&[
+            "inspect",
+            "--format",
+            "{{.NetworkSettings.SandboxKey}}",
+            "victim",
+        ]),
+        "inspect",
+    );
+    let sandbox = sandbox.trim();
+    assert!(
+        sandbox.starts_with("/run/netns/") || sandbox.starts_with("/var/run/netns/"),
+        "{sandbox}"
+    );
+    let name = sandbox.rsplit('/').next().unwrap();
+    // Remove the namespace's bind mount as a careless admin would; the container keeps it
+    // alive, but the path the runtime will pass to DEL is gone.
+    assert!(
+        run(std::process::Command::new("ip").args(["netns", "del", name]))
+            .status
+            .success()
+    );
+    ok(
+        &pm.podman(&["rm", "-f", "-t", "0", "victim"]),
+        "podman rm -f",
+    );
+    // podman skips DEL when the namespace path is gone; switchd notices the pod's device
+    // and namespace vanished and releases the address itself.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while node.pod_ports() != 0 || !node.ipam_records().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not released: ports {}, records {:?}",
+            node.pod_ports(),
+            node.ipam_records()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(node.log().contains("vanished without a DEL"));
+}

@@ -127,10 +127,17 @@ impl Port {
 
 /// Read frames from `port` until the device goes away, forwarding each through the core.
 /// The table snapshot is loaded once per batch; nothing here allocates per frame.
-pub async fn run(port: Arc<Port>, table: Arc<SnapshotCell>, stats: Arc<Stats>) {
+/// When the device goes away, the port's id is sent on `gone` so the control plane can
+/// decide what to do (release the pod if its namespace vanished).
+pub async fn run(
+    port: Arc<Port>,
+    table: Arc<SnapshotCell>,
+    stats: Arc<Stats>,
+    gone: mpsc::UnboundedSender<PortId>,
+) {
     // SAFETY: the fd belongs to `port.tap`, which the Arc keeps open for as long as the
     // AsyncFd (which owns that Arc) lives, and `as_raw_fd` always returns that same fd.
-    let afd = match unsafe { AsyncFd::register_with_interest(port.clone(), Interest::READABLE) } {
+    let afd = match unsafe { AsyncFd::register_with_interest(port.clone(), Interest::READABLE | Interest::ERROR) } {
         Ok(afd) => afd,
         Err(e) => {
             tracing::error!(port = port.id, ifname = port.tap.name(), error = %e.into_parts().1, "cannot poll port");
@@ -141,7 +148,9 @@ pub async fn run(port: Arc<Port>, table: Arc<SnapshotCell>, stats: Arc<Stats>) {
     let mut reply = [0u8; icmp::MAX_REPLY_LEN];
     let mut scratch = vec![0u8; SEGMENT_BUF_LEN];
     loop {
-        let mut ready = match afd.readable().await {
+        // ERROR too: when the device is unregistered (its namespace was deleted) the TAP
+        // polls as EPOLLERR only, and the read that follows tells us it is gone.
+        let mut ready = match afd.ready(Interest::READABLE | Interest::ERROR).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(port = port.id, error = %e, "port poll failed; port stops forwarding");
@@ -169,6 +178,7 @@ pub async fn run(port: Arc<Port>, table: Arc<SnapshotCell>, stats: Arc<Stats>) {
                 Err(e) => {
                     tracing::warn!(port = port.id, ifname = port.tap.name(), error = %e, "port device gone; it stops forwarding until detached");
                     port.alive.store(false, Relaxed);
+                    let _ = gone.send(port.id);
                     return;
                 }
             }

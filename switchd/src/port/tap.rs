@@ -129,6 +129,12 @@ impl Tap {
         Ok(tap)
     }
 
+    /// The same device under the name it was given since (after a move and rename).
+    pub fn renamed(mut self, name: &str) -> Tap {
+        self.name = name.into();
+        self
+    }
+
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;
         self.fd.as_fd()

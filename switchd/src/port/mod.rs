@@ -137,7 +137,9 @@ pub async fn run(
 ) {
     // SAFETY: the fd belongs to `port.tap`, which the Arc keeps open for as long as the
     // AsyncFd (which owns that Arc) lives, and `as_raw_fd` always returns that same fd.
-    let afd = match unsafe { AsyncFd::register_with_interest(port.clone(), Interest::READABLE | Interest::ERROR) } {
+    let afd = match unsafe {
+        AsyncFd::register_with_interest(port.clone(), Interest::READABLE | Interest::ERROR)
+    } {
         Ok(afd) => afd,
         Err(e) => {
             tracing::error!(port = port.id, ifname = port.tap.name(), error = %e.into_parts().1, "cannot poll port");

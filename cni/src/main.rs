@@ -99,6 +99,7 @@ fn run(env: &Env, conf: &NetConf) -> Result<Option<Value>, CniError> {
                 network: conf.name.clone(),
                 netns: Env::require(&env.netns, "CNI_NETNS")?,
                 pod: env.pod.clone(),
+                bandwidth: conf.bandwidth,
             };
             match call(req)? {
                 Response::Attached(att) => Ok(Some(result::build(

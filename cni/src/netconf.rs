@@ -1,7 +1,7 @@
 //! The network configuration on stdin and the `CNI_*` environment.
 
 use serde_json::Value;
-use switchd_proto::{AttachmentKey, PodRef};
+use switchd_proto::{AttachmentKey, Bandwidth, PodRef};
 
 use crate::error::{code, CniError};
 
@@ -20,6 +20,9 @@ pub struct NetConf {
     pub dns: Option<Value>,
     /// GC: attachments the runtime still uses.
     pub valid_attachments: Vec<AttachmentKey>,
+    /// Rate limits: `runtimeConfig.bandwidth` (the capability kubelet fills from pod
+    /// annotations) wins over a static `bandwidth` object in the plugin's own config.
+    pub bandwidth: Option<Bandwidth>,
 }
 
 fn invalid(msg: &str, details: String) -> CniError {
@@ -96,6 +99,14 @@ impl NetConf {
             None => Vec::new(),
             Some(list) => parse_attachments(list)?,
         };
+        let bandwidth = match obj
+            .get("runtimeConfig")
+            .and_then(|rc| rc.get("bandwidth"))
+            .or_else(|| obj.get("bandwidth"))
+        {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(parse_bandwidth(v)?),
+        };
         Ok(NetConf {
             cni_version,
             name,
@@ -104,8 +115,40 @@ impl NetConf {
             prev_result: obj.get("prevResult").filter(|v| !v.is_null()).cloned(),
             dns: obj.get("dns").cloned(),
             valid_attachments,
+            bandwidth,
         })
     }
+}
+
+/// The `bandwidth` object: the reference plugin's keys, each a non-negative integer.
+fn parse_bandwidth(v: &Value) -> Result<Bandwidth, CniError> {
+    let bad = |d: String| invalid("invalid bandwidth", d);
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad(format!("must be an object, got {v}")))?;
+    const KEYS: [&str; 4] = ["ingressRate", "ingressBurst", "egressRate", "egressBurst"];
+    if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(bad(format!(
+            "unknown key `{k}`; expected {}",
+            KEYS.join(", ")
+        )));
+    }
+    let get = |k: &str| -> Result<u64, CniError> {
+        match obj.get(k) {
+            None | Some(Value::Null) => Ok(0),
+            Some(n) => n.as_u64().ok_or_else(|| {
+                bad(format!(
+                    "`{k}` must be a non-negative integer (bits per second or bits), got {n}"
+                ))
+            }),
+        }
+    };
+    Ok(Bandwidth {
+        ingress_rate: get("ingressRate")?,
+        ingress_burst: get("ingressBurst")?,
+        egress_rate: get("egressRate")?,
+        egress_burst: get("egressBurst")?,
+    })
 }
 
 fn parse_attachments(list: &Value) -> Result<Vec<AttachmentKey>, CniError> {
@@ -238,6 +281,34 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(input)
             );
+        }
+    }
+
+    #[test]
+    fn bandwidth_comes_from_runtime_config_before_the_static_object() {
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","bandwidth":{"ingressRate":1000},
+                 "runtimeConfig":{"bandwidth":{"egressRate":2000,"egressBurst":300}}}"#,
+        )
+        .unwrap();
+        let bw = c.bandwidth.unwrap();
+        assert_eq!(
+            (bw.ingress_rate, bw.egress_rate, bw.egress_burst),
+            (0, 2000, 300)
+        );
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","bandwidth":{"ingressRate":1000}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.bandwidth.unwrap().ingress_rate, 1000);
+        for bad in [
+            br#"{"cniVersion":"1.0.0","name":"n","bandwidth":{"ingressRate":-1}}"#.as_slice(),
+            br#"{"cniVersion":"1.0.0","name":"n","bandwidth":{"ingresRate":10}}"#,
+            br#"{"cniVersion":"1.0.0","name":"n","bandwidth":"10M"}"#,
+        ] {
+            let e = NetConf::parse(bad).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG);
+            assert_eq!(e.msg, "invalid bandwidth");
         }
     }
 

@@ -49,6 +49,28 @@ pub struct AttachmentKey {
     pub ifname: String,
 }
 
+/// The CNI `bandwidth` capability (the keys kubelet passes from the
+/// `kubernetes.io/ingress-bandwidth` and `egress-bandwidth` annotations): rates in bits per
+/// second, bursts in bits; 0 means unlimited. Ingress is traffic into the pod.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Bandwidth {
+    #[serde(default)]
+    pub ingress_rate: u64,
+    #[serde(default)]
+    pub ingress_burst: u64,
+    #[serde(default)]
+    pub egress_rate: u64,
+    #[serde(default)]
+    pub egress_burst: u64,
+}
+
+impl Bandwidth {
+    pub fn is_unlimited(&self) -> bool {
+        self.ingress_rate == 0 && self.egress_rate == 0
+    }
+}
+
 /// The pod a network namespace belongs to, from `CNI_ARGS` (`K8S_POD_NAMESPACE` etc.).
 /// Empty strings when the runtime did not say (podman, ctr).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -67,6 +89,9 @@ pub enum Request {
         network: String,
         netns: String,
         pod: PodRef,
+        /// Rate limits for the pod, from the CNI `bandwidth` capability.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bandwidth: Option<Bandwidth>,
     },
     /// Unplug and remove the pod's interface and release its address. Idempotent.
     Detach {
@@ -173,6 +198,9 @@ pub struct PortInfo {
     pub mac: String,
     pub address: Ipv4Addr,
     pub counters: Counters,
+    /// The pod's rate limits, when it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<Bandwidth>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -357,6 +385,10 @@ mod tests {
                 name: "web".into(),
                 uid: "u1".into(),
             },
+            bandwidth: Some(Bandwidth {
+                ingress_rate: 1_000_000,
+                ..Default::default()
+            }),
         };
         let bytes = encode(&req).unwrap();
         let back: Request = read_message(&mut &bytes[..]).unwrap();

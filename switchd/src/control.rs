@@ -106,8 +106,9 @@ async fn dispatch(sw: &Switch, req: Request) -> Response {
             network,
             netns,
             pod,
+            bandwidth,
         } => sw
-            .attach(key, network, netns, pod)
+            .attach(key, network, netns, pod, bandwidth)
             .await
             .map(Response::Attached),
         Request::Detach { key, .. } => sw

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
-use switchd_proto::{AttachmentKey, PodRef};
+use switchd_proto::{AttachmentKey, Bandwidth, PodRef};
 
 const STATE_FILE: &str = "ipam.json";
 const STATE_VERSION: u32 = 1;
@@ -27,6 +27,8 @@ pub struct Record {
     pub netns: String,
     pub pod: PodRef,
     pub address: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<Bandwidth>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -115,6 +117,7 @@ impl Ipam {
         network: &str,
         netns: &str,
         pod: PodRef,
+        bandwidth: Option<Bandwidth>,
     ) -> Result<Ipv4Addr, IpamError> {
         if let Some(r) = self.get(&key) {
             return Err(IpamError::AlreadyAllocated {
@@ -133,6 +136,7 @@ impl Ipam {
             netns: netns.into(),
             pod,
             address,
+            bandwidth,
         });
         if let Err(e) = self.persist() {
             self.state.records.pop();
@@ -226,7 +230,7 @@ mod tests {
     }
 
     fn alloc(ipam: &mut Ipam, i: usize) -> Result<Ipv4Addr, IpamError> {
-        ipam.allocate(key(i), "net", "/ns", PodRef::default())
+        ipam.allocate(key(i), "net", "/ns", PodRef::default(), None)
     }
 
     #[test]

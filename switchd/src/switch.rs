@@ -18,8 +18,8 @@ use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use switchd_proto::{
-    Attachment, AttachmentKey, ErrorKind, ErrorReply, PeerInfo, PodRef, PortInfo, RouteInfo,
-    StatsInfo, TableEntry,
+    Attachment, AttachmentKey, Bandwidth, ErrorKind, ErrorReply, PeerInfo, PodRef, PortInfo,
+    RouteInfo, StatsInfo, TableEntry,
 };
 
 use crate::config::{Config, HOST_PORT_NAME, TUNNEL_OVERHEAD};
@@ -29,7 +29,7 @@ use crate::datapath::{PeerRoute, PortId, Table, HOST_PORT};
 use crate::ipam::{Ipam, IpamError};
 use crate::netns::{self, NetnsError, PodIface};
 use crate::port::tap::Tap;
-use crate::port::{self, Port, PortCounters, PortOwner};
+use crate::port::{self, Limits, Port, PortCounters, PortOwner};
 use crate::stats::Stats;
 use crate::tunnel::{PeerState, Tunnel};
 
@@ -173,7 +173,14 @@ impl Switch {
             attach_seconds: crate::metrics::attach_histogram(),
             heartbeat: std::sync::atomic::AtomicU64::new(crate::metrics::now_millis()),
         });
-        sw.add_port(HOST_PORT, host_tap, PortOwner::Host, gateway, router_mac);
+        sw.add_port(
+            HOST_PORT,
+            host_tap,
+            PortOwner::Host,
+            gateway,
+            router_mac,
+            None,
+        );
         tokio::spawn(reap_loop(Arc::downgrade(&sw), gone_rx));
         sw.readopt(&mut inherited).await;
         for name in inherited.keys() {
@@ -213,7 +220,14 @@ impl Switch {
                         network: rec.network.clone(),
                         netns: rec.netns.clone(),
                     };
-                    self.add_port(id, tap, owner, rec.address, mac_for_ip(rec.address));
+                    self.add_port(
+                        id,
+                        tap,
+                        owner,
+                        rec.address,
+                        mac_for_ip(rec.address),
+                        rec.bandwidth,
+                    );
                     self.by_key.insert(rec.key.clone(), id);
                     tracing::info!(container = %rec.key.container_id, ifname = %rec.key.ifname, address = %rec.address, "re-adopted pod port");
                 }
@@ -231,7 +245,15 @@ impl Switch {
         }
     }
 
-    fn add_port(&self, id: PortId, tap: Tap, owner: PortOwner, address: Ipv4Addr, mac: [u8; 6]) {
+    fn add_port(
+        &self,
+        id: PortId,
+        tap: Tap,
+        owner: PortOwner,
+        address: Ipv4Addr,
+        mac: [u8; 6],
+        bandwidth: Option<Bandwidth>,
+    ) {
         if crate::notify::under_service_manager() {
             let name = match &owner {
                 PortOwner::Host => HOST_FD_NAME.to_string(),
@@ -251,6 +273,7 @@ impl Switch {
             alive: AtomicBool::new(true),
             capturing: AtomicBool::new(false),
             capture: Mutex::new(None),
+            limits: Limits::new(bandwidth),
         });
         let task = tokio::spawn(port::run(
             port.clone(),
@@ -312,9 +335,10 @@ impl Switch {
         network: String,
         netns: String,
         pod: PodRef,
+        bandwidth: Option<Bandwidth>,
     ) -> OpResult<Attachment> {
         let started = std::time::Instant::now();
-        let result = self.attach_inner(key, network, netns, pod).await;
+        let result = self.attach_inner(key, network, netns, pod, bandwidth).await;
         self.attach_seconds.observe(started.elapsed().as_secs_f64());
         result
     }
@@ -325,6 +349,7 @@ impl Switch {
         network: String,
         netns: String,
         pod: PodRef,
+        bandwidth: Option<Bandwidth>,
     ) -> OpResult<Attachment> {
         if key.ifname.is_empty() || key.ifname.len() > 15 || key.ifname.contains(['/', ' ', '\0']) {
             return Err(ErrorReply::new(
@@ -345,7 +370,7 @@ impl Switch {
             .ipam
             .lock()
             .unwrap()
-            .allocate(key.clone(), &network, &netns, pod.clone())
+            .allocate(key.clone(), &network, &netns, pod.clone(), bandwidth)
             .map_err(ipam_error)?;
         let iface = PodIface {
             ifname: key.ifname.clone(),
@@ -378,11 +403,11 @@ impl Switch {
             network,
             netns: netns.clone(),
         };
-        self.add_port(id, tap, owner, address, iface.mac);
+        self.add_port(id, tap, owner, address, iface.mac, bandwidth);
         self.by_key.insert(key.clone(), id);
         self.publish();
         self.stats.attaches.fetch_add(1, Relaxed);
-        tracing::info!(port = id, container = %key.container_id, ifname = %key.ifname, pod = %pod.name, namespace = %pod.namespace, address = %address, "attached pod");
+        tracing::info!(port = id, container = %key.container_id, ifname = %key.ifname, pod = %pod.name, namespace = %pod.namespace, address = %address, bandwidth = ?bandwidth, "attached pod");
         Ok(self.attachment_of(&iface, netns))
     }
 
@@ -510,6 +535,7 @@ impl Switch {
                     mac: format_mac(p.mac),
                     address: p.address,
                     counters: p.counters.snapshot(),
+                    bandwidth: p.limits.config,
                 }
             })
             .collect();

@@ -85,6 +85,11 @@ impl Netns {
         ns
     }
 
+    /// A handle on a namespace someone else owns (a container's): never deleted by us.
+    pub fn borrowed(name: &str) -> std::mem::ManuallyDrop<Netns> {
+        std::mem::ManuallyDrop::new(Netns { name: name.into() })
+    }
+
     pub fn path(&self) -> String {
         format!("/var/run/netns/{}", self.name)
     }

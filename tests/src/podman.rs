@@ -1,7 +1,9 @@
 //! podman as a real CNI caller: a private configuration (CNI backend, runc, cgroupfs,
 //! vfs storage in a temporary directory), a busybox image built from Debian's
-//! busybox-static with `podman import`, and a conflist that chains switchd-cni with the
-//! reference plugins. Everything is removed on drop.
+//! busybox-static with `podman import`, and conflists that chain switchd-cni with the
+//! reference plugins `portmap` and `tuning`. podman runs inside the node's namespace, so
+//! the plugins it executes (and portmap's iptables rules) land there, not on the machine.
+//! Everything is removed on drop.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -10,14 +12,22 @@ use crate::{run, unique, Node};
 
 pub struct Podman {
     pub dir: PathBuf,
+    /// The plain network: switchd-cni, portmap, tuning.
     pub network: String,
+    /// The same chain with switchd-cni's static `bandwidth` limits (see [`LIMITED_RATE`]).
+    pub limited: String,
+    netns: String,
 }
+
+/// Ingress and egress limit on the `limited` network, bits per second.
+pub const LIMITED_RATE: u64 = 40_000_000;
 
 impl Podman {
     /// A podman whose network `network` goes through `node`'s switchd.
     pub fn new(node: &Node) -> Podman {
         let dir = std::env::temp_dir().join(unique("podman"));
         let network = unique("net");
+        let limited = unique("lim");
         for sub in [
             "net.d",
             "cni-bin",
@@ -51,14 +61,28 @@ impl Podman {
             ),
         )
         .unwrap();
-        std::fs::write(
-            dir.join(format!("net.d/10-{network}.conflist")),
+        let conflist = |name: &str, extra: &str| {
             format!(
-                r#"{{"cniVersion": "1.0.0", "name": "{network}", "plugins": [
-                    {{"type": "switchd-cni", "socket": "{}"}},
+                r#"{{"cniVersion": "1.0.0", "name": "{name}", "plugins": [
+                    {{"type": "switchd-cni", "socket": "{}", "capabilities": {{"bandwidth": true}}{extra}}},
+                    {{"type": "portmap", "capabilities": {{"portMappings": true}}, "snat": true}},
                     {{"type": "tuning", "sysctl": {{"net.ipv4.conf.eth0.accept_local": "1"}}}}
                 ]}}"#,
                 node.socket().display()
+            )
+        };
+        std::fs::write(
+            dir.join(format!("net.d/10-{network}.conflist")),
+            conflist(&network, ""),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("net.d/20-{limited}.conflist")),
+            conflist(
+                &limited,
+                &format!(
+                    r#", "bandwidth": {{"ingressRate": {LIMITED_RATE}, "ingressBurst": 800000, "egressRate": {LIMITED_RATE}, "egressBurst": 800000}}"#
+                ),
             ),
         )
         .unwrap();
@@ -75,10 +99,17 @@ impl Podman {
             "dd",
             "head",
             "ip",
+            "httpd",
+            "hostname",
         ] {
             std::os::unix::fs::symlink("busybox", dir.join("rootfs/bin").join(applet)).unwrap();
         }
-        let p = Podman { dir, network };
+        let p = Podman {
+            dir,
+            network,
+            limited,
+            netns: node.ns.name.clone(),
+        };
         let tar = p.dir.join("rootfs.tar");
         let out = run(Command::new("tar")
             .arg("-C")
@@ -97,9 +128,11 @@ impl Podman {
     }
 
     pub fn podman(&self, args: &[&str]) -> Output {
-        run(Command::new("timeout")
-            .arg("120")
-            .arg("podman")
+        // nsenter, not `ip netns exec`: that one also makes a private mount namespace, and
+        // the netns bind mounts podman makes there would be invisible to switchd.
+        run(Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .args(["timeout", "120", "podman"])
             .args(args)
             .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
             .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf")))
@@ -107,17 +140,31 @@ impl Podman {
 
     /// Start a container that sleeps, on the switchd network.
     pub fn run(&self, name: &str) -> Output {
-        self.podman(&[
-            "run",
-            "-d",
-            "--name",
+        self.run_with(name, &["--network", &self.network], &["sleep", "600"])
+    }
+
+    /// `podman run -d --name NAME OPTIONS... IMAGE COMMAND...`
+    pub fn run_with(&self, name: &str, options: &[&str], command: &[&str]) -> Output {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend_from_slice(options);
+        args.push("localhost/swt-busybox:1");
+        args.extend_from_slice(command);
+        self.podman(&args)
+    }
+
+    /// The container's network namespace (podman's SandboxKey), which podman owns.
+    pub fn netns_of(&self, name: &str) -> std::mem::ManuallyDrop<crate::Netns> {
+        let out = self.podman(&[
+            "inspect",
+            "--format",
+            "{{.NetworkSettings.SandboxKey}}",
             name,
-            "--network",
-            &self.network,
-            "localhost/swt-busybox:1",
-            "sleep",
-            "600",
-        ])
+        ]);
+        assert!(out.status.success(), "inspect {name}");
+        let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let ns = key.rsplit('/').next().unwrap();
+        assert!(!ns.is_empty(), "{name} has no network namespace: {key:?}");
+        crate::Netns::borrowed(ns)
     }
 
     pub fn exec(&self, name: &str, cmd: &[&str]) -> Output {

@@ -1,11 +1,11 @@
 //! Real container runtimes calling switchd-cni through their own CNI libraries: podman 4.3
-//! with its CNI backend, chained with the reference `tuning` plugin. Needs root and the
+//! with its CNI backend, chained with the reference `portmap` and `tuning` plugins. Needs root and the
 //! Debian packages podman, runc, conmon, containernetworking-plugins and busybox-static,
 //! which CI installs.
 
 use std::net::Ipv4Addr;
 
-use switchd_e2e::podman::Podman;
+use switchd_e2e::podman::{self, Podman};
 use switchd_e2e::*;
 
 /// The address switchd gave the container `name` (podman passes it as K8S_POD_NAME).
@@ -48,6 +48,11 @@ fn podman_containers_reach_each_other_and_the_node_and_release_everything() {
         "c2 pings the node",
     );
     assert!(node.ns.ping(a1), "the node reaches c1");
+    // TCP between the two containers' own namespaces, checksummed at both ends.
+    let (sent, sent_hash, received, received_hash, peer) =
+        tcp_transfer(&pm.netns_of("c1"), &pm.netns_of("c2"), a2, 32 << 20);
+    assert_eq!((received, received_hash), (sent, sent_hash), "intact");
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(a1), "no NAT between pods");
     // The chained tuning plugin ran inside the pod, on the interface we created.
     assert_eq!(
         ok(
@@ -69,6 +74,149 @@ fn podman_containers_reach_each_other_and_the_node_and_release_everything() {
     );
     ok(&pm.podman(&["rm", "-f", "c1"]), "podman rm");
     assert!(node.ipam_records().is_empty());
+}
+
+/// An HTTP GET from a thread in `ns`; the response body.
+fn http_get(ns: &Netns, addr: Ipv4Addr, port: u16, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+    ns.spawn(move || {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect_timeout(
+            &(addr, port).into(),
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap_or_else(|e| panic!("connect {addr}:{port}: {e}"));
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        conn.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).unwrap();
+        response
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn portmap_publishes_a_container_port_on_the_node() {
+    let node = Node::start("10.244.1.0/24");
+    let pm = Podman::new(&node);
+    ok(
+        &pm.run_with(
+            "web",
+            &[
+                "--network",
+                &pm.network,
+                "--hostname",
+                "web-c",
+                "-p",
+                "18080:8080",
+            ],
+            &["httpd", "-f", "-p", "8080", "-h", "/etc"],
+        ),
+        "podman run -p",
+    );
+    let web = addr_of(&node, "web");
+    let wait_for = |f: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "httpd never answered");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    // Straight to the pod first, so we know the server is up ...
+    wait_for(&|| {
+        std::panic::catch_unwind(|| http_get(&node.ns, web, 8080, "/hostname"))
+            .is_ok_and(|r| r.contains("web-c"))
+    });
+    // ... then through the host port that portmap's DNAT rules publish on the node.
+    let response = http_get(&node.ns, Ipv4Addr::new(10, 244, 1, 1), 18080, "/hostname");
+    assert!(response.contains(" 200 OK"), "{response}");
+    assert!(response.contains("web-c"), "{response}");
+    let rules = ok(
+        &node.ns.exec(&["iptables", "-t", "nat", "-S"]),
+        "iptables -S",
+    );
+    assert!(
+        rules.contains(&format!("{web}:8080")),
+        "portmap's DNAT rule names our address: {rules}"
+    );
+
+    // DEL reaches portmap too: the rules go with the container.
+    ok(&pm.podman(&["rm", "-f", "-t", "0", "web"]), "podman rm");
+    let rules = ok(
+        &node.ns.exec(&["iptables", "-t", "nat", "-S"]),
+        "iptables -S",
+    );
+    assert!(!rules.contains(&format!("{web}:8080")), "{rules}");
+    assert_eq!(node.pod_ports(), 0);
+}
+
+#[test]
+fn the_bandwidth_capability_limits_a_pod_both_ways() {
+    let node = Node::start("10.244.1.0/24");
+    let pm = Podman::new(&node);
+    ok(&pm.run("fast"), "podman run fast");
+    ok(
+        &pm.run_with("slow", &["--network", &pm.limited], &["sleep", "600"]),
+        "podman run slow",
+    );
+    let (fast, slow) = (addr_of(&node, "fast"), addr_of(&node, "slow"));
+    let ports = node.query("ports");
+    let limited = ports["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pod"]["name"] == "slow")
+        .unwrap();
+    assert_eq!(
+        limited["bandwidth"]["ingressRate"].as_u64(),
+        Some(podman::LIMITED_RATE),
+        "{limited}"
+    );
+    let mbit = |from: &str, to: &str, addr: Ipv4Addr, total: usize| {
+        let started = std::time::Instant::now();
+        let (sent, sent_hash, received, received_hash, _) =
+            tcp_transfer(&pm.netns_of(from), &pm.netns_of(to), addr, total);
+        let secs = started.elapsed().as_secs_f64();
+        assert_eq!(
+            (received, received_hash),
+            (sent, sent_hash),
+            "{from} -> {to} intact"
+        );
+        sent as f64 * 8.0 / secs / 1e6
+    };
+    let limit = podman::LIMITED_RATE as f64 / 1e6;
+    let into = mbit("fast", "slow", slow, 8 << 20);
+    let out_of = mbit("slow", "fast", fast, 8 << 20);
+    ok(&pm.run("other"), "podman run other");
+    let unlimited = mbit("fast", "other", addr_of(&node, "other"), 64 << 20);
+    eprintln!("into slow {into:.1} Mbit/s, out of slow {out_of:.1} Mbit/s, unlimited {unlimited:.1} Mbit/s, limit {limit} Mbit/s");
+    // The burst (100 KB) is small next to 8 MiB, so the rate cannot be much above the limit.
+    assert!(into < limit * 1.15, "into the pod: {into:.1} Mbit/s");
+    assert!(out_of < limit * 1.15, "out of the pod: {out_of:.1} Mbit/s");
+    // Shaped, not policed: TCP keeps most of the allowed rate (dropping whatever is over
+    // the rate gave about a tenth of it).
+    assert!(into > limit * 0.6, "into the pod: {into:.1} Mbit/s");
+    assert!(out_of > limit * 0.6, "out of the pod: {out_of:.1} Mbit/s");
+    assert!(
+        unlimited > limit * 4.0,
+        "unlimited pods are not limited: {unlimited:.1}"
+    );
+
+    // The limits are part of the attachment's state: a restart keeps them.
+    let mut node = node;
+    node.restart();
+    let ports = node.query("ports");
+    let slow_port = ports["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pod"]["name"] == "slow")
+        .unwrap();
+    assert_eq!(slow_port["bandwidth"], limited["bandwidth"]);
+    let again = mbit("fast", "slow", slow, 4 << 20);
+    assert!(again < limit * 1.15, "after restart: {again:.1} Mbit/s");
 }
 
 #[test]

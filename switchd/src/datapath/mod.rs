@@ -12,6 +12,7 @@ pub mod forward;
 pub mod frame;
 pub mod icmp;
 pub mod offload;
+pub mod ratelimit;
 pub mod table;
 pub mod vxlan;
 
@@ -52,10 +53,12 @@ pub enum DropReason {
     BadTunnelPacket,
     /// A tunnel datagram for another VXLAN network.
     WrongVni,
+    /// Over the pod's bandwidth limit (CNI `bandwidth` capability).
+    RateLimited,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Malformed,
         DropReason::UnsupportedProtocol,
         DropReason::Multicast,
@@ -70,6 +73,7 @@ impl DropReason {
         DropReason::UnknownPeer,
         DropReason::BadTunnelPacket,
         DropReason::WrongVni,
+        DropReason::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -88,6 +92,7 @@ impl DropReason {
             DropReason::UnknownPeer => "unknown_peer",
             DropReason::BadTunnelPacket => "bad_tunnel_packet",
             DropReason::WrongVni => "wrong_vni",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 }

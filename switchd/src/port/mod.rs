@@ -1,6 +1,7 @@
 //! Ports: a TAP device plus who it belongs to and its counters, and the I/O loop that feeds
 //! its frames to the forwarding core.
 
+pub mod shaper;
 pub mod tap;
 
 use std::net::Ipv4Addr;
@@ -10,13 +11,14 @@ use std::sync::Arc;
 
 use std::sync::Mutex;
 
-use switchd_proto::{AttachmentKey, CapturedFrame, Counters, PodRef};
+use switchd_proto::{AttachmentKey, Bandwidth, CapturedFrame, Counters, PodRef};
 use tokio::sync::mpsc;
 
 use crate::datapath::frame::VNET_HDR_LEN;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use crate::datapath::ratelimit::RateLimit;
 use crate::datapath::{self, icmp, DropReason, PortId, Verdict};
 use crate::stats::Stats;
 use crate::switch::{Snapshot, SnapshotCell};
@@ -77,6 +79,38 @@ pub struct Port {
     /// only while a capture runs.
     pub capturing: AtomicBool,
     pub capture: Mutex<Option<mpsc::Sender<CapturedFrame>>>,
+    /// Rate limits: into the pod (checked on transmit) and out of it (checked on receive).
+    pub limits: Limits,
+}
+
+/// A pod's bandwidth limits as the datapath enforces them.
+#[derive(Debug, Default)]
+pub struct Limits {
+    pub config: Option<Bandwidth>,
+    pub ingress: Option<shaper::Shaper>,
+    pub egress: Option<RateLimit>,
+}
+
+impl Limits {
+    pub fn new(config: Option<Bandwidth>) -> Limits {
+        let Some(bw) = config.filter(|b| !b.is_unlimited()) else {
+            return Limits::default();
+        };
+        Limits {
+            config: Some(bw),
+            ingress: RateLimit::new(bw.ingress_rate, bw.ingress_burst).map(shaper::Shaper::new),
+            egress: RateLimit::new(bw.egress_rate, bw.egress_burst),
+        }
+    }
+}
+
+/// Nanoseconds on a monotonic clock, for the rate limiters.
+fn mono_ns() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
 }
 
 impl AsRawFd for Port {
@@ -112,6 +146,17 @@ impl Port {
         if self.capturing.load(Relaxed) {
             self.capture_frame(buf, "tx");
         }
+        if let Some(shaper) = &self.limits.ingress {
+            match shaper.offer(buf) {
+                shaper::Offer::Send => {}
+                shaper::Offer::Queued => return,
+                shaper::Offer::Full => return shaper::count_full(self, stats),
+            }
+        }
+        self.write_counted(buf, stats);
+    }
+
+    fn write_counted(&self, buf: &[u8], stats: &Stats) {
         match self.tap.write(buf) {
             Ok(_) => {
                 self.counters.tx_packets.fetch_add(1, Relaxed);
@@ -146,6 +191,12 @@ pub async fn run(
             return;
         }
     };
+    // Aborted with this task, so the drain task never outlives the port loop.
+    let _drain = port
+        .limits
+        .ingress
+        .as_ref()
+        .map(|_| AbortOnDrop(tokio::spawn(shaper::drain(port.clone(), stats.clone()))));
     let mut buf = vec![0u8; FRAME_BUF_LEN];
     let mut reply = [0u8; icmp::MAX_REPLY_LEN];
     let mut scratch = vec![0u8; SEGMENT_BUF_LEN];
@@ -161,16 +212,25 @@ pub async fn run(
         };
         let snapshot = table.load();
         let mut drained = false;
+        let mut pause = 0;
         for _ in 0..BATCH {
             match port.tap.read(&mut buf) {
-                Ok(n) => handle_frame(
-                    &port,
-                    &mut buf[..n],
-                    &snapshot,
-                    &stats,
-                    &mut reply,
-                    &mut scratch,
-                ),
+                Ok(n) => {
+                    handle_frame(
+                        &port,
+                        &mut buf[..n],
+                        &snapshot,
+                        &stats,
+                        &mut reply,
+                        &mut scratch,
+                    );
+                    if let Some(rl) = &port.limits.egress {
+                        pause = rl.charge(mono_ns(), n);
+                        if pause > 0 {
+                            break;
+                        }
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     ready.clear_ready();
                     drained = true;
@@ -186,7 +246,11 @@ pub async fn run(
             }
         }
         drop(ready);
-        if !drained {
+        if pause > 0 {
+            // Over its egress rate: leave the pod's frames queued in its TAP until the
+            // bucket has room, which slows the pod's TCP down without losses.
+            tokio::time::sleep(std::time::Duration::from_nanos(pause)).await;
+        } else if !drained {
             tokio::task::yield_now().await;
         }
     }
@@ -232,6 +296,14 @@ fn handle_frame(
             port.counters.drops.fetch_add(1, Relaxed);
             stats.count_drop(reason);
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

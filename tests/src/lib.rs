@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod cluster;
+pub mod containerd;
 pub mod fdstore;
 pub mod podman;
 
@@ -472,6 +473,16 @@ pub fn cni(
 }
 
 /// A 64-bit FNV-1a hash, enough to tell a corrupted stream from an intact one.
+/// A shell script that records each CNI call (`COMMAND CONTAINER_ID NETNS`) in `log`,
+/// then runs `real`: how the runtime tests see which verbs a runtime really calls.
+pub fn logging_plugin(real: &Path, log: &Path) -> String {
+    format!(
+        "#!/bin/sh\necho \"$CNI_COMMAND $CNI_CONTAINERID $CNI_NETNS\" >> '{}'\nexec '{}' \"$@\"\n",
+        log.display(),
+        real.display()
+    )
+}
+
 pub fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
     bytes
         .iter()

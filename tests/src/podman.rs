@@ -5,7 +5,7 @@
 //! the plugins it executes (and portmap's iptables rules) land there, not on the machine.
 //! Everything is removed on drop.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::{run, unique, Node};
@@ -16,6 +16,8 @@ pub struct Podman {
     pub network: String,
     /// The same chain with switchd-cni's static `bandwidth` limits (see [`LIMITED_RATE`]).
     pub limited: String,
+    /// Every CNI call switchd-cni received: `COMMAND CONTAINER_ID NETNS`, one per line.
+    pub calls: PathBuf,
     netns: String,
 }
 
@@ -38,9 +40,18 @@ impl Podman {
         ] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
-        std::fs::copy(
-            crate::bin_dir().join("switchd-cni"),
+        let real = dir.join("switchd-cni");
+        std::fs::copy(crate::bin_dir().join("switchd-cni"), &real).unwrap();
+        let calls = dir.join("cni-calls.log");
+        std::fs::write(
             dir.join("cni-bin/switchd-cni"),
+            crate::logging_plugin(&real, &calls),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.join("cni-bin/switchd-cni"),
+            std::fs::Permissions::from_mode(0o755),
         )
         .unwrap();
         std::fs::write(
@@ -108,6 +119,7 @@ impl Podman {
             dir,
             network,
             limited,
+            calls,
             netns: node.ns.name.clone(),
         };
         let tar = p.dir.join("rootfs.tar");
@@ -129,9 +141,14 @@ impl Podman {
 
     pub fn podman(&self, args: &[&str]) -> Output {
         // nsenter, not `ip netns exec`: that one also makes a private mount namespace, and
-        // the netns bind mounts podman makes there would be invisible to switchd.
-        run(Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
+        // the netns bind mounts podman makes there would be invisible to switchd. Should
+        // the node's namespace be gone already, podman still runs, so cleanup never fails.
+        let netns = format!("/run/netns/{}", self.netns);
+        let mut cmd = Command::new("nsenter");
+        if Path::new(&netns).exists() {
+            cmd.arg(format!("--net={netns}"));
+        }
+        run(cmd
             .args(["timeout", "120", "podman"])
             .args(args)
             .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
@@ -167,6 +184,10 @@ impl Podman {
         crate::Netns::borrowed(ns)
     }
 
+    pub fn calls(&self) -> String {
+        std::fs::read_to_string(&self.calls).unwrap_or_default()
+    }
+
     pub fn exec(&self, name: &str, cmd: &[&str]) -> Output {
         let mut args = vec!["exec", name];
         args.extend_from_slice(cmd);
@@ -176,7 +197,13 @@ impl Podman {
 
 impl Drop for Podman {
     fn drop(&mut self) {
-        let _ = self.podman(&["rm", "-af", "-t", "0"]);
+        let out = self.podman(&["rm", "-af", "-t", "0"]);
+        if !out.status.success() {
+            eprintln!(
+                "podman rm -af failed; containers may be left behind: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let _ = self.podman(&["rmi", "-af"]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }

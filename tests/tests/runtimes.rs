@@ -5,6 +5,7 @@
 
 use std::net::Ipv4Addr;
 
+use switchd_e2e::containerd::Containerd;
 use switchd_e2e::podman::{self, Podman};
 use switchd_e2e::*;
 
@@ -74,6 +75,17 @@ fn podman_containers_reach_each_other_and_the_node_and_release_everything() {
     );
     ok(&pm.podman(&["rm", "-f", "c1"]), "podman rm");
     assert!(node.ipam_records().is_empty());
+
+    // What podman 4.3 actually called (docs/compatibility.md lists it).
+    let calls = pm.calls();
+    eprintln!("podman's CNI calls:\n{calls}");
+    let verbs: std::collections::BTreeSet<&str> =
+        calls.lines().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(
+        verbs,
+        ["ADD", "DEL", "VERSION"].into(),
+        "podman calls VERSION, ADD and DEL only: {calls}"
+    );
 }
 
 /// An HTTP GET from a thread in `ns`; the response body.
@@ -154,7 +166,7 @@ fn portmap_publishes_a_container_port_on_the_node() {
 
 #[test]
 fn the_bandwidth_capability_limits_a_pod_both_ways() {
-    let node = Node::start("10.244.1.0/24");
+    let mut node = Node::start("10.244.1.0/24");
     let pm = Podman::new(&node);
     ok(&pm.run("fast"), "podman run fast");
     ok(
@@ -205,7 +217,6 @@ fn the_bandwidth_capability_limits_a_pod_both_ways() {
     );
 
     // The limits are part of the attachment's state: a restart keeps them.
-    let mut node = node;
     node.restart();
     let ports = node.query("ports");
     let slow_port = ports["ports"]
@@ -316,4 +327,117 @@ fn a_container_whose_netns_was_removed_behind_podmans_back_still_releases_its_ad
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(node.log().contains("vanished without a DEL"));
+}
+
+#[test]
+fn containerd_ctr_run_cni_attaches_chains_and_releases() {
+    let node = Node::start("10.244.1.0/24");
+    let ctrd = Containerd::start(&node);
+    // A detached server, and a one-shot client that reaches it, the node and itself.
+    ok(
+        &ctrd.run("srv", &["-d"], &["httpd", "-f", "-p", "8080", "-h", "/etc"]),
+        "ctr run -d srv",
+    );
+    let srv = addr_of_container(&node, "srv");
+    let out = ok(
+        &ctrd.run(
+            "cli",
+            &["--rm"],
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "ping -c 2 -W 2 10.244.1.1 && ping -c 2 -W 2 {srv} && \
+                     cat /proc/sys/net/ipv4/conf/eth0/accept_local && ip -o link show lo"
+                ),
+            ],
+        ),
+        "ctr run --rm cli",
+    );
+    assert!(out.contains("2 packets received"), "{out}");
+    assert!(
+        out.contains("\n1\n"),
+        "tuning's sysctl is set in the pod: {out}"
+    );
+    assert!(out.contains("UP"), "loopback is up: {out}");
+    assert!(node.ns.ping(srv), "the node reaches the detached container");
+    // Container to container over TCP, and the container's own answer.
+    let body = http_get(&node.ns, srv, 8080, "/greeting");
+    assert!(body.contains("hello from containerd"), "{body}");
+
+    // `ctr run --rm` called DEL; `ctr run -d` never will.
+    let calls = ctrd.calls();
+    eprintln!("ctr's CNI calls:\n{calls}");
+    let with = |verb: &str, id: &str| {
+        calls
+            .lines()
+            .any(|l| l.starts_with(&format!("{verb} ")) && l.contains(id))
+    };
+    assert!(
+        with("ADD", "srv") && with("ADD", "cli") && with("DEL", "cli"),
+        "{calls}"
+    );
+    assert!(!with("DEL", "srv"), "{calls}");
+    assert_eq!(node.pod_ports(), 1, "only srv is attached");
+
+    // GC, as a runtime that knows only `keep` is valid would send it, removes srv's
+    // leaked attachment while its container still runs.
+    ok(
+        &ctrd.run("keep", &["-d"], &["sleep", "600"]),
+        "ctr run -d keep",
+    );
+    let keep_id = container_id_of(&node, "keep");
+    let gc_conf = format!(
+        r#"{{"cniVersion":"1.1.0","name":"switchd","type":"switchd-cni","socket":"{}","cni.dev/valid-attachments":[{{"containerID":"{keep_id}","ifname":"eth0"}}]}}"#,
+        node.socket().display()
+    );
+    assert!(cni("GC", &gc_conf, "", None, "", "").ok());
+    assert_eq!(node.pod_ports(), 1);
+    assert!(node.ns.ping(addr_of_container(&node, "keep")));
+    assert!(!node.ns.ping(srv), "srv's attachment was collected");
+
+    // Removing a detached container without DEL: its namespace dies with the task, and
+    // switchd releases the address by itself.
+    ctrd.remove("keep");
+    ctrd.remove("srv");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while node.pod_ports() != 0 || !node.ipam_records().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not released: {:?}",
+            node.ipam_records()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A port's record by the container ID suffix ctr uses (`<namespace>-<id>`).
+fn port_of_container(node: &Node, id: &str) -> serde_json::Value {
+    let ports = node.query("ports");
+    ports["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| {
+            p["container_id"]
+                .as_str()
+                .is_some_and(|c| c.ends_with(&format!("-{id}")))
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no port for {id}: {ports}"))
+}
+
+fn addr_of_container(node: &Node, id: &str) -> Ipv4Addr {
+    port_of_container(node, id)["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn container_id_of(node: &Node, id: &str) -> String {
+    port_of_container(node, id)["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }

@@ -141,6 +141,17 @@ fn main() -> ExitCode {
                     c.tx_bytes,
                     c.drops
                 );
+                if let Some(bw) = p.bandwidth {
+                    let rate = |bits: u64| match bits {
+                        0 => "unlimited".to_string(),
+                        b => format!("{:.1} Mbit/s", b as f64 / 1e6),
+                    };
+                    println!(
+                        "     limits: into the pod {}, out of the pod {}",
+                        rate(bw.ingress_rate),
+                        rate(bw.egress_rate)
+                    );
+                }
             }
         }
         Response::Table { entries } => {

@@ -14,6 +14,10 @@ if [ "${1:-}" = "uninstall" ]; then
     exit 0
 fi
 
+# protoc and the protobuf includes build the etcd client's gRPC code.
+if ! command -v protoc >/dev/null || [ ! -f /usr/include/google/protobuf/descriptor.proto ]; then
+    apt-get update && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev
+fi
 cargo build --release --workspace --bins
 install -D -m 0755 target/release/switchd /usr/local/bin/switchd
 install -D -m 0755 target/release/switchctl /usr/local/bin/switchctl

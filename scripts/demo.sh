@@ -23,8 +23,11 @@ stop() {
 if [ "${1:-}" = "stop" ]; then stop; echo "demo removed"; exit 0; fi
 [ "$(id -u)" -eq 0 ] || { echo "demo.sh: needs root (network namespaces, TAP devices): sudo $0" >&2; exit 1; }
 
-if ! command -v ip >/dev/null || ! command -v ping >/dev/null || ! command -v cc >/dev/null; then
-    apt-get update && apt-get install -y --no-install-recommends iproute2 iputils-ping gcc libc6-dev
+# protoc and the protobuf includes build the etcd client's gRPC code.
+if ! command -v ip >/dev/null || ! command -v ping >/dev/null || ! command -v cc >/dev/null \
+    || ! command -v protoc >/dev/null || [ ! -f /usr/include/google/protobuf/descriptor.proto ]; then
+    apt-get update && apt-get install -y --no-install-recommends iproute2 iputils-ping gcc libc6-dev \
+        protobuf-compiler libprotobuf-dev
 fi
 command -v cargo >/dev/null || { echo "demo.sh: cargo is missing; install Rust (rustup) first" >&2; exit 1; }
 cargo build --release --workspace --bins

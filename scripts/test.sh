@@ -8,8 +8,8 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: the end-to-end tests create network namespaces and TAP devices; run as root (sudo)" >&2
     exit 1
 fi
-for tool in ip ping ethtool bridge iperf3 systemd-analyze jq tcpdump podman runc containerd ctr iptables nsenter; do
-    command -v "$tool" >/dev/null || { echo "scripts/test.sh: '$tool' is missing: apt-get install -y iproute2 iputils-ping ethtool iperf3 systemd jq python3-yaml python3-prometheus-client tcpdump podman runc conmon containernetworking-plugins busybox-static containerd iptables" >&2; exit 1; }
+for tool in ip ping ethtool bridge iperf3 systemd-analyze jq tcpdump podman runc containerd ctr iptables nsenter etcd etcdctl protoc; do
+    command -v "$tool" >/dev/null || { echo "scripts/test.sh: '$tool' is missing: apt-get install -y iproute2 iputils-ping ethtool iperf3 systemd jq python3-yaml python3-prometheus-client tcpdump podman runc conmon containernetworking-plugins busybox-static containerd iptables etcd-server etcd-client protobuf-compiler libprotobuf-dev" >&2; exit 1; }
 done
 [ -c /dev/net/tun ] || { echo "scripts/test.sh: /dev/net/tun is missing (modprobe tun)" >&2; exit 1; }
 

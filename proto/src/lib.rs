@@ -176,6 +176,30 @@ pub struct StatusInfo {
     pub mtu: u32,
     pub ports: usize,
     pub detail: String,
+    /// Where this node's subnet and peers come from, and how that source is doing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<MembershipInfo>,
+}
+
+/// The etcd membership's state, for `switchctl status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MembershipInfo {
+    /// "etcd".
+    pub mode: String,
+    /// "connecting", "connected", "unreachable" (forwarding goes on with the last known
+    /// peers) or "subnet_lost" (another node holds our subnet; pods are not renumbered).
+    pub state: String,
+    /// When `state` last changed, seconds since the Unix epoch.
+    pub since_unix: u64,
+    pub endpoints: Vec<String>,
+    /// The etcd lease holding this node's keys (0: none yet).
+    pub lease_id: i64,
+    pub lease_ttl: u32,
+    pub subnet: String,
+    /// The last error talking to etcd, empty when there was none since connecting.
+    pub last_error: String,
+    /// Peers currently learned from etcd.
+    pub peers: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -218,7 +242,7 @@ pub struct PeerInfo {
     pub addr: String,
     pub pod_cidr: String,
     pub mac: String,
-    /// Where the peer came from ("static": config or peers file).
+    /// Where the peer came from: "static" (config or peers file) or "etcd".
     pub source: String,
     /// When this peer (with this configuration) was added, seconds since the Unix epoch.
     pub since_unix: u64,

@@ -23,6 +23,11 @@ pub const HOST_PORT_NAME: &str = "switchd0";
 /// The port Linux (and flannel) use for VXLAN; IANA's 4789 is the other common choice.
 pub const DEFAULT_TUNNEL_PORT: u16 = 8472;
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9476";
+pub const DEFAULT_ETCD_PREFIX: &str = "/switchd/";
+pub const DEFAULT_NODE_SUBNET_LEN: u8 = 24;
+/// Seconds a node's record outlives its last keep-alive. Short, so a dead node leaves its
+/// peers' tables quickly; its subnet stays reserved for it regardless (see `membership`).
+pub const DEFAULT_ETCD_LEASE_TTL: u32 = 30;
 
 /// The file as written, before validation. Values that need parsing stay strings here so
 /// that the error can name the key.
@@ -43,6 +48,15 @@ pub struct FileConfig {
     pub peers_file: Option<PathBuf>,
     pub peers: Option<Vec<PeerEntry>>,
     pub metrics_addr: Option<String>,
+    /// "static" (default: `pod_cidr` and `[[peers]]` written by hand) or "etcd".
+    pub membership: Option<String>,
+    pub etcd_endpoints: Option<Vec<String>>,
+    pub etcd_prefix: Option<String>,
+    pub etcd_ca: Option<PathBuf>,
+    pub etcd_cert: Option<PathBuf>,
+    pub etcd_key: Option<PathBuf>,
+    pub etcd_lease_ttl: Option<u32>,
+    pub node_subnet_len: Option<u8>,
 }
 
 /// One `[[peers]]` table, in the config file or in the peers file.
@@ -103,6 +117,33 @@ pub struct Config {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// The file and command-line overrides this was loaded from, for reloading peers.
     pub loaded_from: Option<(PathBuf, Overrides)>,
+    /// Where peers (and, in etcd mode, this node's subnet) come from.
+    pub membership: Membership,
+    /// True until an etcd-mode node without `pod_cidr` has leased its subnet; `pod_cidr`
+    /// is only a placeholder until then (see [`Config::assign_pod_cidr`]).
+    pub pod_cidr_pending: bool,
+    router_mac_explicit: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Membership {
+    Static,
+    Etcd(EtcdConfig),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    /// Every key switchd writes starts with this; ends with '/'.
+    pub prefix: String,
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key, both or neither.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    pub lease_ttl: u32,
+    /// The prefix length of the subnets nodes lease out of `cluster_cidr`.
+    pub subnet_len: u8,
+    /// `pod_cidr` given in the file: the node must get exactly this subnet.
+    pub fixed_subnet: Option<Ipv4Net>,
 }
 
 impl Config {
@@ -180,7 +221,7 @@ impl Config {
                     self.cluster_cidr
                 );
             }
-            if overlaps(p.pod_cidr, self.pod_cidr) {
+            if !self.pod_cidr_pending && overlaps(p.pod_cidr, self.pod_cidr) {
                 bail!(
                     "peer {}: pod_cidr {} overlaps this node's pod_cidr {}",
                     p.name,
@@ -225,23 +266,33 @@ impl Config {
         let file: FileConfig = toml::from_str(text).map_err(|e| {
             anyhow::anyhow!("{}", e.message().to_string() + &span_hint(text, e.span()))
         })?;
-        let node_name = match o.node_name.or(file.node_name) {
+        let node_name = match o.node_name.clone().or(file.node_name.clone()) {
             Some(n) => n,
             None => hostname().context("node_name: not set and the hostname cannot be read")?,
         };
         if node_name.is_empty() || node_name.len() > 253 {
             bail!("node_name: must be 1 to 253 characters, got {node_name:?}");
         }
-        let pod_cidr: Ipv4Net = match o.pod_cidr.or(file.pod_cidr) {
-            Some(s) => parse_cidr("pod_cidr", &s)?,
-            None => bail!("pod_cidr: required, e.g. pod_cidr = \"10.244.1.0/24\" (this node's share of cluster_cidr)"),
-        };
         let cluster_cidr = parse_cidr(
             "cluster_cidr",
             &o.cluster_cidr
-                .or(file.cluster_cidr)
+                .clone()
+                .or(file.cluster_cidr.clone())
                 .unwrap_or_else(|| DEFAULT_CLUSTER_CIDR.into()),
         )?;
+        let given_pod_cidr = match o.pod_cidr.clone().or(file.pod_cidr.clone()) {
+            Some(s) => Some(parse_cidr("pod_cidr", &s)?),
+            None => None,
+        };
+        let membership = parse_membership(&file, &o, cluster_cidr, given_pod_cidr)?;
+        let (pod_cidr, pod_cidr_pending) = match (given_pod_cidr, &membership) {
+            (Some(p), _) => (p, false),
+            (None, Membership::Etcd(e)) => (
+                Ipv4Net::new(cluster_cidr.network(), e.subnet_len).expect("checked length"),
+                true,
+            ),
+            (None, Membership::Static) => bail!("pod_cidr: required, e.g. pod_cidr = \"10.244.1.0/24\" (this node's share of cluster_cidr), or membership = \"etcd\" to lease one"),
+        };
         if pod_cidr.prefix_len() > 30 {
             bail!("pod_cidr: {pod_cidr} leaves no address for pods; use a /30 or larger (a /24 is usual)");
         }
@@ -285,6 +336,7 @@ impl Config {
                 crate::datapath::vxlan::MAX_VNI
             );
         }
+        let router_mac_explicit = o.router_mac.is_some() || file.router_mac.is_some();
         let router_mac = match o.router_mac.or(file.router_mac) {
             Some(s) => parse_mac(&s).filter(|m| m[0] & 1 == 0).with_context(|| {
                 format!("router_mac: {s:?} is not a unicast MAC such as \"0a:58:0a:f4:01:01\"")
@@ -320,15 +372,148 @@ impl Config {
                 Some(s) => Some(s.parse().with_context(|| format!("metrics_addr: {s:?} is not ADDRESS:PORT such as \"127.0.0.1:9476\" (or \"off\")"))?),
             },
             loaded_from: None,
+            membership,
+            pod_cidr_pending,
+            router_mac_explicit,
         };
+        if matches!(cfg.membership, Membership::Etcd(_)) && cfg.underlay_addr.is_none() {
+            bail!("underlay_addr: required with membership = \"etcd\" (peers reach this node's pods through it)");
+        }
         cfg.peers = cfg.parse_peers(&file.peers.unwrap_or_default())?;
         cfg.check_peers()?;
         Ok(cfg)
     }
 
+    /// Set the subnet leased from etcd; the router MAC follows it unless it was configured.
+    pub fn assign_pod_cidr(&mut self, subnet: Ipv4Net) -> Result<()> {
+        if !self.cluster_cidr.contains(&subnet) {
+            bail!(
+                "leased subnet {subnet} is not inside cluster_cidr {}",
+                self.cluster_cidr
+            );
+        }
+        self.pod_cidr = subnet;
+        self.pod_cidr_pending = false;
+        if !self.router_mac_explicit {
+            self.router_mac = mac_for_ip(gateway_of(subnet));
+        }
+        self.check_peers()
+    }
+
+    pub fn etcd(&self) -> Option<&EtcdConfig> {
+        match &self.membership {
+            Membership::Etcd(e) => Some(e),
+            Membership::Static => None,
+        }
+    }
+
     pub fn gateway(&self) -> Ipv4Addr {
         gateway_of(self.pod_cidr)
     }
+}
+
+/// The command line's value, else the file's.
+fn pick<T: Clone>(over: &Option<T>, file: &Option<T>) -> Option<T> {
+    over.clone().or_else(|| file.clone())
+}
+
+fn parse_membership(
+    file: &FileConfig,
+    o: &Overrides,
+    cluster_cidr: Ipv4Net,
+    pod_cidr: Option<Ipv4Net>,
+) -> Result<Membership> {
+    let mode = o
+        .membership
+        .clone()
+        .or(file.membership.clone())
+        .unwrap_or_else(|| "static".into());
+    let endpoints: Option<Vec<String>> = pick(&o.etcd_endpoints, &file.etcd_endpoints);
+    let etcd_keys_set = endpoints.is_some()
+        || pick(&o.etcd_prefix, &file.etcd_prefix).is_some()
+        || pick(&o.etcd_ca, &file.etcd_ca).is_some()
+        || pick(&o.etcd_cert, &file.etcd_cert).is_some()
+        || pick(&o.etcd_key, &file.etcd_key).is_some()
+        || pick(&o.etcd_lease_ttl, &file.etcd_lease_ttl).is_some()
+        || pick(&o.node_subnet_len, &file.node_subnet_len).is_some();
+    match mode.as_str() {
+        "static" => {
+            if etcd_keys_set {
+                bail!("membership: etcd_* and node_subnet_len keys are set but membership is \"static\"; add membership = \"etcd\" to use them");
+            }
+            return Ok(Membership::Static);
+        }
+        "etcd" => {}
+        other => bail!("membership: {other:?} is not \"static\" or \"etcd\""),
+    }
+    let endpoints = endpoints.unwrap_or_default();
+    if endpoints.is_empty() {
+        bail!(
+            "etcd_endpoints: required with membership = \"etcd\", e.g. [\"https://10.0.0.5:2379\"]"
+        );
+    }
+    for e in &endpoints {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            bail!("etcd_endpoints: {e:?} must start with http:// or https://");
+        }
+    }
+    let mut prefix =
+        pick(&o.etcd_prefix, &file.etcd_prefix).unwrap_or_else(|| DEFAULT_ETCD_PREFIX.into());
+    if !prefix.starts_with('/') {
+        bail!("etcd_prefix: {prefix:?} must start with '/'");
+    }
+    if !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    let absolute = |key: &str, p: Option<PathBuf>| -> Result<Option<PathBuf>> {
+        match p {
+            Some(p) if !p.is_absolute() => bail!("{key}: {} must be an absolute path", p.display()),
+            p => Ok(p),
+        }
+    };
+    let ca = absolute("etcd_ca", pick(&o.etcd_ca, &file.etcd_ca))?;
+    let cert = absolute("etcd_cert", pick(&o.etcd_cert, &file.etcd_cert))?;
+    let key = absolute("etcd_key", pick(&o.etcd_key, &file.etcd_key))?;
+    let identity = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            bail!("etcd_cert, etcd_key: give both (the client certificate and its key) or neither")
+        }
+    };
+    let tls = endpoints.iter().any(|e| e.starts_with("https://"));
+    if tls && ca.is_none() {
+        bail!("etcd_ca: required for https:// endpoints (the CA that signed etcd's server certificate)");
+    }
+    if !tls && (ca.is_some() || identity.is_some()) {
+        bail!("etcd_ca, etcd_cert, etcd_key: set, but the etcd_endpoints are plain http://; use https:// endpoints");
+    }
+    let lease_ttl = pick(&o.etcd_lease_ttl, &file.etcd_lease_ttl).unwrap_or(DEFAULT_ETCD_LEASE_TTL);
+    if !(2..=3600).contains(&lease_ttl) {
+        bail!("etcd_lease_ttl: {lease_ttl} is out of range; use 2 to 3600 seconds");
+    }
+    let subnet_len =
+        pick(&o.node_subnet_len, &file.node_subnet_len).unwrap_or(DEFAULT_NODE_SUBNET_LEN);
+    if subnet_len < cluster_cidr.prefix_len() || subnet_len > 30 {
+        bail!(
+            "node_subnet_len: {subnet_len} must be between cluster_cidr's /{} and 30",
+            cluster_cidr.prefix_len()
+        );
+    }
+    if let Some(p) = pod_cidr {
+        if p.prefix_len() != subnet_len {
+            bail!("pod_cidr: {p} is not a /{subnet_len} (node_subnet_len); in etcd mode pod_cidr may be left out");
+        }
+    }
+    Ok(Membership::Etcd(EtcdConfig {
+        endpoints,
+        prefix,
+        ca,
+        identity,
+        lease_ttl,
+        subnet_len,
+        fixed_subnet: pod_cidr,
+    }))
 }
 
 fn parse_cidr(key: &str, s: &str) -> Result<Ipv4Net> {

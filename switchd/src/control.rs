@@ -136,6 +136,7 @@ async fn dispatch(sw: &Switch, req: Request) -> Response {
             } else {
                 "starting".into()
             },
+            membership: sw.membership.lock().unwrap().clone(),
         })),
         Request::ListPorts => Ok(Response::Ports { ports: sw.ports() }),
         Request::ListTable => Ok(Response::Table {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod ipam;
+pub mod membership;
 pub mod metrics;
 pub mod netns;
 pub mod notify;

@@ -22,7 +22,7 @@ use switchd_proto::{
     RouteInfo, StatsInfo, TableEntry,
 };
 
-use crate::config::{Config, HOST_PORT_NAME, TUNNEL_OVERHEAD};
+use crate::config::{Config, Peer, HOST_PORT_NAME, TUNNEL_OVERHEAD};
 use crate::datapath::frame::{format_mac, mac_for_ip};
 use crate::datapath::table::FastU32;
 use crate::datapath::{PeerRoute, PortId, Table, HOST_PORT};
@@ -31,7 +31,7 @@ use crate::netns::{self, NetnsError, PodIface};
 use crate::port::tap::Tap;
 use crate::port::{self, Limits, Port, PortCounters, PortOwner};
 use crate::stats::Stats;
-use crate::tunnel::{PeerState, Tunnel};
+use crate::tunnel::{PeerSource, PeerState, Tunnel};
 
 /// Everything a port loop needs for one batch: the core's table and the ports to write to.
 #[derive(Debug)]
@@ -67,6 +67,8 @@ pub struct Switch {
     ipam: Mutex<Ipam>,
     next_id: AtomicU32,
     publish_lock: Mutex<()>,
+    /// The etcd membership's state for `switchctl status`; `None` in static mode.
+    pub membership: Mutex<Option<switchd_proto::MembershipInfo>>,
     ready: AtomicBool,
     /// Held for the daemon's lifetime: one switchd per state directory.
     _state_lock: std::fs::File,
@@ -146,7 +148,11 @@ impl Switch {
         .context("setting up the host port")?;
 
         let table = Table::new(cfg.pod_cidr, cfg.cluster_cidr, router_mac, mtu);
-        let peers = cfg.peers.iter().map(PeerState::new).map(Arc::new).collect();
+        let peers = cfg
+            .peers
+            .iter()
+            .map(|p| Arc::new(PeerState::new(p, PeerSource::Static)))
+            .collect();
         let (gone, gone_rx) = tokio::sync::mpsc::unbounded_channel();
         let sw = Arc::new(Switch {
             cfg,
@@ -167,6 +173,7 @@ impl Switch {
             ipam: Mutex::new(ipam),
             next_id: AtomicU32::new(HOST_PORT + 1),
             publish_lock: Mutex::new(()),
+            membership: Mutex::new(None),
             ready: AtomicBool::new(false),
             _state_lock: state_lock,
             gone,
@@ -597,6 +604,11 @@ impl Switch {
                 format!("reload refused, peers unchanged: {e:#}"),
             )
         })?;
+        let mut fresh = fresh;
+        if fresh.pod_cidr_pending {
+            // Leased from etcd: the file cannot change it.
+            let _ = fresh.assign_pod_cidr(self.cfg.pod_cidr);
+        }
         let c = &self.cfg;
         let needs_restart: Vec<&str> = [
             ("pod_cidr", fresh.pod_cidr != c.pod_cidr),
@@ -625,26 +637,60 @@ impl Switch {
                 "reload refused: peers need underlay_addr, which takes a restart to set",
             ));
         }
-        let count = fresh.peers.len();
+        Ok(self.set_peers(PeerSource::Static, &fresh.peers))
+    }
+
+    /// Replace the peers that came from `source` with `fresh`; peers of other sources stay.
+    /// Unchanged peers keep their state and counters, so their flows are not disturbed. A
+    /// peer from etcd that collides with a static one (name, subnet or address) is left
+    /// out with a warning: what the operator wrote wins. Returns how many were applied.
+    pub fn set_peers(&self, source: PeerSource, fresh: &[Peer]) -> usize {
+        let applied;
         {
             let mut peers = self.peers.lock().unwrap();
-            let old = std::mem::take(&mut *peers);
-            *peers = fresh
-                .peers
-                .iter()
-                .map(|p| {
-                    old.iter()
-                        .find(|o| &o.peer == p)
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(PeerState::new(p)))
-                })
-                .collect();
-            let names =
-                |v: &[Arc<PeerState>]| v.iter().map(|p| p.peer.name.clone()).collect::<Vec<_>>();
-            tracing::info!(before = ?names(&old), after = ?names(&peers), "peers reloaded");
+            let (mut mine, mut others): (Vec<_>, Vec<_>) = std::mem::take(&mut *peers)
+                .into_iter()
+                .partition(|p| p.source == source);
+            let old_names: Vec<String> = mine.iter().map(|p| p.peer.name.clone()).collect();
+            let clash = |a: &Peer, b: &Peer| {
+                a.name == b.name
+                    || crate::membership::overlaps(a.pod_cidr, b.pod_cidr)
+                    || a.addr.ip() == b.addr.ip()
+            };
+            if source == PeerSource::Static {
+                others.retain(|o| match fresh.iter().find(|p| clash(&o.peer, p)) {
+                    Some(p) => {
+                        tracing::warn!(peer = %o.peer.name, conflicts_with = %p.name, "etcd peer dropped: it collides with a static peer");
+                        false
+                    }
+                    None => true,
+                });
+            }
+            let mut next: Vec<Arc<PeerState>> = others;
+            let fixed = next.len();
+            for p in fresh {
+                if source == PeerSource::Etcd {
+                    if let Some(o) = next[..fixed].iter().find(|o| clash(&o.peer, p)) {
+                        tracing::warn!(peer = %p.name, pod_cidr = %p.pod_cidr, conflicts_with = %o.peer.name, "etcd peer left out: it collides with a static peer");
+                        continue;
+                    }
+                }
+                let state = match mine.iter().position(|o| &o.peer == p) {
+                    Some(i) => mine.swap_remove(i),
+                    None => Arc::new(PeerState::new(p, source)),
+                };
+                next.push(state);
+            }
+            applied = next.len() - fixed;
+            let new_names: Vec<String> =
+                next[fixed..].iter().map(|p| p.peer.name.clone()).collect();
+            if old_names != new_names {
+                tracing::info!(source = source.as_str(), before = ?old_names, after = ?new_names, "peers changed");
+            }
+            *peers = next;
         }
         self.publish();
-        Ok(count)
+        applied
     }
 
     pub fn peers(&self) -> Vec<PeerInfo> {
@@ -657,7 +703,7 @@ impl Switch {
                 addr: p.peer.addr.to_string(),
                 pod_cidr: p.peer.pod_cidr.to_string(),
                 mac: format_mac(p.peer.mac),
-                source: "static".into(),
+                source: p.source.as_str().into(),
                 since_unix: p
                     .since
                     .duration_since(std::time::UNIX_EPOCH)

@@ -32,14 +32,34 @@ pub struct PeerState {
     pub peer: Peer,
     pub counters: PortCounters,
     pub since: SystemTime,
+    pub source: PeerSource,
+}
+
+/// Where a peer came from; each source replaces only its own peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerSource {
+    /// The config file or the peers file.
+    Static,
+    /// A node record in etcd.
+    Etcd,
+}
+
+impl PeerSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerSource::Static => "static",
+            PeerSource::Etcd => "etcd",
+        }
+    }
 }
 
 impl PeerState {
-    pub fn new(peer: &Peer) -> PeerState {
+    pub fn new(peer: &Peer, source: PeerSource) -> PeerState {
         PeerState {
             peer: peer.clone(),
             counters: PortCounters::default(),
             since: SystemTime::now(),
+            source,
         }
     }
 }

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 pub mod cluster;
 pub mod containerd;
+pub mod etcd;
 pub mod fdstore;
 pub mod podman;
 
@@ -169,23 +170,36 @@ impl Node {
 
     /// Write the node's configuration without starting switchd (see [`Node::launch`]).
     pub fn prepare(ns: Netns, pod_cidr: &str, extra: &str, peers: Option<&str>) -> Node {
+        let mut node = Node::prepare_raw(
+            ns,
+            &format!("pod_cidr = \"{pod_cidr}\"\ncluster_cidr = \"10.244.0.0/16\"\n{extra}"),
+        );
+        node.pod_cidr = pod_cidr.into();
+        if let Some(peers) = peers {
+            fs::write(node.dir.join("peers.toml"), peers).unwrap();
+            let mut config = fs::read_to_string(node.dir.join("switchd.toml")).unwrap();
+            config += &format!("peers_file = \"{}/peers.toml\"\n", node.dir.display());
+            fs::write(node.dir.join("switchd.toml"), config).unwrap();
+        }
+        node
+    }
+
+    /// Write a configuration of `node_name` (the namespace's name), `socket` and
+    /// `state_dir` in the node's directory, plus `body`; start nothing.
+    pub fn prepare_raw(ns: Netns, body: &str) -> Node {
         let dir = std::env::temp_dir().join(&ns.name);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let mut config = format!(
-            "node_name = \"{name}\"\npod_cidr = \"{pod_cidr}\"\ncluster_cidr = \"10.244.0.0/16\"\nsocket = \"{dir}/switchd.sock\"\nstate_dir = \"{dir}/state\"\n{extra}",
+        let config = format!(
+            "node_name = \"{name}\"\nsocket = \"{dir}/switchd.sock\"\nstate_dir = \"{dir}/state\"\n{body}",
             name = ns.name,
             dir = dir.display(),
         );
-        if let Some(peers) = peers {
-            fs::write(dir.join("peers.toml"), peers).unwrap();
-            config += &format!("peers_file = \"{}/peers.toml\"\n", dir.display());
-        }
         fs::write(dir.join("switchd.toml"), config).unwrap();
         Node {
             ns,
             dir,
-            pod_cidr: pod_cidr.into(),
+            pod_cidr: String::new(),
             child: None,
             env: Vec::new(),
             inherit: Vec::new(),
@@ -198,6 +212,40 @@ impl Node {
 
     /// Start switchd and wait until its socket answers.
     pub fn launch(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// Wait until the socket answers; panics with the log if switchd exits or takes long.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.switchctl(&["status"]).status.success() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("switchd exited with {status}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("switchd did not become ready; log:\n{}", self.log());
+    }
+
+    /// Wait up to `limit` for switchd to exit; its exit status if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut()?.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Start switchd without waiting for it.
+    pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "switchd already running");
         let log = fs::OpenOptions::new()
             .create(true)
@@ -250,17 +298,6 @@ impl Node {
         }
         let child = cmd.spawn().expect("spawn switchd");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.switchctl(&["status"]).status.success() {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("switchd exited with {status}; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("switchd did not become ready; log:\n{}", self.log());
     }
 
     /// Kill switchd with SIGKILL (a crash) and wait for it.

@@ -180,12 +180,13 @@ fn main() -> ExitCode {
         }
         Response::Peers { peers } => {
             println!(
-                "{:<16} {:<21} {:<18} {:<17} {:<7} {:>10} {:>12} {:>10} {:>12} {:>7}",
+                "{:<16} {:<21} {:<18} {:<17} {:<7} {:<9} {:>10} {:>12} {:>10} {:>12} {:>7}",
                 "PEER",
                 "ADDR",
                 "POD_CIDR",
                 "MAC",
                 "SOURCE",
+                "SINCE",
                 "RX_PKTS",
                 "RX_BYTES",
                 "TX_PKTS",
@@ -195,12 +196,13 @@ fn main() -> ExitCode {
             for p in peers {
                 let c = p.counters;
                 println!(
-                    "{:<16} {:<21} {:<18} {:<17} {:<7} {:>10} {:>12} {:>10} {:>12} {:>7}",
+                    "{:<16} {:<21} {:<18} {:<17} {:<7} {:<9} {:>10} {:>12} {:>10} {:>12} {:>7}",
                     p.name,
                     p.addr,
                     p.pod_cidr,
                     p.mac,
                     p.source,
+                    ago(p.since_unix),
                     c.rx_packets,
                     c.rx_bytes,
                     c.tx_packets,
@@ -210,16 +212,35 @@ fn main() -> ExitCode {
             }
         }
         Response::Reloaded { peers } => println!("reloaded: {peers} peers"),
-        Response::Status(s) => println!(
-            "{} node={} pod_cidr={} router_mac={} underlay={} mtu={} ports={}",
-            s.detail,
-            s.node_name,
-            s.pod_cidr,
-            s.router_mac,
-            s.underlay.as_deref().unwrap_or("none"),
-            s.mtu,
-            s.ports
-        ),
+        Response::Status(s) => {
+            println!(
+                "{} node={} pod_cidr={} router_mac={} underlay={} mtu={} ports={}",
+                s.detail,
+                s.node_name,
+                s.pod_cidr,
+                s.router_mac,
+                s.underlay.as_deref().unwrap_or("none"),
+                s.mtu,
+                s.ports
+            );
+            if let Some(m) = s.membership {
+                println!(
+                    "membership={} state={} since={} lease={:x} ttl={}s peers={} endpoints={}{}",
+                    m.mode,
+                    m.state,
+                    ago(m.since_unix),
+                    m.lease_id,
+                    m.lease_ttl,
+                    m.peers,
+                    m.endpoints.join(","),
+                    if m.last_error.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" last_error={:?}", m.last_error)
+                    }
+                );
+            }
+        }
         Response::Error(e) => {
             eprintln!("switchctl: switchd says ({:?}): {}", e.kind, e.message);
             return ExitCode::FAILURE;
@@ -230,6 +251,21 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// "42s ago", "3m ago", "2h ago", "5d ago".
+fn ago(unix: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let s = now.saturating_sub(unix);
+    match s {
+        0..=119 => format!("{s}s ago"),
+        120..=7199 => format!("{}m ago", s / 60),
+        7200..=172_799 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
 }
 
 fn short(id: &str) -> String {

@@ -52,6 +52,12 @@ struct Args {
     /// Address for /metrics, /healthz and /readyz (default 127.0.0.1:9476; "off" disables).
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// Where the subnet and peers come from: "static" (the config) or "etcd".
+    #[arg(long)]
+    membership: Option<String>,
+    /// etcd endpoints, comma-separated (e.g. https://10.0.0.5:2379,https://10.0.0.6:2379).
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Option<Vec<String>>,
     /// Log format: "text" (journald-friendly: no colours or timestamps under systemd) or
     /// "json" (one object per line).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -99,6 +105,8 @@ fn main() -> ExitCode {
         vni: args.vni,
         peers_file: args.peers_file,
         metrics_addr: args.metrics_addr,
+        membership: args.membership,
+        etcd_endpoints: args.etcd_endpoints,
         ..Overrides::default()
     };
     let cfg = match Config::load(&args.config, overrides) {
@@ -109,10 +117,15 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        let pod_cidr = if cfg.pod_cidr_pending {
+            "(leased from etcd)".to_string()
+        } else {
+            cfg.pod_cidr.to_string()
+        };
         println!(
             "config OK: node {} pod_cidr {} cluster_cidr {} underlay {} peers {}",
             cfg.node_name,
-            cfg.pod_cidr,
+            pod_cidr,
             cfg.cluster_cidr,
             cfg.underlay_addr
                 .map(|a| a.to_string())
@@ -147,7 +160,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(
-    cfg: Config,
+    mut cfg: Config,
     inherited: std::collections::HashMap<String, std::os::fd::OwnedFd>,
 ) -> anyhow::Result<()> {
     let socket = cfg.socket.clone();
@@ -161,8 +174,20 @@ async fn run(
         })?;
         tokio::spawn(switchd::metrics::serve(slot.clone(), listener));
     }
+    // etcd mode: lease (or remember) this node's subnet before anything uses it.
+    let joined = match cfg.etcd() {
+        Some(_) => {
+            let joined = switchd::membership::etcd::join(&cfg).await?;
+            cfg.assign_pod_cidr(joined.subnet)?;
+            Some(joined)
+        }
+        None => None,
+    };
     let sw = Switch::start(cfg, inherited).await?;
     let _ = slot.set(sw.clone());
+    if let Some(joined) = joined {
+        tokio::spawn(switchd::membership::etcd::run(sw.clone(), joined));
+    }
     if adopted > 0 {
         tracing::info!(
             descriptors = adopted,

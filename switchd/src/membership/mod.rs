@@ -1,0 +1,239 @@
+//! Cluster membership: where this node's subnet and its peers come from.
+//!
+//! `membership = "static"` is the config file and peers file. `membership = "etcd"` leases
+//! a subnet and publishes this node in etcd, and watches the other nodes there
+//! ([`etcd`]). This module holds the parts without I/O: the records stored in etcd, the
+//! key layout, and which subnet to try next.
+//!
+//! Keys, under the prefix (default `/switchd/`):
+//!
+//! | key | value | lease |
+//! |---|---|---|
+//! | `subnets/<a.b.c.d>-<len>` | the holder's node name | the holder's |
+//! | `nodes/<name>` | [`NodeRecord`] as JSON | the node's |
+//! | `reservations/<name>` | the node's subnet, e.g. `10.244.3.0/24` | none: it outlives the node |
+//!
+//! The reservation is what makes a node get the same subnet back after any restart, even
+//! one longer than its lease: other nodes take a subnet reserved for someone else only
+//! when no unreserved one is left.
+
+pub mod etcd;
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, Peer};
+use crate::datapath::frame::{format_mac, parse_mac};
+
+/// What a node publishes about itself: everything a peer needs to reach its pods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub underlay_addr: Ipv4Addr,
+    pub tunnel_port: u16,
+    pub vni: u32,
+    pub router_mac: String,
+    pub pod_cidr: Ipv4Net,
+    pub version: String,
+    /// When this node's switchd took its lease, seconds since the Unix epoch.
+    pub since_unix: u64,
+}
+
+impl NodeRecord {
+    pub fn of(cfg: &Config, since_unix: u64) -> Option<NodeRecord> {
+        Some(NodeRecord {
+            name: cfg.node_name.clone(),
+            underlay_addr: cfg.underlay_addr?,
+            tunnel_port: cfg.tunnel_port,
+            vni: cfg.vni,
+            router_mac: format_mac(cfg.router_mac),
+            pod_cidr: cfg.pod_cidr,
+            version: env!("CARGO_PKG_VERSION").into(),
+            since_unix,
+        })
+    }
+
+    /// This record as a peer of `cfg`'s node, or why it cannot be one.
+    pub fn to_peer(&self, cfg: &Config) -> Result<Peer, String> {
+        if self.vni != cfg.vni {
+            return Err(format!("its VNI {} is not ours ({})", self.vni, cfg.vni));
+        }
+        if !cfg.cluster_cidr.contains(&self.pod_cidr) {
+            return Err(format!(
+                "its subnet {} is outside cluster_cidr {}",
+                self.pod_cidr, cfg.cluster_cidr
+            ));
+        }
+        if overlaps(self.pod_cidr, cfg.pod_cidr) {
+            return Err(format!("its subnet {} overlaps ours", self.pod_cidr));
+        }
+        let mac = parse_mac(&self.router_mac)
+            .filter(|m| m[0] & 1 == 0)
+            .ok_or_else(|| format!("router_mac {:?} is not a unicast MAC", self.router_mac))?;
+        Ok(Peer {
+            name: self.name.clone(),
+            addr: std::net::SocketAddrV4::new(self.underlay_addr, self.tunnel_port),
+            pod_cidr: self.pod_cidr,
+            mac,
+        })
+    }
+}
+
+pub fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// `10.244.3.0/24` → `10.244.3.0-24` (a key segment without a second '/').
+pub fn subnet_key(subnet: Ipv4Net) -> String {
+    format!("{}-{}", subnet.network(), subnet.prefix_len())
+}
+
+pub fn parse_subnet_key(key: &str) -> Option<Ipv4Net> {
+    let (addr, len) = key.rsplit_once('-')?;
+    Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()
+}
+
+/// The order in which a node tries the free subnets of `cluster`: all of them, starting
+/// at a place derived from its name, so that nodes starting together mostly try different
+/// subnets first instead of all racing for the lowest one.
+pub fn candidates(cluster: Ipv4Net, len: u8, node_name: &str) -> Vec<Ipv4Net> {
+    let all: Vec<Ipv4Net> = match cluster.subnets(len) {
+        Ok(s) => s.collect(),
+        Err(_) => return Vec::new(),
+    };
+    if all.is_empty() {
+        return all;
+    }
+    let start = (fnv1a(node_name.as_bytes()) % all.len() as u64) as usize;
+    all[start..].iter().chain(&all[..start]).copied().collect()
+}
+
+/// Which subnet to try to claim, given the subnets held under a live lease (`held`) and
+/// the reservations (`reserved`: subnet → node). Unreserved subnets first; then, when the
+/// cluster is full of reservations, one reserved by a node that holds nothing now.
+pub fn choose(
+    order: &[Ipv4Net],
+    held: &HashSet<Ipv4Net>,
+    reserved: &HashMap<Ipv4Net, String>,
+    me: &str,
+    skip: &HashSet<Ipv4Net>,
+) -> Option<Ipv4Net> {
+    let free = |s: &&Ipv4Net| !held.contains(s) && !skip.contains(s);
+    order
+        .iter()
+        .filter(free)
+        .find(|s| reserved.get(s).is_none_or(|owner| owner == me))
+        .or_else(|| order.iter().find(free))
+        .copied()
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn subnet_keys_round_trip() {
+        let s = net("10.244.3.0/24");
+        assert_eq!(subnet_key(s), "10.244.3.0-24");
+        assert_eq!(parse_subnet_key(&subnet_key(s)), Some(s));
+        assert_eq!(parse_subnet_key("garbage"), None);
+    }
+
+    #[test]
+    fn candidates_cover_the_cluster_once_from_a_name_dependent_start() {
+        let cluster = net("10.244.0.0/20");
+        let a = candidates(cluster, 24, "node-a");
+        let b = candidates(cluster, 24, "node-b");
+        assert_eq!(a.len(), 16);
+        let set: HashSet<_> = a.iter().collect();
+        assert_eq!(set.len(), 16);
+        assert_ne!(a[0], b[0], "different names start at different places");
+        assert!(candidates(net("10.244.0.0/24"), 23, "x").is_empty());
+    }
+
+    #[test]
+    fn choose_prefers_unreserved_then_reclaims_a_dead_nodes_reservation() {
+        let order = vec![net("10.0.0.0/24"), net("10.0.1.0/24"), net("10.0.2.0/24")];
+        let mut held = HashSet::new();
+        let mut reserved = HashMap::new();
+        let none = HashSet::new();
+        reserved.insert(order[0], "gone".to_string());
+        assert_eq!(
+            choose(&order, &held, &reserved, "me", &none),
+            Some(order[1])
+        );
+        // Our own reservation counts as ours.
+        reserved.insert(order[1], "me".to_string());
+        assert_eq!(
+            choose(&order, &held, &reserved, "me", &none),
+            Some(order[1])
+        );
+        held.insert(order[1]);
+        held.insert(order[2]);
+        // Only a reservation of a node that holds nothing is left.
+        assert_eq!(
+            choose(&order, &held, &reserved, "me", &none),
+            Some(order[0])
+        );
+        held.insert(order[0]);
+        assert_eq!(choose(&order, &held, &reserved, "me", &none), None);
+    }
+
+    #[test]
+    fn a_record_becomes_a_peer_only_if_it_fits_this_node() {
+        let cfg = Config::parse(
+            "node_name = \"a\"\npod_cidr = \"10.244.1.0/24\"\nunderlay_addr = \"192.168.0.1\"\n",
+            Default::default(),
+        )
+        .unwrap();
+        let rec = NodeRecord {
+            name: "b".into(),
+            underlay_addr: "192.168.0.2".parse().unwrap(),
+            tunnel_port: 8472,
+            vni: 1,
+            router_mac: "0a:58:0a:f4:02:01".into(),
+            pod_cidr: net("10.244.2.0/24"),
+            version: "0".into(),
+            since_unix: 0,
+        };
+        let peer = rec.to_peer(&cfg).unwrap();
+        assert_eq!(peer.addr.to_string(), "192.168.0.2:8472");
+        assert!(NodeRecord {
+            vni: 7,
+            ..rec.clone()
+        }
+        .to_peer(&cfg)
+        .is_err());
+        assert!(NodeRecord {
+            pod_cidr: net("10.244.1.0/24"),
+            ..rec.clone()
+        }
+        .to_peer(&cfg)
+        .is_err());
+        assert!(NodeRecord {
+            pod_cidr: net("10.9.0.0/24"),
+            ..rec.clone()
+        }
+        .to_peer(&cfg)
+        .is_err());
+        assert!(NodeRecord {
+            router_mac: "ff:ff:ff:ff:ff:ff".into(),
+            ..rec
+        }
+        .to_peer(&cfg)
+        .is_err());
+    }
+}

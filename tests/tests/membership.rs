@@ -1,0 +1,359 @@
+//! `membership = "etcd"` against a real etcd (Debian's etcd-server, started by the tests
+//! with a temporary data dir): nodes configured with only the cluster CIDR, etcd and their
+//! underlay address lease distinct subnets, find each other, keep their subnets across
+//! restarts, follow joins and leaves, and keep forwarding through an etcd outage. Needs
+//! root; CI runs these as root.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use switchd_e2e::cluster::Underlay;
+use switchd_e2e::etcd::{Etcd, LEASE_TTL};
+use switchd_e2e::*;
+
+struct Pod {
+    ns: Netns,
+    addr: Ipv4Addr,
+}
+
+/// Field order is drop order: switchd first, then pods, etcd, and the underlay last.
+struct EtcdCluster {
+    nodes: Vec<Node>,
+    pods: Vec<Vec<Pod>>,
+    etcd: Etcd,
+    underlay: Underlay,
+}
+
+impl EtcdCluster {
+    fn new() -> EtcdCluster {
+        let underlay = Underlay::new();
+        let etcd = Etcd::start(&underlay);
+        EtcdCluster {
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            etcd,
+            underlay,
+        }
+    }
+
+    /// Prepare a node on the underlay (cluster 10.244.0.0/16 unless `extra` says otherwise).
+    fn prepare(&mut self, cluster: &str, extra: &str) -> Node {
+        let ns = Netns::new("n");
+        let addr = self.underlay.attach(&ns, 1500);
+        self.etcd.node(ns, addr, cluster, extra)
+    }
+
+    /// Start one more node with `pods` pods.
+    fn add_node(&mut self, pods: usize) -> usize {
+        let mut node = self.prepare("10.244.0.0/16", "");
+        node.launch();
+        let pods = (0..pods)
+            .map(|_| {
+                let ns = Netns::new("p");
+                let addr = node.add_pod(&ns);
+                Pod { ns, addr }
+            })
+            .collect();
+        self.nodes.push(node);
+        self.pods.push(pods);
+        self.nodes.len() - 1
+    }
+}
+
+fn status(node: &Node) -> serde_json::Value {
+    node.query("status")
+}
+
+fn subnet(node: &Node) -> String {
+    status(node)["pod_cidr"].as_str().unwrap().to_string()
+}
+
+fn membership_state(node: &Node) -> String {
+    status(node)["membership"]["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The names of the peers `node` learned from etcd.
+fn etcd_peers(node: &Node) -> Vec<String> {
+    let peers = node.query("peers");
+    let mut names: Vec<String> = peers["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["source"] == "etcd")
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !f() {
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    started.elapsed()
+}
+
+fn names(nodes: &[&Node]) -> Vec<String> {
+    let mut v: Vec<String> = nodes.iter().map(|n| n.ns.name.clone()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn three_nodes_lease_distinct_subnets_reach_each_other_and_keep_them_across_restarts() {
+    let mut c = EtcdCluster::new();
+    for _ in 0..3 {
+        c.add_node(2);
+    }
+    let subnets: Vec<String> = c.nodes.iter().map(subnet).collect();
+    let distinct: std::collections::HashSet<&String> = subnets.iter().collect();
+    assert_eq!(distinct.len(), 3, "distinct subnets: {subnets:?}");
+    for s in &subnets {
+        let net: ipnet::Ipv4Net = s.parse().unwrap();
+        assert_eq!(net.prefix_len(), 24);
+        assert!("10.244.0.0/16"
+            .parse::<ipnet::Ipv4Net>()
+            .unwrap()
+            .contains(&net));
+    }
+    for (i, node) in c.nodes.iter().enumerate() {
+        let others: Vec<&Node> = c
+            .nodes
+            .iter()
+            .filter(|n| n.ns.name != node.ns.name)
+            .collect();
+        wait_until(
+            "every node sees the other two",
+            Duration::from_secs(10),
+            || etcd_peers(node) == names(&others),
+        );
+        // Pods got addresses from the leased subnet.
+        let net: ipnet::Ipv4Net = subnets[i].parse().unwrap();
+        assert!(c.pods[i].iter().all(|p| net.contains(&p.addr)));
+    }
+    // What a node publishes: everything a peer needs.
+    let records = c.etcd.keys("/switchd/nodes/");
+    assert_eq!(records.len(), 3, "{records:?}");
+    let rec: serde_json::Value = serde_json::from_str(&records[0].1).unwrap();
+    for field in [
+        "name",
+        "underlay_addr",
+        "tunnel_port",
+        "vni",
+        "router_mac",
+        "pod_cidr",
+        "version",
+    ] {
+        assert!(!rec[field].is_null(), "record lacks {field}: {rec}");
+    }
+
+    let all: Vec<Ipv4Addr> = c.pods.iter().flatten().map(|p| p.addr).collect();
+    for pod in c.pods.iter().flatten() {
+        for &to in all.iter().filter(|a| **a != pod.addr) {
+            assert!(pod.ns.ping(to), "{} -> {to}", pod.addr);
+        }
+    }
+    for node in &c.nodes {
+        for &to in &all {
+            assert!(node.ns.ping(to), "node {} -> {to}", node.ns.name);
+        }
+    }
+
+    // A clean restart and a crash: both nodes come back with the same subnet.
+    c.nodes[0].restart();
+    c.nodes[1].kill();
+    c.nodes[1].launch();
+    assert_eq!(subnet(&c.nodes[0]), subnets[0]);
+    assert_eq!(subnet(&c.nodes[1]), subnets[1]);
+    let (p0, p1, p2) = (&c.pods[0][0], &c.pods[1][0], &c.pods[2][0]);
+    assert!(p2.ns.ping(p0.addr) && p2.ns.ping(p1.addr) && p0.ns.ping(p1.addr));
+    assert_eq!(c.etcd.keys("/switchd/subnets/").len(), 3);
+}
+
+#[test]
+fn a_joining_node_becomes_reachable_and_a_stopped_node_leaves_after_its_ttl() {
+    let mut c = EtcdCluster::new();
+    for _ in 0..3 {
+        c.add_node(1);
+    }
+    let (from, to) = (&c.pods[0][0], &c.pods[1][0]);
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let stream = {
+        let (from_ns, to_ns, to_addr) = (
+            Netns::borrowed(&from.ns.name),
+            Netns::borrowed(&to.ns.name),
+            to.addr,
+        );
+        std::thread::spawn(move || {
+            tcp_transfer_while(&from_ns, &to_ns, to_addr, move |_| {
+                Instant::now() < deadline
+            })
+        })
+    };
+
+    // A fourth node joins while the stream runs.
+    let started = Instant::now();
+    let n4 = c.add_node(1);
+    let new_pod = c.pods[n4][0].addr;
+    let first = &c.pods[0][0];
+    wait_until(
+        "node 1's pod reaches the new node's pod",
+        Duration::from_secs(10),
+        || {
+            first
+                .ns
+                .exec(&["ping", "-c", "1", "-W", "1", &new_pod.to_string()])
+                .status
+                .success()
+        },
+    );
+    eprintln!(
+        "the new node was reachable {:?} after it started",
+        started.elapsed()
+    );
+
+    // The third node stops; after its lease TTL it is gone from the others' peers.
+    let gone = c.nodes[2].ns.name.clone();
+    let gone_pod = c.pods[2][0].addr;
+    c.nodes[2].stop();
+    assert!(
+        etcd_peers(&c.nodes[0]).contains(&gone),
+        "still there within its TTL"
+    );
+    let took = wait_until(
+        "the stopped node leaves the peers",
+        Duration::from_secs(LEASE_TTL + 8),
+        || !etcd_peers(&c.nodes[0]).contains(&gone),
+    );
+    eprintln!("the stopped node left the peers {took:?} after it stopped (TTL {LEASE_TTL} s)");
+    let before = c.nodes[0].drops("no_peer");
+    assert!(!first
+        .ns
+        .exec(&["ping", "-c", "1", "-W", "1", &gone_pod.to_string()])
+        .status
+        .success());
+    assert!(
+        c.nodes[0].drops("no_peer") > before,
+        "traffic to the gone node's subnet is dropped as no_peer"
+    );
+
+    let (sent, sent_hash, received, received_hash, _) = stream.join().unwrap();
+    assert_eq!(
+        (received, received_hash),
+        (sent, sent_hash),
+        "the stream stayed intact"
+    );
+}
+
+#[test]
+fn an_etcd_outage_does_not_stop_forwarding_and_leases_are_renewed_after_it() {
+    let mut c = EtcdCluster::new();
+    c.add_node(1);
+    c.add_node(1);
+    wait_until("the nodes see each other", Duration::from_secs(10), || {
+        etcd_peers(&c.nodes[0]).len() == 1 && etcd_peers(&c.nodes[1]).len() == 1
+    });
+    let (a, b) = (&c.pods[0][0], &c.pods[1][0]);
+    let outage = Duration::from_secs(30);
+    let deadline = Instant::now() + outage + Duration::from_secs(12);
+    let stream = {
+        let (a_ns, b_ns, b_addr) = (
+            Netns::borrowed(&a.ns.name),
+            Netns::borrowed(&b.ns.name),
+            b.addr,
+        );
+        std::thread::spawn(move || {
+            tcp_transfer_while(&a_ns, &b_ns, b_addr, move |_| Instant::now() < deadline)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let subnet_b = subnet(&c.nodes[1]);
+
+    c.etcd.stop();
+    let down = Instant::now();
+    wait_until(
+        "switchd notices etcd is gone",
+        Duration::from_secs(15),
+        || membership_state(&c.nodes[0]) == "unreachable",
+    );
+    assert_eq!(
+        etcd_peers(&c.nodes[0]).len(),
+        1,
+        "the last known peers stay"
+    );
+    // A node restarted during the outage starts from what it remembers.
+    c.nodes[1].kill();
+    c.nodes[1].launch();
+    assert_eq!(subnet(&c.nodes[1]), subnet_b);
+    assert_eq!(membership_state(&c.nodes[1]), "unreachable");
+    assert_eq!(etcd_peers(&c.nodes[1]).len(), 1, "peers from its cache");
+    assert!(
+        a.ns.ping(b.addr) && b.ns.ping(a.addr),
+        "forwarding goes on without etcd"
+    );
+    std::thread::sleep(outage.saturating_sub(down.elapsed()));
+
+    c.etcd.resume();
+    for node in &c.nodes {
+        wait_until("switchd reconnects", Duration::from_secs(20), || {
+            membership_state(node) == "connected"
+        });
+    }
+    let (sent, sent_hash, received, received_hash, _) = stream.join().unwrap();
+    assert_eq!(
+        (received, received_hash),
+        (sent, sent_hash),
+        "the stream survived the outage"
+    );
+    assert!(sent > 0);
+    // Leases are being renewed: after more than a TTL both records are still there.
+    std::thread::sleep(Duration::from_secs(LEASE_TTL + 2));
+    assert_eq!(c.etcd.keys("/switchd/nodes/").len(), 2);
+    assert_eq!(c.etcd.keys("/switchd/subnets/").len(), 2);
+    assert!(a.ns.ping(b.addr));
+}
+
+#[test]
+fn ten_nodes_started_at_once_get_distinct_subnets_and_a_full_cluster_says_so() {
+    let mut c = EtcdCluster::new();
+    // 16 subnets for 10 nodes: they race for the same ones often.
+    let mut nodes: Vec<Node> = (0..10).map(|_| c.prepare("10.244.0.0/20", "")).collect();
+    for n in &mut nodes {
+        n.spawn();
+    }
+    for n in &mut nodes {
+        n.wait_ready();
+    }
+    let subnets: std::collections::HashSet<String> = nodes.iter().map(subnet).collect();
+    assert_eq!(subnets.len(), 10, "distinct: {subnets:?}");
+    c.nodes.extend(nodes);
+
+    // Two /24s in the cluster: the third node cannot get one and says why.
+    let small = "10.245.0.0/23";
+    let extra = "node_subnet_len = 24\netcd_prefix = \"/small/\"\n";
+    for _ in 0..2 {
+        let mut n = c.prepare(small, extra);
+        n.launch();
+        c.nodes.push(n);
+    }
+    let mut third = c.prepare(small, extra);
+    third.spawn();
+    let status = third
+        .wait_exit(Duration::from_secs(20))
+        .expect("the node without a subnet exits");
+    assert!(!status.success());
+    let log = third.log();
+    assert!(
+        log.contains("no free /24 left in cluster_cidr 10.245.0.0/23"),
+        "{log}"
+    );
+    c.nodes.push(third);
+}

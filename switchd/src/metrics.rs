@@ -197,6 +197,26 @@ pub fn render(sw: &Switch) -> String {
         sw.table().len(),
     );
     gauge(&mut r, "switchd_peers", "Peer nodes", peers.len());
+    if let Some(m) = sw.membership.lock().unwrap().clone() {
+        gauge(
+            &mut r,
+            "switchd_etcd_connected",
+            "1 while etcd answers and this node's lease is kept alive; forwarding goes on either way",
+            usize::from(m.state == "connected"),
+        );
+        gauge(
+            &mut r,
+            "switchd_etcd_subnet_lost",
+            "1 when another node holds this node's subnet in etcd (pods keep their addresses)",
+            usize::from(m.state == "subnet_lost"),
+        );
+        gauge(
+            &mut r,
+            "switchd_etcd_state_since_seconds",
+            "When the etcd state last changed, seconds since the Unix epoch",
+            m.since_unix as usize,
+        );
+    }
     r.register(
         "switchd_build",
         "Build information",

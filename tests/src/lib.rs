@@ -510,6 +510,22 @@ pub fn cni(
 }
 
 /// A 64-bit FNV-1a hash, enough to tell a corrupted stream from an intact one.
+/// GET `path` from the metrics listener inside `ns`: (status line, body).
+pub fn metrics_get(ns: &Netns, path: &str) -> (String, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    ns.spawn(move || {
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, 9476)).expect("connect to metrics");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+        (head.lines().next().unwrap().to_string(), body.to_string())
+    })
+    .join()
+    .unwrap()
+}
+
 /// A shell script that records each CNI call (`COMMAND CONTAINER_ID NETNS`) in `log`,
 /// then runs `real`: how the runtime tests see which verbs a runtime really calls.
 pub fn logging_plugin(real: &Path, log: &Path) -> String {

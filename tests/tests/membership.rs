@@ -289,6 +289,8 @@ fn an_etcd_outage_does_not_stop_forwarding_and_leases_are_renewed_after_it() {
         1,
         "the last known peers stay"
     );
+    let (_, metrics) = metrics_get(&c.nodes[0].ns, "/metrics");
+    assert!(metrics.contains("switchd_etcd_connected 0"), "{metrics}");
     // A node restarted during the outage starts from what it remembers.
     c.nodes[1].kill();
     c.nodes[1].launch();
@@ -307,6 +309,8 @@ fn an_etcd_outage_does_not_stop_forwarding_and_leases_are_renewed_after_it() {
             membership_state(node) == "connected"
         });
     }
+    let (_, metrics) = metrics_get(&c.nodes[0].ns, "/metrics");
+    assert!(metrics.contains("switchd_etcd_connected 1"), "{metrics}");
     let (sent, sent_hash, received, received_hash, _) = stream.join().unwrap();
     assert_eq!(
         (received, received_hash),
@@ -356,4 +360,68 @@ fn ten_nodes_started_at_once_get_distinct_subnets_and_a_full_cluster_says_so() {
         "{log}"
     );
     c.nodes.push(third);
+}
+
+#[test]
+fn a_node_whose_subnet_was_taken_while_it_was_cut_off_says_so_and_keeps_its_pods() {
+    let mut c = EtcdCluster::new();
+    // Room for two /24s only.
+    let small = "10.244.0.0/23";
+    let mut a = c.prepare(small, "");
+    a.launch();
+    let mut b = c.prepare(small, "");
+    b.launch();
+    let pod_a = Netns::new("p");
+    let addr_a = a.add_pod(&pod_a);
+    let subnet_a = subnet(&a);
+
+    // Cut node A off from etcd (not from the underlay): its lease runs out.
+    let blackhole = ["ip", "route", "add", "blackhole", "192.168.77.250/32"];
+    assert!(a.ns.exec(&blackhole).status.success());
+    wait_until(
+        "A's lease expires",
+        Duration::from_secs(LEASE_TTL + 10),
+        || c.etcd.keys("/switchd/nodes/").len() == 1,
+    );
+    assert_eq!(membership_state(&a), "unreachable");
+    // A third node needs a subnet; the only one not held is A's reservation, so it gets it.
+    let mut n3 = c.prepare(small, "");
+    n3.launch();
+    assert_eq!(subnet(&n3), subnet_a);
+
+    // A comes back: it says loudly that its subnet is gone and keeps its pods as they are.
+    assert!(a
+        .ns
+        .exec(&["ip", "route", "del", "blackhole", "192.168.77.250/32"])
+        .status
+        .success());
+    wait_until("A notices", Duration::from_secs(20), || {
+        membership_state(&a) == "subnet_lost"
+    });
+    assert!(a.log().contains("ANOTHER NODE HOLDS THIS NODE'S SUBNET"));
+    assert_eq!(subnet(&a), subnet_a, "not renumbered");
+    assert_eq!(a.pod_ports(), 1);
+    let gateway = Ipv4Addr::from(u32::from(addr_a) & !0xff | 1);
+    assert!(pod_a.ping(gateway), "A's pod still reaches its gateway");
+    let (_, metrics) = metrics_get(&a.ns, "/metrics");
+    assert!(metrics.contains("switchd_etcd_subnet_lost 1"), "{metrics}");
+
+    // Restarted, A refuses to start rather than renumber its pods.
+    a.stop();
+    a.spawn();
+    let status = a.wait_exit(Duration::from_secs(20)).expect("A exits");
+    assert!(!status.success());
+    let log = a.log();
+    assert!(
+        log.contains(&format!(
+            "subnet {subnet_a}, which this node's pods use, is held by node"
+        )),
+        "{log}"
+    );
+    assert!(log.contains("refusing to renumber pods"), "{log}");
+    c.nodes.extend([a, b, n3]);
+    c.pods.push(vec![Pod {
+        ns: pod_a,
+        addr: addr_a,
+    }]);
 }

@@ -54,22 +54,6 @@ fn switchd_speaks_the_systemd_notify_and_watchdog_protocol() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// GET `path` from the metrics listener inside `ns`: (status line, body).
-fn get(ns: &Netns, path: &str) -> (String, String) {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
-    ns.spawn(move || {
-        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, 9476)).expect("connect to metrics");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(request.as_bytes()).unwrap();
-        let mut response = String::new();
-        s.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
-        (head.lines().next().unwrap().to_string(), body.to_string())
-    })
-    .join()
-    .unwrap()
-}
-
 /// The value of the sample line that starts with `name{` and contains every `needle`.
 fn sample(body: &str, name: &str, needles: &[&str]) -> Option<f64> {
     body.lines()
@@ -96,7 +80,7 @@ fn metrics_health_and_readiness_report_what_the_switch_does() {
     assert!(a.ping(addr_b));
     assert!(!a.ping(Ipv4Addr::new(10, 244, 1, 200)), "nobody has .200");
 
-    let (status, body) = get(&node.ns, "/metrics");
+    let (status, body) = metrics_get(&node.ns, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK");
     let rx = sample(
         &body,
@@ -128,10 +112,10 @@ fn metrics_health_and_readiness_report_what_the_switch_does() {
         "OpenMetrics text ends with # EOF"
     );
 
-    assert_eq!(get(&node.ns, "/healthz").0, "HTTP/1.1 200 OK");
-    let (status, body) = get(&node.ns, "/readyz");
+    assert_eq!(metrics_get(&node.ns, "/healthz").0, "HTTP/1.1 200 OK");
+    let (status, body) = metrics_get(&node.ns, "/readyz");
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
-    assert_eq!(get(&node.ns, "/nope").0, "HTTP/1.1 404 Not Found");
+    assert_eq!(metrics_get(&node.ns, "/nope").0, "HTTP/1.1 404 Not Found");
 }
 
 #[test]
@@ -417,7 +401,7 @@ for fam in parse(sys.stdin.read()):
 print(int(total))
 "#;
     let rx_bytes = || {
-        let (_, body) = get(&node.ns, "/metrics");
+        let (_, body) = metrics_get(&node.ns, "/metrics");
         let mut child = std::process::Command::new("/usr/bin/python3")
             .args(["-c", &script.replace("\\\\n", "\\n")])
             .stdin(std::process::Stdio::piped())

@@ -19,11 +19,49 @@ pub struct Etcd {
     ns: String,
     dir: PathBuf,
     child: Option<Child>,
+    /// With TLS: the directory holding ca.crt, server.{crt,key}, client.{crt,key}.
+    pub tls: Option<PathBuf>,
+}
+
+/// Make a throwaway CA, a server certificate for etcd's addresses and a client
+/// certificate, with the `openssl` command, in `dir`.
+fn make_certs(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let sh = |script: &str| {
+        let out = run(Command::new("sh").arg("-ec").arg(script).current_dir(dir));
+        assert!(out.status.success(), "{script}: {out:?}");
+    };
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    sh(&format!(
+        "openssl req -x509 {ec} -keyout ca.key -out ca.crt -days 2 -subj /CN=swt-test-ca"
+    ));
+    for (name, ext) in [
+        (
+            "server",
+            format!("subjectAltName=IP:{ETCD_ADDR},IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+        ),
+        ("client", "extendedKeyUsage=clientAuth".to_string()),
+    ] {
+        sh(&format!(
+            "openssl req {ec} -keyout {name}.key -out {name}.csr -subj /CN=swt-{name}\n\
+             printf '{ext}\\n' > {name}.ext\n\
+             openssl x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -out {name}.crt -extfile {name}.ext"
+        ));
+    }
 }
 
 impl Etcd {
     /// Start etcd on `underlay` and wait until it is healthy.
     pub fn start(underlay: &Underlay) -> Etcd {
+        Etcd::start_with(underlay, false)
+    }
+
+    /// Like [`Etcd::start`], serving only TLS and requiring client certificates.
+    pub fn start_tls(underlay: &Underlay) -> Etcd {
+        Etcd::start_with(underlay, true)
+    }
+
+    fn start_with(underlay: &Underlay, tls: bool) -> Etcd {
         let out = underlay.ns.exec(&[
             "ip",
             "addr",
@@ -33,12 +71,18 @@ impl Etcd {
             "br0",
         ]);
         assert!(out.status.success(), "{out:?}");
+        let dir = std::env::temp_dir().join(unique("etcd"));
+        let scheme = if tls { "https" } else { "http" };
         let mut e = Etcd {
-            url: format!("http://{ETCD_ADDR}:2379"),
+            url: format!("{scheme}://{ETCD_ADDR}:2379"),
             ns: underlay.ns.name.clone(),
-            dir: std::env::temp_dir().join(unique("etcd")),
+            tls: tls.then(|| dir.join("certs")),
+            dir,
             child: None,
         };
+        if let Some(certs) = &e.tls {
+            make_certs(certs);
+        }
         e.resume();
         e
     }
@@ -52,12 +96,26 @@ impl Etcd {
             .append(true)
             .open(self.dir.join("etcd.log"))
             .unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "etcd", "--name", "swt"])
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, "etcd", "--name", "swt"]);
+        if let Some(certs) = &self.tls {
+            cmd.arg(format!(
+                "--cert-file={}",
+                certs.join("server.crt").display()
+            ))
+            .arg(format!("--key-file={}", certs.join("server.key").display()))
+            .arg(format!(
+                "--trusted-ca-file={}",
+                certs.join("ca.crt").display()
+            ))
+            .arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .arg(format!(
-                "--listen-client-urls=http://127.0.0.1:2379,{}",
+                "--listen-client-urls={scheme}://127.0.0.1:2379,{}",
                 self.url
             ))
             .arg(format!("--advertise-client-urls={}", self.url))
@@ -96,11 +154,20 @@ impl Etcd {
 
     /// `etcdctl` against this etcd, v3 API.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        run(Command::new("ip")
-            .args(["netns", "exec", &self.ns, "etcdctl"])
-            .args(["--endpoints=http://127.0.0.1:2379", "--command-timeout=3s"])
-            .args(args)
-            .env("ETCDCTL_API", "3"))
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, "etcdctl", "--command-timeout=3s"]);
+        match &self.tls {
+            Some(certs) => {
+                cmd.arg("--endpoints=https://127.0.0.1:2379")
+                    .arg(format!("--cacert={}", certs.join("ca.crt").display()))
+                    .arg(format!("--cert={}", certs.join("client.crt").display()))
+                    .arg(format!("--key={}", certs.join("client.key").display()));
+            }
+            None => {
+                cmd.arg("--endpoints=http://127.0.0.1:2379");
+            }
+        }
+        run(cmd.args(args).env("ETCDCTL_API", "3"))
     }
 
     /// The keys under `prefix`, with their values.
@@ -129,10 +196,19 @@ impl Etcd {
         cluster_cidr: &str,
         extra: &str,
     ) -> Node {
+        let tls = match &self.tls {
+            Some(certs) => format!(
+                "etcd_ca = \"{}\"\netcd_cert = \"{}\"\netcd_key = \"{}\"\n",
+                certs.join("ca.crt").display(),
+                certs.join("client.crt").display(),
+                certs.join("client.key").display()
+            ),
+            None => String::new(),
+        };
         Node::prepare_raw(
             ns,
             &format!(
-                "cluster_cidr = \"{cluster_cidr}\"\nmembership = \"etcd\"\netcd_endpoints = [\"{}\"]\nunderlay_addr = \"{underlay_addr}\"\netcd_lease_ttl = {LEASE_TTL}\nmtu = 1400\n{extra}",
+                "cluster_cidr = \"{cluster_cidr}\"\nmembership = \"etcd\"\netcd_endpoints = [\"{}\"]\nunderlay_addr = \"{underlay_addr}\"\netcd_lease_ttl = {LEASE_TTL}\nmtu = 1400\n{tls}{extra}",
                 self.url
             ),
         )

@@ -26,8 +26,12 @@ struct EtcdCluster {
 
 impl EtcdCluster {
     fn new() -> EtcdCluster {
+        EtcdCluster::with(Etcd::start)
+    }
+
+    fn with(start: fn(&Underlay) -> Etcd) -> EtcdCluster {
         let underlay = Underlay::new();
-        let etcd = Etcd::start(&underlay);
+        let etcd = start(&underlay);
         EtcdCluster {
             nodes: Vec::new(),
             pods: Vec::new(),
@@ -424,4 +428,46 @@ fn a_node_whose_subnet_was_taken_while_it_was_cut_off_says_so_and_keeps_its_pods
         ns: pod_a,
         addr: addr_a,
     }]);
+}
+
+#[test]
+fn nodes_lease_and_peer_over_tls_with_client_certificates() {
+    let mut c = EtcdCluster::with(Etcd::start_tls);
+    assert!(c.etcd.url.starts_with("https://"));
+    c.add_node(1);
+    c.add_node(1);
+    wait_until(
+        "the nodes see each other over TLS",
+        Duration::from_secs(10),
+        || etcd_peers(&c.nodes[0]).len() == 1 && etcd_peers(&c.nodes[1]).len() == 1,
+    );
+    assert_ne!(subnet(&c.nodes[0]), subnet(&c.nodes[1]));
+    assert!(c.pods[0][0].ns.ping(c.pods[1][0].addr));
+    assert_eq!(membership_state(&c.nodes[0]), "connected");
+
+    // Without a client certificate etcd refuses us, and switchd says so while it waits.
+    let mut stranger = c.prepare("10.244.0.0/16", "");
+    let config = std::fs::read_to_string(stranger.dir.join("switchd.toml")).unwrap();
+    let config: String = config
+        .lines()
+        .filter(|l| !l.starts_with("etcd_cert") && !l.starts_with("etcd_key"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(stranger.dir.join("switchd.toml"), config).unwrap();
+    stranger.spawn();
+    wait_until("the refusal is logged", Duration::from_secs(15), || {
+        stranger
+            .log()
+            .contains("etcd is unreachable and this node has no subnet yet")
+    });
+    let log = stranger.log();
+    assert!(
+        log.to_lowercase().contains("certificate"),
+        "the TLS refusal is in the log: {log}"
+    );
+    assert!(
+        !stranger.switchctl(&["status"]).status.success(),
+        "not ready without a subnet"
+    );
+    c.nodes.push(stranger);
 }

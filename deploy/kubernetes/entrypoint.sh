@@ -1,28 +1,77 @@
 #!/bin/sh
-# switchd in a DaemonSet pod: write this node's config from its Node object, start switchd,
-# and install the CNI conflist only once switchd answers (runtimes use the first conflist
-# they find, so an early one would send pods to a daemon that is not there yet).
+# switchd in a DaemonSet pod: write this node's config, start switchd, and install the CNI
+# conflist only once switchd answers (runtimes use the first conflist they find, so an
+# early one would send pods to a daemon that is not there yet).
+#
+# MEMBERSHIP=kubernetes (default, switchd.yaml): pod CIDR and peers from Node objects.
+# MEMBERSHIP=etcd (switchd-etcd.yaml): switchd leases its subnet and finds its peers in
+#   etcd; needs ETCD_ENDPOINTS and HOST_IP, and reads TLS files from ETCD_TLS_DIR
+#   (ca.crt, tls.crt, tls.key) when they are there. No Kubernetes API access needed.
+#
+#   entrypoint.sh render-config   print the config this pod would use, then exit (tests)
 set -eu
-. /usr/local/lib/switchd/lib.sh
+if [ -r /usr/local/lib/switchd/lib.sh ]; then
+    . /usr/local/lib/switchd/lib.sh
+else
+    . "$(dirname "$0")/lib.sh"
+fi
 
 : "${NODE_NAME:?set NODE_NAME from spec.nodeName}"
-node=$(api_get "/api/v1/nodes/${NODE_NAME}")
-pod_cidr=$(printf '%s' "$node" | jq -r '.spec.podCIDR // empty')
-underlay=$(printf '%s' "$node" | jq -r '[.status.addresses[] | select(.type == "InternalIP") | .address][0] // empty')
-[ -n "$pod_cidr" ] || { echo "node ${NODE_NAME} has no spec.podCIDR: run kube-controller-manager with --allocate-node-cidrs" >&2; exit 1; }
-[ -n "$underlay" ] || { echo "node ${NODE_NAME} has no InternalIP address" >&2; exit 1; }
+CONFIG=${CONFIG:-/etc/switchd/switchd.toml}
 
-mkdir -p /etc/switchd
-cat > /etc/switchd/switchd.toml <<TOML
+etcd_config() {
+    : "${ETCD_ENDPOINTS:?set ETCD_ENDPOINTS, e.g. https://10.0.0.5:2379,https://10.0.0.6:2379}"
+    : "${HOST_IP:?set HOST_IP from status.hostIP}"
+    endpoints=$(printf '%s' "$ETCD_ENDPOINTS" | tr ',' '\n' | sed 's/.*/"&"/' | paste -sd, -)
+    cat <<TOML
+node_name = "${NODE_NAME}"
+cluster_cidr = "${CLUSTER_CIDR:-10.244.0.0/16}"
+underlay_addr = "${HOST_IP}"
+membership = "etcd"
+etcd_endpoints = [${endpoints}]
+etcd_prefix = "${ETCD_PREFIX:-/switchd/}"
+node_subnet_len = ${NODE_SUBNET_LEN:-24}
+TOML
+    tls=${ETCD_TLS_DIR:-/etc/switchd/etcd}
+    if [ -r "$tls/ca.crt" ]; then
+        echo "etcd_ca = \"$tls/ca.crt\""
+    fi
+    if [ -r "$tls/tls.crt" ] && [ -r "$tls/tls.key" ]; then
+        printf 'etcd_cert = "%s"\netcd_key = "%s"\n' "$tls/tls.crt" "$tls/tls.key"
+    fi
+}
+
+kubernetes_config() {
+    node=$(api_get "/api/v1/nodes/${NODE_NAME}")
+    pod_cidr=$(printf '%s' "$node" | jq -r '.spec.podCIDR // empty')
+    underlay=$(printf '%s' "$node" | jq -r '[.status.addresses[] | select(.type == "InternalIP") | .address][0] // empty')
+    [ -n "$pod_cidr" ] || { echo "node ${NODE_NAME} has no spec.podCIDR: run kube-controller-manager with --allocate-node-cidrs" >&2; exit 1; }
+    [ -n "$underlay" ] || { echo "node ${NODE_NAME} has no InternalIP address" >&2; exit 1; }
+    cat <<TOML
 node_name = "${NODE_NAME}"
 pod_cidr = "${pod_cidr}"
 cluster_cidr = "${CLUSTER_CIDR:-10.244.0.0/16}"
 underlay_addr = "${underlay}"
 peers_file = "/etc/switchd/peers.toml"
 TOML
-api_get /api/v1/nodes | render_peers "$NODE_NAME" > /etc/switchd/peers.toml
+}
 
-/usr/local/bin/switchd --config /etc/switchd/switchd.toml &
+case "${MEMBERSHIP:-kubernetes}" in
+    etcd) config=$(etcd_config) ;;
+    kubernetes) config=$(kubernetes_config) ;;
+    *) echo "MEMBERSHIP must be kubernetes or etcd, got ${MEMBERSHIP}" >&2; exit 1 ;;
+esac
+if [ "${1:-}" = render-config ]; then
+    printf '%s\n' "$config"
+    exit 0
+fi
+mkdir -p "$(dirname "$CONFIG")"
+printf '%s\n' "$config" > "$CONFIG"
+if [ "${MEMBERSHIP:-kubernetes}" = kubernetes ]; then
+    api_get /api/v1/nodes | render_peers "$NODE_NAME" > /etc/switchd/peers.toml
+fi
+
+/usr/local/bin/switchd --config "$CONFIG" &
 pid=$!
 trap 'kill -TERM $pid; wait $pid' TERM INT
 until switchctl status >/dev/null 2>&1; do

@@ -693,4 +693,62 @@ mod tests {
         assert_eq!(c.pod_cidr.to_string(), "10.244.7.0/24");
         assert_eq!(c.mtu, Some(1400));
     }
+
+    const ETCD: &str = "node_name = \"n\"\nmembership = \"etcd\"\netcd_endpoints = [\"http://10.0.0.5:2379\"]\nunderlay_addr = \"192.168.0.1\"\n";
+
+    #[test]
+    fn etcd_mode_leases_the_pod_cidr_later() {
+        let mut c = parse(ETCD).unwrap();
+        let e = c.etcd().unwrap().clone();
+        assert!(c.pod_cidr_pending);
+        assert_eq!(e.prefix, "/switchd/");
+        assert_eq!(e.subnet_len, 24);
+        assert_eq!(e.lease_ttl, DEFAULT_ETCD_LEASE_TTL);
+        assert_eq!(e.fixed_subnet, None);
+        c.assign_pod_cidr("10.244.9.0/24".parse().unwrap()).unwrap();
+        assert!(!c.pod_cidr_pending);
+        assert_eq!(c.gateway(), Ipv4Addr::new(10, 244, 9, 1));
+        assert_eq!(
+            c.router_mac,
+            mac_for_ip(Ipv4Addr::new(10, 244, 9, 1)),
+            "the MAC follows the lease"
+        );
+        assert!(c.assign_pod_cidr("10.9.0.0/24".parse().unwrap()).is_err());
+        let fixed = parse(&format!(
+            "{ETCD}pod_cidr = \"10.244.3.0/24\"\netcd_prefix = \"/k8s/net\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            fixed.etcd().unwrap().fixed_subnet,
+            Some("10.244.3.0/24".parse().unwrap())
+        );
+        assert_eq!(fixed.etcd().unwrap().prefix, "/k8s/net/");
+    }
+
+    #[test]
+    fn etcd_errors_name_the_key() {
+        let cases = [
+            (format!("{ETCD}membership = \"consul\"\n"), "duplicate key"),
+            (ETCD.replace("etcd\"", "consul\""), "membership: \"consul\""),
+            (ETCD.replace("etcd_endpoints = [\"http://10.0.0.5:2379\"]\n", ""), "etcd_endpoints: required"),
+            (ETCD.replace("http://", "tcp://"), "etcd_endpoints"),
+            (ETCD.replace("http://", "https://"), "etcd_ca: required"),
+            (format!("{ETCD}etcd_ca = \"/ca.pem\"\n"), "plain http://"),
+            (ETCD.replace("http://", "https://") + "etcd_ca = \"/ca.pem\"\netcd_cert = \"/c.pem\"\n", "give both"),
+            (ETCD.replace("underlay_addr = \"192.168.0.1\"\n", ""), "underlay_addr: required"),
+            (format!("{ETCD}node_subnet_len = 8\n"), "node_subnet_len"),
+            (format!("{ETCD}node_subnet_len = 31\n"), "node_subnet_len"),
+            (format!("{ETCD}etcd_lease_ttl = 1\n"), "etcd_lease_ttl"),
+            (format!("{ETCD}etcd_prefix = \"switchd\"\n"), "etcd_prefix"),
+            (format!("{ETCD}pod_cidr = \"10.244.0.0/23\"\n"), "node_subnet_len"),
+            (
+                "node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\netcd_endpoints = [\"http://x:1\"]\n".to_string(),
+                "membership = \"etcd\"",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = format!("{:#}", parse(&text).unwrap_err());
+            assert!(err.contains(want), "{text:?}: {err:?} lacks {want:?}");
+        }
+    }
 }

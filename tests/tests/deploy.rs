@@ -14,16 +14,16 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-#[test]
-fn kubernetes_manifests_parse_and_refer_to_files_that_exist() {
-    let manifest = repo().join("deploy/kubernetes/switchd.yaml");
+/// Parse `deploy/kubernetes/<name>`, check it has `kinds`, and return its DaemonSet.
+fn daemonset(name: &str, kinds_wanted: &[&str]) -> serde_json::Value {
+    let manifest = repo().join("deploy/kubernetes").join(name);
     let script = "import sys, yaml, json; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))";
     let out = run(Command::new("/usr/bin/python3")
         .args(["-c", script])
         .arg(&manifest));
     assert!(
         out.status.success(),
-        "YAML does not parse: {}",
+        "{name}: YAML does not parse: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let docs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -33,20 +33,51 @@ fn kubernetes_manifests_parse_and_refer_to_files_that_exist() {
         .iter()
         .map(|d| d["kind"].as_str().unwrap())
         .collect();
-    for kind in [
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "DaemonSet",
-    ] {
-        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    for kind in kinds_wanted {
+        assert!(
+            kinds.contains(kind),
+            "{name}: {kind} missing from {kinds:?}"
+        );
     }
-    let ds = docs
-        .as_array()
+    docs.as_array()
         .unwrap()
         .iter()
         .find(|d| d["kind"] == "DaemonSet")
-        .unwrap();
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn kubernetes_manifests_parse_and_refer_to_files_that_exist() {
+    let etcd = daemonset("switchd-etcd.yaml", &["DaemonSet"]);
+    let etcd_spec = &etcd["spec"]["template"]["spec"];
+    let env = &etcd_spec["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "MEMBERSHIP" && e["value"] == "etcd"),
+        "{env}"
+    );
+    assert!(etcd_spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["secret"]["secretName"] == "switchd-etcd-tls"));
+    check_daemonset(&etcd);
+    let ds = daemonset(
+        "switchd.yaml",
+        &[
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "DaemonSet",
+        ],
+    );
+    check_daemonset(&ds);
+}
+
+fn check_daemonset(ds: &serde_json::Value) {
     let spec = &ds["spec"]["template"]["spec"];
     assert_eq!(spec["hostNetwork"], true);
     let mounts: Vec<&str> = spec["volumes"]
@@ -150,4 +181,65 @@ fn the_sidecar_renders_peers_from_node_objects_that_switchd_accepts() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("n2=10.244.2.0/24"));
+}
+
+#[test]
+fn the_etcd_entrypoint_renders_a_config_that_switchd_accepts() {
+    let dir = std::env::temp_dir().join(unique("k8s"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["ca.crt", "tls.crt", "tls.key"] {
+        std::fs::write(dir.join(f), "placeholder").unwrap();
+    }
+    let out = run(Command::new("sh")
+        .arg(repo().join("deploy/kubernetes/entrypoint.sh"))
+        .arg("render-config")
+        .env("MEMBERSHIP", "etcd")
+        .env("NODE_NAME", "worker-7")
+        .env("HOST_IP", "192.168.50.7")
+        .env(
+            "ETCD_ENDPOINTS",
+            "https://10.0.0.5:2379,https://10.0.0.6:2379",
+        )
+        .env("ETCD_TLS_DIR", &dir));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        config.contains(r#"etcd_endpoints = ["https://10.0.0.5:2379","https://10.0.0.6:2379"]"#),
+        "{config}"
+    );
+    assert!(
+        !config.contains("pod_cidr"),
+        "leased, not configured: {config}"
+    );
+    std::fs::write(dir.join("switchd.toml"), &config).unwrap();
+    let out = run(Command::new(bin_dir().join("switchd"))
+        .arg("--check")
+        .arg("--config")
+        .arg(dir.join("switchd.toml")));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "switchd refused the rendered config: {}{config}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("node worker-7 pod_cidr (leased from etcd)"),
+        "{summary}"
+    );
+
+    // Without an endpoint list it stops and says what to set.
+    let out = run(Command::new("sh")
+        .arg(repo().join("deploy/kubernetes/entrypoint.sh"))
+        .arg("render-config")
+        .env("MEMBERSHIP", "etcd")
+        .env("NODE_NAME", "worker-7")
+        .env("HOST_IP", "192.168.50.7")
+        .env_remove("ETCD_ENDPOINTS"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ETCD_ENDPOINTS"));
 }

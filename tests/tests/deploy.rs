@@ -47,6 +47,17 @@ fn daemonset(name: &str, kinds_wanted: &[&str]) -> serde_json::Value {
         .unwrap()
 }
 
+/// `switchd --check` on `config` written to `dir/switchd.toml`; removes `dir` afterwards.
+fn switchd_check(dir: &Path, config: &str) -> std::process::Output {
+    std::fs::write(dir.join("switchd.toml"), config).unwrap();
+    let out = run(Command::new(bin_dir().join("switchd"))
+        .arg("--check")
+        .arg("--config")
+        .arg(dir.join("switchd.toml")));
+    let _ = std::fs::remove_dir_all(dir);
+    out
+}
+
 #[test]
 fn kubernetes_manifests_parse_and_refer_to_files_that_exist() {
     let etcd = daemonset("switchd-etcd.yaml", &["DaemonSet"]);
@@ -169,18 +180,24 @@ fn the_sidecar_renders_peers_from_node_objects_that_switchd_accepts() {
         "node_name = \"n1\"\npod_cidr = \"10.244.1.0/24\"\nunderlay_addr = \"192.168.50.1\"\npeers_file = \"{}\"\n",
         dir.join("peers.toml").display()
     );
-    std::fs::write(dir.join("switchd.toml"), config).unwrap();
-    let out = run(Command::new(bin_dir().join("switchd"))
-        .arg("--check")
-        .arg("--config")
-        .arg(dir.join("switchd.toml")));
-    let _ = std::fs::remove_dir_all(&dir);
+    let out = switchd_check(&dir, &config);
     assert!(
         out.status.success(),
         "switchd refused the rendered peers: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("n2=10.244.2.0/24"));
+}
+
+/// The DaemonSet entrypoint printing its etcd-mode config for node worker-7.
+fn render_etcd_config() -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg(repo().join("deploy/kubernetes/entrypoint.sh"))
+        .arg("render-config")
+        .env("MEMBERSHIP", "etcd")
+        .env("NODE_NAME", "worker-7")
+        .env("HOST_IP", "192.168.50.7");
+    cmd
 }
 
 #[test]
@@ -190,12 +207,7 @@ fn the_etcd_entrypoint_renders_a_config_that_switchd_accepts() {
     for f in ["ca.crt", "tls.crt", "tls.key"] {
         std::fs::write(dir.join(f), "placeholder").unwrap();
     }
-    let out = run(Command::new("sh")
-        .arg(repo().join("deploy/kubernetes/entrypoint.sh"))
-        .arg("render-config")
-        .env("MEMBERSHIP", "etcd")
-        .env("NODE_NAME", "worker-7")
-        .env("HOST_IP", "192.168.50.7")
+    let out = run(render_etcd_config()
         .env(
             "ETCD_ENDPOINTS",
             "https://10.0.0.5:2379,https://10.0.0.6:2379",
@@ -215,12 +227,7 @@ fn the_etcd_entrypoint_renders_a_config_that_switchd_accepts() {
         !config.contains("pod_cidr"),
         "leased, not configured: {config}"
     );
-    std::fs::write(dir.join("switchd.toml"), &config).unwrap();
-    let out = run(Command::new(bin_dir().join("switchd"))
-        .arg("--check")
-        .arg("--config")
-        .arg(dir.join("switchd.toml")));
-    let _ = std::fs::remove_dir_all(&dir);
+    let out = switchd_check(&dir, &config);
     assert!(
         out.status.success(),
         "switchd refused the rendered config: {}{config}",
@@ -233,13 +240,7 @@ fn the_etcd_entrypoint_renders_a_config_that_switchd_accepts() {
     );
 
     // Without an endpoint list it stops and says what to set.
-    let out = run(Command::new("sh")
-        .arg(repo().join("deploy/kubernetes/entrypoint.sh"))
-        .arg("render-config")
-        .env("MEMBERSHIP", "etcd")
-        .env("NODE_NAME", "worker-7")
-        .env("HOST_IP", "192.168.50.7")
-        .env_remove("ETCD_ENDPOINTS"));
+    let out = run(render_etcd_config().env_remove("ETCD_ENDPOINTS"));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ETCD_ENDPOINTS"));
 }

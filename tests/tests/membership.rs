@@ -105,6 +105,24 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Durat
     started.elapsed()
 }
 
+/// Stream TCP from `from` to `to` on a thread until `deadline`; join for the result.
+fn stream_until(
+    from: &Pod,
+    to: &Pod,
+    deadline: Instant,
+) -> std::thread::JoinHandle<(usize, u64, usize, u64, std::net::SocketAddr)> {
+    let (from_ns, to_ns, to_addr) = (
+        Netns::borrowed(&from.ns.name),
+        Netns::borrowed(&to.ns.name),
+        to.addr,
+    );
+    std::thread::spawn(move || {
+        tcp_transfer_while(&from_ns, &to_ns, to_addr, move |_| {
+            Instant::now() < deadline
+        })
+    })
+}
+
 fn names(nodes: &[&Node]) -> Vec<String> {
     let mut v: Vec<String> = nodes.iter().map(|n| n.ns.name.clone()).collect();
     v.sort();
@@ -190,18 +208,7 @@ fn a_joining_node_becomes_reachable_and_a_stopped_node_leaves_after_its_ttl() {
     }
     let (from, to) = (&c.pods[0][0], &c.pods[1][0]);
     let deadline = Instant::now() + Duration::from_secs(12);
-    let stream = {
-        let (from_ns, to_ns, to_addr) = (
-            Netns::borrowed(&from.ns.name),
-            Netns::borrowed(&to.ns.name),
-            to.addr,
-        );
-        std::thread::spawn(move || {
-            tcp_transfer_while(&from_ns, &to_ns, to_addr, move |_| {
-                Instant::now() < deadline
-            })
-        })
-    };
+    let stream = stream_until(from, to, deadline);
 
     // A fourth node joins while the stream runs.
     let started = Instant::now();
@@ -268,16 +275,7 @@ fn an_etcd_outage_does_not_stop_forwarding_and_leases_are_renewed_after_it() {
     let (a, b) = (&c.pods[0][0], &c.pods[1][0]);
     let outage = Duration::from_secs(30);
     let deadline = Instant::now() + outage + Duration::from_secs(12);
-    let stream = {
-        let (a_ns, b_ns, b_addr) = (
-            Netns::borrowed(&a.ns.name),
-            Netns::borrowed(&b.ns.name),
-            b.addr,
-        );
-        std::thread::spawn(move || {
-            tcp_transfer_while(&a_ns, &b_ns, b_addr, move |_| Instant::now() < deadline)
-        })
-    };
+    let stream = stream_until(a, b, deadline);
     std::thread::sleep(Duration::from_secs(1));
     let subnet_b = subnet(&c.nodes[1]);
 

@@ -9,16 +9,34 @@ use switchd_e2e::containerd::Containerd;
 use switchd_e2e::podman::{self, Podman};
 use switchd_e2e::*;
 
-/// The address switchd gave the container `name` (podman passes it as K8S_POD_NAME).
-fn addr_of(node: &Node, name: &str) -> Ipv4Addr {
+/// The port (from `switchctl ports`) that `matches`.
+fn port_where(
+    node: &Node,
+    what: &str,
+    matches: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let ports = node.query("ports");
-    let port = ports["ports"]
+    ports["ports"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["pod"]["name"] == name)
-        .unwrap_or_else(|| panic!("no port for {name}: {ports}"));
-    port["address"].as_str().unwrap().parse().unwrap()
+        .find(|p| matches(p))
+        .cloned()
+        .unwrap_or_else(|| panic!("no port for {what}: {ports}"))
+}
+
+/// The port of the container `name` (podman passes it as K8S_POD_NAME).
+fn port_of(node: &Node, name: &str) -> serde_json::Value {
+    port_where(node, name, |p| p["pod"]["name"] == name)
+}
+
+/// The address switchd gave the container `name`.
+fn addr_of(node: &Node, name: &str) -> Ipv4Addr {
+    port_of(node, name)["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn ok(out: &std::process::Output, what: &str) -> String {
@@ -174,13 +192,7 @@ fn the_bandwidth_capability_limits_a_pod_both_ways() {
         "podman run slow",
     );
     let (fast, slow) = (addr_of(&node, "fast"), addr_of(&node, "slow"));
-    let ports = node.query("ports");
-    let limited = ports["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pod"]["name"] == "slow")
-        .unwrap();
+    let limited = port_of(&node, "slow");
     assert_eq!(
         limited["bandwidth"]["ingressRate"].as_u64(),
         Some(podman::LIMITED_RATE),
@@ -218,13 +230,7 @@ fn the_bandwidth_capability_limits_a_pod_both_ways() {
 
     // The limits are part of the attachment's state: a restart keeps them.
     node.restart();
-    let ports = node.query("ports");
-    let slow_port = ports["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pod"]["name"] == "slow")
-        .unwrap();
+    let slow_port = port_of(&node, "slow");
     assert_eq!(slow_port["bandwidth"], limited["bandwidth"]);
     let again = mbit("fast", "slow", slow, 4 << 20);
     assert!(again < limit * 1.15, "after restart: {again:.1} Mbit/s");
@@ -413,18 +419,11 @@ fn containerd_ctr_run_cni_attaches_chains_and_releases() {
 
 /// A port's record by the container ID suffix ctr uses (`<namespace>-<id>`).
 fn port_of_container(node: &Node, id: &str) -> serde_json::Value {
-    let ports = node.query("ports");
-    ports["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| {
-            p["container_id"]
-                .as_str()
-                .is_some_and(|c| c.ends_with(&format!("-{id}")))
-        })
-        .cloned()
-        .unwrap_or_else(|| panic!("no port for {id}: {ports}"))
+    port_where(node, id, |p| {
+        p["container_id"]
+            .as_str()
+            .is_some_and(|c| c.ends_with(&format!("-{id}")))
+    })
 }
 
 fn addr_of_container(node: &Node, id: &str) -> Ipv4Addr {

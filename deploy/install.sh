@@ -27,7 +27,16 @@ install -D -m 0644 deploy/switchd.service /etc/systemd/system/switchd.service
 systemctl daemon-reload
 systemctl enable --now switchd
 # Runtimes use the first conflist they find: write it only once switchd answers, atomically.
-for _ in $(seq 100); do switchctl status >/dev/null 2>&1 && break; sleep 0.1; done
+ready=
+for _ in $(seq 600); do
+    if switchctl status >/dev/null 2>&1; then ready=1; break; fi
+    sleep 0.1
+done
+if [ -z "$ready" ]; then
+    echo "install.sh: switchd did not answer within 60 s, so the CNI conflist was NOT written" >&2
+    echo "  (with membership = \"etcd\" it waits for etcd). Look at: journalctl -u switchd; rerun this script once it is up." >&2
+    exit 1
+fi
 mkdir -p /etc/cni/net.d
 install -m 0644 deploy/10-switchd.conflist /etc/cni/net.d/.10-switchd.conflist.tmp
 mv -f /etc/cni/net.d/.10-switchd.conflist.tmp /etc/cni/net.d/10-switchd.conflist

@@ -340,7 +340,41 @@ fn ten_nodes_started_at_once_get_distinct_subnets_and_a_full_cluster_says_so() {
     }
     let subnets: std::collections::HashSet<String> = nodes.iter().map(subnet).collect();
     assert_eq!(subnets.len(), 10, "distinct: {subnets:?}");
+
+    // A second machine with an existing node's name is refused, not handed its subnet.
+    let taken_name = nodes[0].ns.name.clone();
+    let mut twin = c.prepare("10.244.0.0/20", "");
+    let config = std::fs::read_to_string(twin.dir.join("switchd.toml")).unwrap();
+    let config = config.replacen(
+        &format!("node_name = \"{}\"", twin.ns.name),
+        &format!("node_name = \"{taken_name}\""),
+        1,
+    );
+    std::fs::write(twin.dir.join("switchd.toml"), config).unwrap();
+    twin.spawn();
+    let status = twin
+        .wait_exit(Duration::from_secs(20))
+        .expect("the twin exits");
+    assert!(!status.success());
+    let log = twin.log();
+    assert!(
+        log.contains(&format!(
+            "node_name \"{taken_name}\" is already used by the live node at"
+        )),
+        "{log}"
+    );
+    let held_by_first = c
+        .etcd
+        .keys("/switchd/subnets/")
+        .into_iter()
+        .filter(|(_, holder)| *holder == taken_name)
+        .count();
+    assert_eq!(
+        held_by_first, 1,
+        "the first node still holds exactly its own subnet"
+    );
     c.nodes.extend(nodes);
+    c.nodes.push(twin);
 
     // Two /24s in the cluster: the third node cannot get one and says why.
     let small = "10.245.0.0/23";

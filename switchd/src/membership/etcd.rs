@@ -13,6 +13,7 @@
 //! so loudly and keeps its pods' addresses: it never renumbers them on its own.
 
 use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +61,8 @@ enum ClaimError {
     Etcd(anyhow::Error),
     #[error("subnet {subnet} is held by node {holder}")]
     Taken { subnet: Ipv4Net, holder: String },
+    #[error("node_name {name:?} is already used by the live node at {other}; every node needs its own node_name")]
+    NameInUse { name: String, other: Ipv4Addr },
     #[error("no free /{len} left in cluster_cidr {cluster}: all {total} are held by live nodes ({holders})")]
     Exhausted {
         cluster: Ipv4Net,
@@ -178,6 +181,27 @@ async fn take(
     Err(ClaimError::Taken { subnet, holder })
 }
 
+/// A live record under our name from another underlay address is another machine with
+/// the same `node_name` (a cloned VM, a copied config): claiming would hand it our subnet.
+/// A record from our own address is ourselves before a restart.
+async fn check_name_free(
+    client: &mut Client,
+    keys: &Keys<'_>,
+    cfg: &Config,
+) -> std::result::Result<(), ClaimError> {
+    let resp = timed(client.get(keys.node(&cfg.node_name), None)).await?;
+    let Some(kv) = resp.kvs().first() else {
+        return Ok(());
+    };
+    match serde_json::from_slice::<NodeRecord>(kv.value()) {
+        Ok(r) if Some(r.underlay_addr) != cfg.underlay_addr => Err(ClaimError::NameInUse {
+            name: cfg.node_name.clone(),
+            other: r.underlay_addr,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Find and claim a subnet for `me`: `wanted` if given, else the one reserved for us, else
 /// a free one.
 async fn claim(
@@ -189,6 +213,7 @@ async fn claim(
     wanted: Option<Ipv4Net>,
 ) -> std::result::Result<Ipv4Net, ClaimError> {
     let me = cfg.node_name.as_str();
+    check_name_free(client, keys, cfg).await?;
     if let Some(s) = wanted {
         take(client, keys, me, lease, s, None).await?;
         return Ok(s);
@@ -419,6 +444,7 @@ pub async fn join(cfg: &Config) -> Result<Joined> {
             Err(exhausted @ ClaimError::Exhausted { .. }) => bail!(
                 "{exhausted}; make cluster_cidr larger, node_subnet_len longer, or remove nodes"
             ),
+            Err(dup @ ClaimError::NameInUse { .. }) => bail!("{dup}"),
         }
     }
 }

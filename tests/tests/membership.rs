@@ -363,15 +363,18 @@ fn ten_nodes_started_at_once_get_distinct_subnets_and_a_full_cluster_says_so() {
         )),
         "{log}"
     );
-    let held_by_first = c
-        .etcd
-        .keys("/switchd/subnets/")
-        .into_iter()
-        .filter(|(_, holder)| *holder == taken_name)
-        .count();
+    let record: serde_json::Value =
+        serde_json::from_str(&c.etcd.keys(&format!("/switchd/nodes/{taken_name}"))[0].1).unwrap();
+    let first_addr = status(&nodes[0])["underlay"]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string();
     assert_eq!(
-        held_by_first, 1,
-        "the first node still holds exactly its own subnet"
+        record["underlay_addr"], first_addr,
+        "the record still points at the first machine"
     );
     c.nodes.extend(nodes);
     c.nodes.push(twin);

@@ -352,10 +352,10 @@ fn ten_nodes_started_at_once_get_distinct_subnets_and_a_full_cluster_says_so() {
     );
     std::fs::write(twin.dir.join("switchd.toml"), config).unwrap();
     twin.spawn();
-    let status = twin
+    let exit = twin
         .wait_exit(Duration::from_secs(20))
         .expect("the twin exits");
-    assert!(!status.success());
+    assert!(!exit.success());
     let log = twin.log();
     assert!(
         log.contains(&format!(

@@ -244,3 +244,123 @@ fn the_etcd_entrypoint_renders_a_config_that_switchd_accepts() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ETCD_ENDPOINTS"));
 }
+
+/// A `systemctl` for a machine without systemd as PID 1: it runs the installed unit's
+/// `ExecStart` in the background and records, when it does, whether the CNI conflist was
+/// already there (it must not be: runtimes would send pods to a daemon that is not up).
+const FAKE_SYSTEMCTL: &str = r#"#!/bin/sh
+set -eu
+log=$SWT_DIR/systemctl.log
+echo "systemctl $*" >> "$log"
+case "$*" in
+    daemon-reload|"enable switchd") ;;
+    "restart switchd")
+        [ -f /run/switchd.pid ] && kill "$(cat /run/switchd.pid)" 2>/dev/null && sleep 0.5
+        exec_start=$(sed -n 's/^ExecStart=//p' /etc/systemd/system/switchd.service)
+        (
+            sleep 1
+            if [ -e /etc/cni/net.d/10-switchd.conflist ]; then c=yes; else c=no; fi
+            echo "start: conflist present=$c" >> "$log"
+            exec $exec_start
+        ) >> "$SWT_DIR/switchd.log" 2>&1 &
+        echo $! > /run/switchd.pid
+        ;;
+    "disable --now switchd") kill "$(cat /run/switchd.pid)" ;;
+    *) echo "fake systemctl: unexpected: $*" >&2; exit 1 ;;
+esac
+"#;
+
+/// Runs inside fresh mount, network and PID namespaces: /etc, /opt, /usr/local and
+/// /var/lib are overlays whose writes land in $SWT_DIR, /run is a tmpfs, so the install
+/// touches nothing of the machine; every process dies with the namespace.
+const INSTALL_SCRIPT: &str = r#"
+set -eu
+mount --make-rprivate /
+for d in /etc /opt /usr/local /var/lib; do
+    n=$SWT_DIR/ovl$(echo "$d" | tr / _)
+    mkdir -p "$n/up" "$n/work"
+    mount -t overlay overlay -o "lowerdir=$d,upperdir=$n/up,workdir=$n/work" "$d"
+done
+mount -t tmpfs tmpfs /run
+ip link set lo up
+export PATH=$SWT_DIR/bin:$PATH
+rm -f /etc/cni/net.d/10-switchd.conflist
+deploy/install.sh --prebuilt "$SWT_BIN" > "$SWT_DIR/install.log" 2>&1
+echo INSTALLED
+[ -x /usr/local/bin/switchd ] && [ -x /usr/local/bin/switchctl ] && [ -x /opt/cni/bin/switchd-cni ] && echo BINARIES
+[ -f /etc/switchd/switchd.toml ] && [ -f /etc/systemd/system/switchd.service ] && echo CONFIG_AND_UNIT
+[ -f /etc/cni/net.d/10-switchd.conflist ] && echo CONFLIST
+# A pod, attached the way a runtime would with the installed plugin and conflist.
+ip netns add swtpod
+conf=$(jq -c '.plugins[0] + {cniVersion: .cniVersion, name: .name}' /etc/cni/net.d/10-switchd.conflist)
+echo "$conf" | CNI_COMMAND=ADD CNI_CONTAINERID=c1 CNI_NETNS=/run/netns/swtpod CNI_IFNAME=eth0 \
+    CNI_PATH=/opt/cni/bin /opt/cni/bin/switchd-cni > "$SWT_DIR/add.json"
+ip netns exec swtpod ping -c 1 -W 2 10.244.1.1 >/dev/null && echo POD_REACHES_GATEWAY
+# Installing again is an upgrade: a restart, and the pod's address survives it.
+deploy/install.sh --prebuilt "$SWT_BIN" >> "$SWT_DIR/install.log" 2>&1
+ip netns exec swtpod ping -c 1 -W 2 10.244.1.1 >/dev/null && echo POD_SURVIVES_UPGRADE
+# A config switchd refuses stops the install before anything starts.
+cp /etc/switchd/switchd.toml "$SWT_DIR/good.toml"
+echo 'mtu = 5' >> /etc/switchd/switchd.toml
+if ! deploy/install.sh --prebuilt "$SWT_BIN" > "$SWT_DIR/bad.log" 2>&1; then echo BAD_CONFIG_REFUSED; fi
+cp "$SWT_DIR/good.toml" /etc/switchd/switchd.toml
+deploy/install.sh uninstall >> "$SWT_DIR/install.log" 2>&1
+[ ! -e /usr/local/bin/switchd ] && [ ! -e /opt/cni/bin/switchd-cni ] && [ ! -e /etc/cni/net.d/10-switchd.conflist ] \
+    && [ -f /etc/switchd/switchd.toml ] && echo UNINSTALLED_KEEPING_CONFIG
+"#;
+
+#[test]
+fn install_sh_sets_up_a_working_node_upgrades_it_and_uninstalls_it() {
+    let dir = std::env::temp_dir().join(unique("install"));
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    let systemctl = dir.join("bin/systemctl");
+    std::fs::write(&systemctl, FAKE_SYSTEMCTL).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = run(Command::new("unshare")
+        .args(["--mount", "--net", "--pid", "--fork", "--mount-proc"])
+        .args(["sh", "-c", INSTALL_SCRIPT])
+        .current_dir(repo())
+        .env("SWT_DIR", &dir)
+        .env("SWT_BIN", bin_dir()));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let file = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let report = format!(
+        "stdout:\n{said}\nstderr:\n{}\ninstall.log:\n{}\nsystemctl.log:\n{}\nswitchd.log:\n{}\nbad.log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        file("install.log"),
+        file("systemctl.log"),
+        file("switchd.log"),
+        file("bad.log")
+    );
+    let calls = file("systemctl.log");
+    let bad = file("bad.log");
+    let _ = std::fs::remove_dir_all(&dir);
+    for step in [
+        "INSTALLED",
+        "BINARIES",
+        "CONFIG_AND_UNIT",
+        "CONFLIST",
+        "POD_REACHES_GATEWAY",
+        "POD_SURVIVES_UPGRADE",
+        "BAD_CONFIG_REFUSED",
+        "UNINSTALLED_KEEPING_CONFIG",
+    ] {
+        assert!(said.contains(step), "{step} missing\n{report}");
+    }
+    let starts: Vec<&str> = calls.lines().filter(|l| l.starts_with("start:")).collect();
+    assert_eq!(
+        starts,
+        ["start: conflist present=no", "start: conflist present=yes"],
+        "a fresh install writes the conflist only after switchd is up; an upgrade leaves it in place\n{report}"
+    );
+    assert!(
+        bad.contains("mtu: 5 is out of range"),
+        "the refusal names the key\n{report}"
+    );
+    assert_eq!(
+        calls.matches("systemctl restart switchd").count(),
+        2,
+        "install and upgrade restart switchd; the refused config never gets there\n{report}"
+    );
+}

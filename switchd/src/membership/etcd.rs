@@ -487,16 +487,30 @@ impl Session<'_> {
     /// without etcd.
     fn apply(&self) {
         let cfg = &self.sw.cfg;
-        let mut peers = Vec::new();
-        for r in self.records.values().filter(|r| r.name != cfg.node_name) {
+        let mut records: Vec<&NodeRecord> = self
+            .records
+            .values()
+            .filter(|r| r.name != cfg.node_name)
+            .collect();
+        records.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut peers: Vec<crate::config::Peer> = Vec::new();
+        for r in records {
             match r.to_peer(cfg) {
+                // The claim transaction makes this impossible unless someone wrote etcd by
+                // hand; the first name wins, the same on every node.
+                Ok(p)
+                    if peers
+                        .iter()
+                        .any(|q| super::overlaps(q.pod_cidr, p.pod_cidr)) =>
+                {
+                    tracing::warn!(node = %r.name, subnet = %p.pod_cidr, "ignoring node from etcd: its subnet overlaps another node's");
+                }
                 Ok(p) => peers.push(p),
                 Err(why) => {
                     tracing::warn!(node = %r.name, reason = %why, "ignoring node from etcd")
                 }
             }
         }
-        peers.sort_by(|a, b| a.name.cmp(&b.name));
         self.sw.set_peers(PeerSource::Etcd, &peers);
         let mut cache: Vec<&NodeRecord> = self.records.values().collect();
         cache.sort_by(|a, b| a.name.cmp(&b.name));

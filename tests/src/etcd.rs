@@ -152,6 +152,12 @@ impl Etcd {
         }
     }
 
+    /// Throw away etcd's data (it must be stopped): the next [`Etcd::resume`] starts empty.
+    pub fn wipe(&mut self) {
+        assert!(self.child.is_none(), "stop etcd first");
+        std::fs::remove_dir_all(self.dir.join("data")).unwrap();
+    }
+
     /// `etcdctl` against this etcd, v3 API.
     pub fn ctl(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new("ip");

@@ -506,3 +506,38 @@ fn nodes_lease_and_peer_over_tls_with_client_certificates() {
     );
     c.nodes.push(stranger);
 }
+
+#[test]
+fn nodes_write_their_subnets_back_when_etcd_lost_its_data() {
+    let mut c = EtcdCluster::new();
+    c.add_node(1);
+    c.add_node(1);
+    let before: Vec<String> = c.nodes.iter().map(subnet).collect();
+    c.etcd.stop();
+    c.etcd.wipe();
+    c.etcd.resume();
+    // Each node re-claims the subnet it holds and publishes itself again: nothing is
+    // renumbered and the nodes find each other again.
+    wait_until(
+        "both nodes are back in etcd",
+        Duration::from_secs(30),
+        || c.etcd.keys("/switchd/nodes/").len() == 2,
+    );
+    let held: Vec<String> = c
+        .etcd
+        .keys("/switchd/subnets/")
+        .into_iter()
+        .map(|(k, _)| k.rsplit('/').next().unwrap().replacen('-', "/", 1))
+        .collect();
+    for s in &before {
+        assert!(held.contains(s), "{s} is held again: {held:?}");
+    }
+    assert_eq!(c.nodes.iter().map(subnet).collect::<Vec<_>>(), before);
+    for node in &c.nodes {
+        wait_until("connected again", Duration::from_secs(20), || {
+            membership_state(node) == "connected"
+        });
+        assert_eq!(etcd_peers(node).len(), 1);
+    }
+    assert!(c.pods[0][0].ns.ping(c.pods[1][0].addr));
+}

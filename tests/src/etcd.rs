@@ -38,7 +38,7 @@ fn make_certs(dir: &std::path::Path) {
     for (name, ext) in [
         (
             "server",
-            format!("subjectAltName=IP:{ETCD_ADDR},IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+            format!("subjectAltName=IP:{ETCD_ADDR},IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"),
         ),
         ("client", "extendedKeyUsage=clientAuth".to_string()),
     ] {

@@ -495,11 +495,11 @@ fn nodes_lease_and_peer_over_tls_with_client_certificates() {
             .log()
             .contains("etcd is unreachable and this node has no subnet yet")
     });
-    let log = stranger.log();
-    assert!(
-        log.to_lowercase().contains("certificate"),
-        "the TLS refusal is in the log: {log}"
-    );
+    // Depending on TLS 1.3 timing the client sees the alert or only a closed stream; etcd
+    // says why it refused.
+    wait_until("etcd logs the refusal", Duration::from_secs(15), || {
+        c.etcd.log().contains("client didn't provide a certificate")
+    });
     assert!(
         !stranger.switchctl(&["status"]).status.success(),
         "not ready without a subnet"
@@ -533,11 +533,14 @@ fn nodes_write_their_subnets_back_when_etcd_lost_its_data() {
         assert!(held.contains(s), "{s} is held again: {held:?}");
     }
     assert_eq!(c.nodes.iter().map(subnet).collect::<Vec<_>>(), before);
+    // A node that reconnects before the other has written itself back sees it missing
+    // for a moment, and back once its record returns.
     for node in &c.nodes {
-        wait_until("connected again", Duration::from_secs(20), || {
-            membership_state(node) == "connected"
-        });
-        assert_eq!(etcd_peers(node).len(), 1);
+        wait_until(
+            "connected again, with its peer",
+            Duration::from_secs(20),
+            || membership_state(node) == "connected" && etcd_peers(node).len() == 1,
+        );
     }
     assert!(c.pods[0][0].ns.ping(c.pods[1][0].addr));
 }

@@ -79,7 +79,8 @@ pub struct Port {
     /// only while a capture runs.
     pub capturing: AtomicBool,
     pub capture: Mutex<Option<mpsc::Sender<CapturedFrame>>>,
-    /// Rate limits: into the pod (checked on transmit) and out of it (checked on receive).
+    /// Rate limits: into the pod (queued on transmit while over the rate) and out of it
+    /// (charged as frames are read; reading pauses while over the rate).
     pub limits: Limits,
 }
 

@@ -22,6 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::switch::Switch;
 
+use switchd_proto::Counters;
+
 type Labels = Vec<(String, String)>;
 
 /// How stale the datapath heartbeat may be before `/readyz` says no.
@@ -53,6 +55,27 @@ fn counter_family(
 }
 
 /// Encode every metric as OpenMetrics text.
+/// The five counters every port and peer has: name suffix, help text, value.
+type CounterField = (&'static str, &'static str, fn(&Counters) -> u64);
+
+/// One counter family per field, named `<prefix>_<field>`, with one labelled sample per
+/// entry of `labelled`.
+fn counter_families(
+    registry: &mut Registry,
+    prefix: &str,
+    labelled: &[(Labels, &Counters)],
+    fields: [CounterField; 5],
+) {
+    for (field, help, value) in fields {
+        counter_family(
+            registry,
+            &format!("{prefix}_{field}"),
+            help,
+            labelled.iter().map(|(l, c)| (l.clone(), value(c))),
+        );
+    }
+}
+
 pub fn render(sw: &Switch) -> String {
     let mut r = Registry::default();
     let ports = sw.ports();
@@ -68,87 +91,63 @@ pub fn render(sw: &Switch) -> String {
             ("ifname".into(), p.ifname.clone()),
         ]
     };
-    let per_port = |f: fn(&switchd_proto::Counters) -> u64| {
-        ports
-            .iter()
-            .map(|p| (port_labels(p), f(&p.counters)))
-            .collect::<Vec<_>>()
-    };
-    counter_family(
+    let port_counters: Vec<(Labels, &Counters)> = ports
+        .iter()
+        .map(|p| (port_labels(p), &p.counters))
+        .collect();
+    counter_families(
         &mut r,
-        "switchd_port_rx_packets",
-        "Frames read from the port",
-        per_port(|c| c.rx_packets),
-    );
-    counter_family(
-        &mut r,
-        "switchd_port_rx_bytes",
-        "Bytes read from the port",
-        per_port(|c| c.rx_bytes),
-    );
-    counter_family(
-        &mut r,
-        "switchd_port_tx_packets",
-        "Frames written to the port",
-        per_port(|c| c.tx_packets),
-    );
-    counter_family(
-        &mut r,
-        "switchd_port_tx_bytes",
-        "Bytes written to the port",
-        per_port(|c| c.tx_bytes),
-    );
-    counter_family(
-        &mut r,
-        "switchd_port_drops",
-        "Frames from or to the port that were dropped",
-        per_port(|c| c.drops),
+        "switchd_port",
+        &port_counters,
+        [
+            ("rx_packets", "Frames read from the port", |c| c.rx_packets),
+            ("rx_bytes", "Bytes read from the port", |c| c.rx_bytes),
+            ("tx_packets", "Frames written to the port", |c| c.tx_packets),
+            ("tx_bytes", "Bytes written to the port", |c| c.tx_bytes),
+            (
+                "drops",
+                "Frames from or to the port that were dropped",
+                |c| c.drops,
+            ),
+        ],
     );
 
     let peers = sw.peers();
-    let per_peer = |f: fn(&switchd_proto::Counters) -> u64| {
-        peers
-            .iter()
-            .map(|p| {
-                (
-                    vec![
-                        ("peer".to_string(), p.name.clone()),
-                        ("addr".to_string(), p.addr.clone()),
-                    ],
-                    f(&p.counters),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
-    counter_family(
+    let peer_counters: Vec<(Labels, &Counters)> = peers
+        .iter()
+        .map(|p| {
+            (
+                vec![
+                    ("peer".to_string(), p.name.clone()),
+                    ("addr".to_string(), p.addr.clone()),
+                ],
+                &p.counters,
+            )
+        })
+        .collect();
+    counter_families(
         &mut r,
-        "switchd_peer_rx_packets",
-        "Tunnel datagrams received from the peer",
-        per_peer(|c| c.rx_packets),
-    );
-    counter_family(
-        &mut r,
-        "switchd_peer_rx_bytes",
-        "Tunnel bytes received from the peer",
-        per_peer(|c| c.rx_bytes),
-    );
-    counter_family(
-        &mut r,
-        "switchd_peer_tx_packets",
-        "Tunnel datagrams sent to the peer",
-        per_peer(|c| c.tx_packets),
-    );
-    counter_family(
-        &mut r,
-        "switchd_peer_tx_bytes",
-        "Tunnel bytes sent to the peer",
-        per_peer(|c| c.tx_bytes),
-    );
-    counter_family(
-        &mut r,
-        "switchd_peer_drops",
-        "Frames to or from the peer that were dropped",
-        per_peer(|c| c.drops),
+        "switchd_peer",
+        &peer_counters,
+        [
+            (
+                "rx_packets",
+                "Tunnel datagrams received from the peer",
+                |c| c.rx_packets,
+            ),
+            ("rx_bytes", "Tunnel bytes received from the peer", |c| {
+                c.rx_bytes
+            }),
+            ("tx_packets", "Tunnel datagrams sent to the peer", |c| {
+                c.tx_packets
+            }),
+            ("tx_bytes", "Tunnel bytes sent to the peer", |c| c.tx_bytes),
+            (
+                "drops",
+                "Frames to or from the peer that were dropped",
+                |c| c.drops,
+            ),
+        ],
     );
 
     let stats = sw.stats_info();

@@ -415,6 +415,20 @@ impl Node {
         )
     }
 
+    /// ADD a pod as Kubernetes pod `namespace/name` (passed in `CNI_ARGS`, as kubelet does).
+    pub fn add_k8s_pod(&self, pod: &Netns, namespace: &str, name: &str) -> CniOutput {
+        let r = cni(
+            "ADD",
+            &self.netconf("1.1.0"),
+            &pod.name,
+            Some(&pod.path()),
+            "eth0",
+            &format!("K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"),
+        );
+        assert!(r.ok(), "ADD failed: {:?}", r.json);
+        r
+    }
+
     /// ADD a pod and return its address.
     pub fn add_pod(&self, pod: &Netns) -> Ipv4Addr {
         let r = self.cni("ADD", pod);

@@ -67,15 +67,7 @@ fn sample(body: &str, name: &str, needles: &[&str]) -> Option<f64> {
 fn metrics_health_and_readiness_report_what_the_switch_does() {
     let node = Node::start("10.244.1.0/24");
     let (a, b) = (Netns::new("a"), Netns::new("b"));
-    let add = cni(
-        "ADD",
-        &node.netconf("1.1.0"),
-        &a.name,
-        Some(&a.path()),
-        "eth0",
-        "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart",
-    );
-    assert!(add.ok());
+    node.add_k8s_pod(&a, "shop", "cart");
     let addr_b = node.add_pod(&b);
     assert!(a.ping(addr_b));
     assert!(!a.ping(Ipv4Addr::new(10, 244, 1, 200)), "nobody has .200");
@@ -300,15 +292,7 @@ fn attachments_whose_namespace_vanished_while_switchd_was_down_are_released_on_s
 fn switchctl_capture_writes_a_pcap_that_tcpdump_reads() {
     let node = Node::start("10.244.1.0/24");
     let (a, b) = (Netns::new("a"), Netns::new("b"));
-    let add = cni(
-        "ADD",
-        &node.netconf("1.1.0"),
-        &a.name,
-        Some(&a.path()),
-        "eth0",
-        "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web",
-    );
-    assert!(add.ok());
+    node.add_k8s_pod(&a, "shop", "web");
     let addr_b = node.add_pod(&b);
     let pcap = std::env::temp_dir().join(format!("{}.pcap", unique("cap")));
 

@@ -136,15 +136,7 @@ fn del_removes_the_interface_and_frees_the_address_and_is_idempotent() {
 fn check_passes_after_add_and_fails_once_the_interface_is_deleted_by_hand() {
     let node = Node::start("10.244.1.0/24");
     let pod = Netns::new("p");
-    let add = cni(
-        "ADD",
-        &node.netconf("1.1.0"),
-        &pod.name,
-        Some(&pod.path()),
-        "eth0",
-        "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web",
-    );
-    assert!(add.ok());
+    let add = node.add_k8s_pod(&pod, "default", "web");
     let conf_with_prev = format!(
         r#"{{"cniVersion":"1.1.0","name":"switchd-test","type":"switchd-cni","socket":"{}","prevResult":{}}}"#,
         node.socket().display(),

@@ -8,9 +8,29 @@ use std::net::Ipv4Addr;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use switchd::datapath::frame::VNET_HDR_LEN;
 use switchd::datapath::frame::{mac_for_ip, ETH_HDR_LEN};
-use switchd::datapath::{coalesce, craft, forward, forward_from_tunnel, offload, vxlan, Verdict};
+use switchd::datapath::{
+    coalesce, craft, flows, forward, forward_from_tunnel, offload, vxlan, FlowTable, Timeouts,
+    Verdict, HOST_PORT,
+};
 
 const BATCH: usize = 64;
+
+/// The translated-flow table every benchmark forwards against: 10,000 Service flows of
+/// other pods recorded, as on a busy node, so the plain paths pay the lookup they pay in
+/// production (and find nothing).
+static FLOWS: std::sync::LazyLock<FlowTable> = std::sync::LazyLock::new(|| {
+    let flows = FlowTable::new(262_144, Timeouts::default(), 42);
+    for i in 0..10_000u32 {
+        let client = Ipv4Addr::new(10, 244, 3, (i % 250) as u8 + 2);
+        let endpoint = Ipv4Addr::new(10, 244, 4, (i / 250) as u8 + 2);
+        let mut f = craft::ipv4_udp([2; 6], [2; 6], client, endpoint, 10);
+        let port = 20_000 + i as u16;
+        let l4 = VNET_HDR_LEN + ETH_HDR_LEN + 20;
+        f[l4..l4 + 2].copy_from_slice(&port.to_be_bytes());
+        flows.track_translated(&flows::parse(&f[VNET_HDR_LEN + ETH_HDR_LEN..]).unwrap(), 0);
+    }
+    flows
+});
 
 /// Port and tunnel MTU of the benchmark tables: 1500-byte frames must be forwarded, not
 /// refused as too big (the verdicts are asserted before timing).
@@ -36,7 +56,7 @@ fn pod_to_pod(c: &mut Criterion) {
         let frame = craft::ipv4_udp(mac_for_ip(a), mac_for_ip(b), a, b, payload);
         let mut reply = [0u8; 256];
         assert_eq!(
-            forward(&mut frame.clone(), 1, &table, &mut reply),
+            forward(&mut frame.clone(), 1, &table, &FLOWS, 0, &mut reply),
             Verdict::Forward(2)
         );
         let mut frames: Vec<Vec<u8>> = vec![frame; BATCH];
@@ -44,7 +64,7 @@ fn pod_to_pod(c: &mut Criterion) {
         group.bench_function(format!("{frame_len}B_packets"), |bench| {
             bench.iter(|| {
                 for f in frames.iter_mut() {
-                    black_box(forward(black_box(f), 1, &table, &mut reply));
+                    black_box(forward(black_box(f), 1, &table, &FLOWS, 0, &mut reply));
                 }
             })
         });
@@ -52,7 +72,7 @@ fn pod_to_pod(c: &mut Criterion) {
         group.bench_function(format!("{frame_len}B_bytes"), |bench| {
             bench.iter(|| {
                 for f in frames.iter_mut() {
-                    black_box(forward(black_box(f), 1, &table, &mut reply));
+                    black_box(forward(black_box(f), 1, &table, &FLOWS, 0, &mut reply));
                 }
             })
         });
@@ -98,7 +118,7 @@ fn arp_answer(c: &mut Criterion) {
     group.bench_function("answer", |bench| {
         bench.iter_batched_ref(
             || request.clone(),
-            |f| black_box(forward(f, 1, &table, &mut reply)),
+            |f| black_box(forward(f, 1, &table, &FLOWS, 0, &mut reply)),
             BatchSize::SmallInput,
         )
     });
@@ -119,7 +139,7 @@ fn tunnel_paths(c: &mut Criterion) {
         let payload = frame_len - ETH_HDR_LEN - 28;
         let out = craft::ipv4_udp(mac_for_ip(a), table.router_mac, a, remote, payload);
         assert_eq!(
-            forward(&mut out.clone(), 1, &table, &mut reply),
+            forward(&mut out.clone(), 1, &table, &FLOWS, 0, &mut reply),
             Verdict::Encap(0)
         );
         let mut frames: Vec<Vec<u8>> = vec![out; BATCH];
@@ -127,7 +147,9 @@ fn tunnel_paths(c: &mut Criterion) {
         group.bench_function(format!("encap_{frame_len}B"), |bench| {
             bench.iter(|| {
                 for f in frames.iter_mut() {
-                    if let Verdict::Encap(_) = forward(black_box(f), 1, &table, &mut reply) {
+                    if let Verdict::Encap(_) =
+                        forward(black_box(f), 1, &table, &FLOWS, 0, &mut reply)
+                    {
                         vxlan::encap_in_place(f, 1);
                     }
                     black_box(&f[vxlan::DATAGRAM_OFFSET..]);
@@ -136,7 +158,7 @@ fn tunnel_paths(c: &mut Criterion) {
         });
         let inbound = craft::ipv4_udp(table.peers[0].mac, table.router_mac, remote, a, payload);
         assert_eq!(
-            forward_from_tunnel(&mut inbound.clone(), 0, &table),
+            forward_from_tunnel(&mut inbound.clone(), 0, &table, &FLOWS, 0),
             Verdict::Forward(1)
         );
         let mut datagrams: Vec<Vec<u8>> = vec![inbound; BATCH];
@@ -149,7 +171,7 @@ fn tunnel_paths(c: &mut Criterion) {
                     // Restore the header the previous iteration cleared.
                     vxlan::encap_in_place(d, 1);
                     if vxlan::decap_in_place(black_box(d), 1).is_ok() {
-                        black_box(forward_from_tunnel(d, 0, &table));
+                        black_box(forward_from_tunnel(d, 0, &table, &FLOWS, 0));
                     }
                 }
             })
@@ -200,14 +222,96 @@ fn tunnel_paths(c: &mut Criterion) {
         mac_for_ip(Ipv4Addr::new(10, 244, 2, 2)),
     );
     assert_eq!(
-        forward(&mut local.clone(), 1, &local_table, &mut reply),
+        forward(&mut local.clone(), 1, &local_table, &FLOWS, 0, &mut reply),
         Verdict::Forward(7)
     );
     group.bench_function("local_64KiB_forward", |bench| {
-        bench.iter(|| black_box(forward(black_box(&mut local), 1, &local_table, &mut reply)))
+        bench.iter(|| {
+            black_box(forward(
+                black_box(&mut local),
+                1,
+                &local_table,
+                &FLOWS,
+                0,
+                &mut reply,
+            ))
+        })
     });
     group.finish();
 }
 
-criterion_group!(benches, pod_to_pod, baseline_copy, tunnel_paths, arp_answer);
+/// The cost of flow tracking, next to the plain forward in the same run: a pod→pod frame
+/// against an empty table and against the loaded one (the lookup every frame between pods
+/// pays), a Service packet the node sends back in (recorded), and its reply (found, and
+/// sent to the node).
+fn translated_flows(c: &mut Criterion) {
+    let table = table_with_pods(100);
+    let (a, b) = (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 1, 3));
+    let empty = FlowTable::new(262_144, Timeouts::default(), 42);
+    let mut reply = [0u8; 256];
+    let mut group = c.benchmark_group("translated_flows");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let plain = craft::ipv4_udp(mac_for_ip(a), mac_for_ip(b), a, b, 64 - ETH_HDR_LEN - 28);
+    for (name, flows) in [("plain_empty_table", &empty), ("plain_10k_flows", &*FLOWS)] {
+        let mut frames = vec![plain.clone(); BATCH];
+        assert_eq!(
+            forward(&mut frames[0], 1, &table, flows, 0, &mut reply),
+            Verdict::Forward(2)
+        );
+        group.bench_function(name, |bench| {
+            bench.iter(|| {
+                for f in frames.iter_mut() {
+                    black_box(forward(black_box(f), 1, &table, flows, 0, &mut reply));
+                }
+            })
+        });
+    }
+    // From the node, B's (DNATed) packet to A: recorded, then delivered.
+    let inbound = craft::ipv4_udp(table.router_mac, table.router_mac, b, a, 10);
+    let mut frames = vec![inbound; BATCH];
+    assert_eq!(
+        forward(&mut frames[0], HOST_PORT, &table, &FLOWS, 0, &mut reply),
+        Verdict::Forward(1)
+    );
+    group.bench_function("track_from_node", |bench| {
+        bench.iter(|| {
+            for f in frames.iter_mut() {
+                black_box(forward(
+                    black_box(f),
+                    HOST_PORT,
+                    &table,
+                    &FLOWS,
+                    0,
+                    &mut reply,
+                ));
+            }
+        })
+    });
+    // A's reply: found, and sent to the node instead of to B.
+    let mut answer = craft::ipv4_udp(mac_for_ip(a), mac_for_ip(b), a, b, 10);
+    let l4 = VNET_HDR_LEN + ETH_HDR_LEN + 20;
+    answer[l4..l4 + 4].copy_from_slice(&[0x13, 0x88, 0x0f, 0xa0]); // 5000 -> 4000
+    let mut frames = vec![answer; BATCH];
+    assert_eq!(
+        forward(&mut frames[0], 1, &table, &FLOWS, 0, &mut reply),
+        Verdict::Forward(HOST_PORT)
+    );
+    group.bench_function("reply_to_node", |bench| {
+        bench.iter(|| {
+            for f in frames.iter_mut() {
+                black_box(forward(black_box(f), 1, &table, &FLOWS, 0, &mut reply));
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    pod_to_pod,
+    baseline_copy,
+    tunnel_paths,
+    arp_answer,
+    translated_flows
+);
 criterion_main!(benches);

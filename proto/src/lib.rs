@@ -179,6 +179,11 @@ pub struct StatusInfo {
     /// Where this node's subnet and peers come from, and how that source is doing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub membership: Option<MembershipInfo>,
+    /// The egress masquerade rules: "off", "pending", "installed" or "failed" (with why).
+    #[serde(default)]
+    pub masquerade: String,
+    #[serde(default)]
+    pub masquerade_detail: String,
 }
 
 /// The etcd membership's state, for `switchctl status`.
@@ -267,6 +272,23 @@ pub struct StatsInfo {
     pub drops: Vec<(String, u64)>,
     pub attaches: u64,
     pub detaches: u64,
+    /// Flows the node translated (Services), whose replies the switch sends back to it.
+    #[serde(default)]
+    pub flows: FlowStats,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FlowStats {
+    /// Entries the table can hold (`flow_table_size`).
+    pub capacity: u64,
+    /// Live entries now.
+    pub active: u64,
+    /// Flows recorded since start.
+    pub tracked: u64,
+    /// Frames sent back to the node as replies of recorded flows.
+    pub returned: u64,
+    /// Live entries pushed out by a full bucket (raise `flow_table_size` if this grows).
+    pub evicted: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -28,6 +28,9 @@ pub const DEFAULT_NODE_SUBNET_LEN: u8 = 24;
 /// Seconds a node's record outlives its last keep-alive. Short, so a dead node leaves its
 /// peers' tables quickly; its subnet stays reserved for it regardless (see `membership`).
 pub const DEFAULT_ETCD_LEASE_TTL: u32 = 30;
+/// As many flows as the kernel's own default `nf_conntrack_max` on a node of a few GiB;
+/// 8 bytes each (2 MiB), touched only as they fill.
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
 
 /// The file as written, before validation. Values that need parsing stay strings here so
 /// that the error can name the key.
@@ -57,6 +60,10 @@ pub struct FileConfig {
     pub etcd_key: Option<PathBuf>,
     pub etcd_lease_ttl: Option<u32>,
     pub node_subnet_len: Option<u8>,
+    /// Masquerade pod traffic that leaves the cluster CIDR through the node (default true).
+    pub masquerade: Option<bool>,
+    /// Entries in the table of flows the node translated (default 262144).
+    pub flow_table_size: Option<u32>,
 }
 
 /// One `[[peers]]` table, in the config file or in the peers file.
@@ -110,6 +117,10 @@ pub struct Config {
     /// The pods' gateway MAC, the host port's MAC and our VTEP MAC.
     pub router_mac: [u8; 6],
     pub icmp_frag_needed: bool,
+    /// Install the egress masquerade rules (`crate::masquerade`).
+    pub masquerade: bool,
+    /// Capacity of the translated-flow table (`datapath::flows`).
+    pub flow_table_size: usize,
     pub peers_file: Option<PathBuf>,
     /// Peers from the config file and the peers file together.
     pub peers: Vec<Peer>,
@@ -364,6 +375,12 @@ impl Config {
             vni,
             router_mac,
             icmp_frag_needed: o.icmp_frag_needed.or(file.icmp_frag_needed).unwrap_or(true),
+            masquerade: o.masquerade.or(file.masquerade).unwrap_or(true),
+            flow_table_size: match o.flow_table_size.or(file.flow_table_size) {
+                None => DEFAULT_FLOW_TABLE_SIZE as usize,
+                Some(n) if (1024..=1 << 26).contains(&n) => n as usize,
+                Some(n) => bail!("flow_table_size: {n} must be between 1024 and 67108864 (entries of 8 bytes)"),
+            },
             peers_file,
             peers: Vec::new(),
             metrics_addr: match o.metrics_addr.or(file.metrics_addr).as_deref() {

@@ -137,6 +137,8 @@ async fn dispatch(sw: &Switch, req: Request) -> Response {
                 "starting".into()
             },
             membership: sw.membership.lock().unwrap().clone(),
+            masquerade: sw.masquerade.state().0,
+            masquerade_detail: sw.masquerade.state().1,
         })),
         Request::ListPorts => Ok(Response::Ports { ports: sw.ports() }),
         Request::ListTable => Ok(Response::Table {

@@ -7,14 +7,17 @@
 //! - [`netns`]: configuring interfaces inside pod network namespaces (netlink).
 //! - [`control`]: the Unix-socket server speaking `switchd-proto`.
 //! - [`config`]: the TOML configuration and its validation.
+//! - [`node`]: the node's sysctls pods depend on; [`masquerade`]: egress masquerade rules.
 
 pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod ipam;
+pub mod masquerade;
 pub mod membership;
 pub mod metrics;
 pub mod netns;
+pub mod node;
 pub mod notify;
 pub mod port;
 pub mod stats;

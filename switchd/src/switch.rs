@@ -25,7 +25,7 @@ use switchd_proto::{
 use crate::config::{Config, Peer, HOST_PORT_NAME, TUNNEL_OVERHEAD};
 use crate::datapath::frame::{format_mac, mac_for_ip};
 use crate::datapath::table::FastU32;
-use crate::datapath::{PeerRoute, PortId, Table, HOST_PORT};
+use crate::datapath::{FlowTable, PeerRoute, PortId, Table, HOST_PORT};
 use crate::ipam::{Ipam, IpamError};
 use crate::netns::{self, NetnsError, PodIface};
 use crate::port::tap::Tap;
@@ -43,6 +43,9 @@ pub struct Snapshot {
     pub peers: Vec<Arc<PeerState>>,
     /// Underlay address → index into `peers`, for checking tunnel senders.
     pub peer_by_addr: HashMap<u32, usize, FastU32>,
+    /// Flows the node translated; one table for the switch's whole life, shared by every
+    /// snapshot.
+    pub flows: Arc<FlowTable>,
 }
 
 pub type SnapshotCell = ArcSwap<Snapshot>;
@@ -78,6 +81,10 @@ pub struct Switch {
     pub attach_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Unix milliseconds of the last datapath-runtime heartbeat (see `run_heartbeat`).
     pub heartbeat: std::sync::atomic::AtomicU64,
+    /// Flows the node translated (Services): their replies go back through the node.
+    pub flows: Arc<FlowTable>,
+    /// The egress masquerade rules' state.
+    pub masquerade: Arc<crate::masquerade::Masquerade>,
 }
 
 type OpResult<T> = std::result::Result<T, ErrorReply>;
@@ -146,6 +153,23 @@ impl Switch {
         })
         .await
         .context("setting up the host port")?;
+        crate::node::prepare_forwarding(HOST_PORT_NAME)
+            .context("preparing the node to forward pod traffic")?;
+        let timeouts = crate::node::conntrack_timeouts();
+        let flows = Arc::new(FlowTable::new(
+            cfg.flow_table_size,
+            timeouts,
+            std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64),
+        ));
+        tracing::debug!(
+            capacity = flows.capacity(),
+            ?timeouts,
+            "flow table for translated flows"
+        );
+        let masquerade = Arc::new(crate::masquerade::Masquerade::new(
+            cfg.masquerade,
+            cfg.cluster_cidr,
+        ));
 
         let table = Table::new(cfg.pod_cidr, cfg.cluster_cidr, router_mac, mtu);
         let peers = cfg
@@ -168,6 +192,7 @@ impl Switch {
                 tunnel: None,
                 peers: Vec::new(),
                 peer_by_addr: HashMap::default(),
+                flows: flows.clone(),
             })),
             stats: Arc::new(Stats::default()),
             ipam: Mutex::new(ipam),
@@ -179,7 +204,10 @@ impl Switch {
             gone,
             attach_seconds: crate::metrics::attach_histogram(),
             heartbeat: std::sync::atomic::AtomicU64::new(crate::metrics::now_millis()),
+            flows,
+            masquerade: masquerade.clone(),
         });
+        tokio::spawn(masquerade.run());
         sw.add_port(
             HOST_PORT,
             host_tap,
@@ -325,6 +353,7 @@ impl Switch {
             tunnel: self.tunnel.clone(),
             peers,
             peer_by_addr,
+            flows: self.flows.clone(),
         }));
     }
 
@@ -586,6 +615,13 @@ impl Switch {
             drops: self.stats.drops(),
             attaches: self.stats.attaches.load(Relaxed),
             detaches: self.stats.detaches.load(Relaxed),
+            flows: switchd_proto::FlowStats {
+                capacity: self.flows.capacity() as u64,
+                active: self.flows.len(crate::port::now_secs()) as u64,
+                tracked: self.flows.counters.tracked.load(Relaxed),
+                returned: self.flows.counters.returned.load(Relaxed),
+                evicted: self.flows.counters.evicted.load(Relaxed),
+            },
         }
     }
 

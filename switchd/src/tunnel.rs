@@ -222,6 +222,7 @@ pub async fn receive(tunnel: Arc<Tunnel>, table: Arc<SnapshotCell>, stats: Arc<S
             return;
         }
         let snapshot = table.load();
+        let now = crate::port::now_secs();
         for _ in 0..crate::port::BATCH {
             let received = tunnel.socket.try_io(Interest::READABLE, || {
                 let mut iov = [IoSliceMut::new(&mut buf[DATAGRAM_OFFSET..])];
@@ -262,6 +263,7 @@ pub async fn receive(tunnel: Arc<Tunnel>, table: Arc<SnapshotCell>, stats: Arc<S
                     peer,
                     &tunnel,
                     &snapshot,
+                    now,
                     &stats,
                     &mut coalescer,
                 );
@@ -291,6 +293,7 @@ fn deliver(
     peer: &PeerState,
     tunnel: &Tunnel,
     snapshot: &Snapshot,
+    now: u32,
     stats: &Stats,
     coalescer: &mut Coalescer,
 ) {
@@ -301,7 +304,7 @@ fn deliver(
     }
     peer.counters.rx_packets.fetch_add(1, Relaxed);
     peer.counters.rx_bytes.fetch_add(n as u64, Relaxed);
-    match forward_from_tunnel(frame, idx, &snapshot.table) {
+    match forward_from_tunnel(frame, idx, &snapshot.table, &snapshot.flows, now) {
         Verdict::Forward(port) => {
             // TCP segments of one flow are merged back into a super-frame (one TAP write);
             // anything else is written as it is, after whatever was pending.

@@ -173,6 +173,11 @@ fn main() -> ExitCode {
                 t.rx_packets, t.rx_bytes, t.tx_packets, t.tx_bytes, t.drops
             );
             println!("attaches {}, detaches {}", s.attaches, s.detaches);
+            let f = s.flows;
+            println!(
+                "translated flows: {} active of {}, {} tracked, {} frames returned to the node, {} evicted",
+                f.active, f.capacity, f.tracked, f.returned, f.evicted
+            );
             println!("drops by reason:");
             for (reason, n) in s.drops {
                 println!("  {reason:<22} {n}");
@@ -223,6 +228,11 @@ fn main() -> ExitCode {
                 s.mtu,
                 s.ports
             );
+            if s.masquerade == "failed" {
+                println!("masquerade=failed: {}", s.masquerade_detail);
+            } else {
+                println!("masquerade={}", s.masquerade);
+            }
             if let Some(m) = s.membership {
                 println!(
                     "membership={} state={} since={} lease={:x} ttl={}s peers={} endpoints={}{}",

@@ -58,6 +58,12 @@ struct Args {
     /// etcd endpoints, comma-separated (e.g. https://10.0.0.5:2379,https://10.0.0.6:2379).
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Option<Vec<String>>,
+    /// Masquerade pod traffic leaving the cluster CIDR through the node (default true).
+    #[arg(long)]
+    masquerade: Option<bool>,
+    /// Entries in the table of flows the node translated (default 262144).
+    #[arg(long)]
+    flow_table_size: Option<u32>,
     /// Log format: "text" (journald-friendly: no colours or timestamps under systemd) or
     /// "json" (one object per line).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -107,6 +113,8 @@ fn main() -> ExitCode {
         metrics_addr: args.metrics_addr,
         membership: args.membership,
         etcd_endpoints: args.etcd_endpoints,
+        masquerade: args.masquerade,
+        flow_table_size: args.flow_table_size,
         ..Overrides::default()
     };
     let cfg = match Config::load(&args.config, overrides) {

@@ -2,6 +2,7 @@
 
 use etherparse::{Ethernet2HeaderSlice, Ipv4HeaderSlice};
 
+use super::flows::{self, FlowTable};
 use super::frame::{
     eth_dst, set_eth_dst, set_eth_src, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETH_HDR_LEN, VNET_HDR_LEN,
 };
@@ -32,8 +33,17 @@ pub enum Verdict {
 /// Decide what happens to `buf`, a frame read from `in_port`: virtio-net header followed by
 /// an Ethernet frame. MAC addresses may be rewritten in place when the frame is routed
 /// rather than switched. `reply` must hold at least [`icmp::MAX_REPLY_LEN`] bytes.
+/// `flows` records the flows the node translated (see [`flows`]); `now` is a monotonic
+/// clock in seconds.
 #[inline]
-pub fn forward(buf: &mut [u8], in_port: PortId, table: &Table, reply: &mut [u8]) -> Verdict {
+pub fn forward(
+    buf: &mut [u8],
+    in_port: PortId,
+    table: &Table,
+    flows: &FlowTable,
+    now: u32,
+    reply: &mut [u8],
+) -> Verdict {
     if buf.len() < VNET_HDR_LEN + ETH_HDR_LEN {
         return Verdict::Drop(DropReason::Malformed);
     }
@@ -44,7 +54,7 @@ pub fn forward(buf: &mut [u8], in_port: PortId, table: &Table, reply: &mut [u8])
         Err(_) => return Verdict::Drop(DropReason::Malformed),
     };
     match ethertype {
-        ETHERTYPE_IPV4 => forward_ipv4(frame, vnet, in_port, table, reply),
+        ETHERTYPE_IPV4 => forward_ipv4(frame, vnet, in_port, table, flows, now, reply),
         ETHERTYPE_ARP => match arp::answer(frame, in_port, table, reply) {
             Ok(len) => Verdict::Reply(len),
             Err(reason) => Verdict::Drop(reason),
@@ -59,6 +69,8 @@ fn forward_ipv4(
     vnet: VnetHdr,
     in_port: PortId,
     table: &Table,
+    flows: &FlowTable,
+    now: u32,
     reply: &mut [u8],
 ) -> Verdict {
     let (src, dst) = match Ipv4HeaderSlice::from_slice(&frame[ETH_HDR_LEN..]) {
@@ -81,13 +93,41 @@ fn forward_ipv4(
     if dst[0] >= 224 || dst == [255; 4] {
         return Verdict::Drop(DropReason::Multicast);
     }
+    let dst_addr = std::net::Ipv4Addr::from(dst);
+    let src_addr = std::net::Ipv4Addr::from(src);
+    // The node forwarded a pod's packet to a pod (a Service's DNAT, typically): the
+    // reply must come back through the node. Checked only for frames between pods.
+    let translated = if in_port == HOST_PORT {
+        table.cluster_cidr.contains(&src_addr) && src_addr != table.gateway
+    } else {
+        if table.cluster_cidr.contains(&dst_addr) && dst_addr != table.gateway {
+            let ip = &frame[ETH_HDR_LEN..];
+            if flows::parse(ip).is_some_and(|p| flows.is_reply_of_translated(&p, now)) {
+                return to_node(frame, table);
+            }
+        }
+        false
+    };
+    let track = |frame: &[u8]| {
+        if translated {
+            if let Some(p) = flows::parse(&frame[ETH_HDR_LEN..]) {
+                flows.track_translated(&p, now);
+            }
+        }
+    };
     if let Some(v) = deliver_local(frame, dst, in_port, table) {
+        if matches!(v, Verdict::Forward(p) if p != HOST_PORT) {
+            track(frame);
+        }
         return v;
     }
     if let Some(peer) = table.lookup_peer(dst) {
-        return encap_to_peer(frame, vnet, peer, table, reply);
+        let v = encap_to_peer(frame, vnet, peer, table, reply);
+        if let Verdict::Encap(_) = v {
+            track(frame);
+        }
+        return v;
     }
-    let dst_addr = std::net::Ipv4Addr::from(dst);
     if table.pod_cidr.contains(&dst_addr) || in_port == HOST_PORT {
         // A pod address nobody holds here, or the node sending something not for a pod.
         return Verdict::Drop(DropReason::NoRoute);
@@ -96,6 +136,13 @@ fn forward_ipv4(
         return Verdict::Drop(DropReason::NoPeer);
     }
     // Anything else leaves through the node, which routes it like its own traffic.
+    set_eth_dst(frame, table.router_mac);
+    Verdict::Forward(HOST_PORT)
+}
+
+/// To the node, routed: the frame is addressed to the router MAC (the host port's own).
+#[inline]
+fn to_node(frame: &mut [u8], table: &Table) -> Verdict {
     set_eth_dst(frame, table.router_mac);
     Verdict::Forward(HOST_PORT)
 }
@@ -167,9 +214,16 @@ pub fn too_big(frame: &[u8], table: &Table, reply: &mut [u8]) -> Verdict {
 
 /// Decide on a frame that arrived through the tunnel from peer `peer` (already decapsulated
 /// into a port buffer). Only IPv4 from the peer's own pod CIDR is accepted, and only for
-/// this node: the switch never relays tunnel traffic onwards.
+/// this node: the switch never relays tunnel traffic onwards. Replies of flows this node
+/// translated go to the node (see [`flows`]).
 #[inline]
-pub fn forward_from_tunnel(buf: &mut [u8], peer: usize, table: &Table) -> Verdict {
+pub fn forward_from_tunnel(
+    buf: &mut [u8],
+    peer: usize,
+    table: &Table,
+    flows: &FlowTable,
+    now: u32,
+) -> Verdict {
     let frame = &mut buf[VNET_HDR_LEN..];
     match Ethernet2HeaderSlice::from_slice(frame) {
         Ok(eth) if eth.ether_type().0 == ETHERTYPE_IPV4 => {}
@@ -185,6 +239,12 @@ pub fn forward_from_tunnel(buf: &mut [u8], peer: usize, table: &Table) -> Verdic
     };
     if !route.pod_cidr.contains(&std::net::Ipv4Addr::from(src)) {
         return Verdict::Drop(DropReason::SpoofedSource);
+    }
+    if std::net::Ipv4Addr::from(dst) != table.gateway
+        && flows::parse(&frame[ETH_HDR_LEN..])
+            .is_some_and(|p| flows.is_reply_of_translated(&p, now))
+    {
+        return to_node(frame, table);
     }
     deliver_local(frame, dst, PortId::MAX, table).unwrap_or(Verdict::Drop(DropReason::NoRoute))
 }
@@ -207,9 +267,17 @@ mod tests {
         t
     }
 
+    fn no_flows() -> FlowTable {
+        FlowTable::new(1024, flows::Timeouts::default(), 1)
+    }
+
     fn run(buf: &mut [u8], in_port: PortId, t: &Table) -> (Verdict, Vec<u8>) {
+        run_with(buf, in_port, t, &no_flows())
+    }
+
+    fn run_with(buf: &mut [u8], in_port: PortId, t: &Table, f: &FlowTable) -> (Verdict, Vec<u8>) {
         let mut reply = [0u8; 128];
-        let v = forward(buf, in_port, t, &mut reply);
+        let v = forward(buf, in_port, t, f, 0, &mut reply);
         let r = match v {
             Verdict::Reply(n) | Verdict::Reject { len: n, .. } => reply[..n].to_vec(),
             _ => vec![],
@@ -507,7 +575,10 @@ mod tests {
         let t = peered();
         let peer_mac = t.peers[0].mac;
         let mut f = craft::ipv4_udp(peer_mac, t.router_mac, REMOTE, A, 100);
-        assert_eq!(forward_from_tunnel(&mut f, 0, &t), Verdict::Forward(1));
+        assert_eq!(
+            forward_from_tunnel(&mut f, 0, &t, &no_flows(), 0),
+            Verdict::Forward(1)
+        );
         assert_eq!(
             &f[VNET_HDR_LEN..VNET_HDR_LEN + 6],
             &mac_for_ip(A),
@@ -515,13 +586,13 @@ mod tests {
         );
         let mut f = craft::ipv4_udp(peer_mac, t.router_mac, REMOTE, GW, 100);
         assert_eq!(
-            forward_from_tunnel(&mut f, 0, &t),
+            forward_from_tunnel(&mut f, 0, &t, &no_flows(), 0),
             Verdict::Forward(HOST_PORT),
             "to the node itself"
         );
         let mut f = craft::ipv4_udp(peer_mac, t.router_mac, Ipv4Addr::new(10, 244, 3, 3), A, 100);
         assert_eq!(
-            forward_from_tunnel(&mut f, 0, &t),
+            forward_from_tunnel(&mut f, 0, &t, &no_flows(), 0),
             Verdict::Drop(DropReason::SpoofedSource)
         );
         let mut f = craft::ipv4_udp(
@@ -532,7 +603,7 @@ mod tests {
             100,
         );
         assert_eq!(
-            forward_from_tunnel(&mut f, 0, &t),
+            forward_from_tunnel(&mut f, 0, &t, &no_flows(), 0),
             Verdict::Drop(DropReason::NoRoute)
         );
         let mut f = craft::ipv4_udp(
@@ -543,20 +614,99 @@ mod tests {
             100,
         );
         assert_eq!(
-            forward_from_tunnel(&mut f, 0, &t),
+            forward_from_tunnel(&mut f, 0, &t, &no_flows(), 0),
             Verdict::Drop(DropReason::NoRoute),
             "never relayed onwards"
         );
         let mut f = craft::arp_request(peer_mac, REMOTE, A);
         assert_eq!(
-            forward_from_tunnel(&mut f, 0, &t),
+            forward_from_tunnel(&mut f, 0, &t, &no_flows(), 0),
             Verdict::Drop(DropReason::UnsupportedProtocol)
         );
         let mut f = craft::ipv4_udp(peer_mac, t.router_mac, REMOTE, A, 100);
         f.truncate(VNET_HDR_LEN + ETH_HDR_LEN + 10);
         assert_eq!(
-            forward_from_tunnel(&mut f, 0, &t),
+            forward_from_tunnel(&mut f, 0, &t, &no_flows(), 0),
             Verdict::Drop(DropReason::Malformed)
         );
+    }
+
+    const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+    #[test]
+    fn replies_of_flows_the_node_translated_go_back_to_the_node() {
+        let t = table();
+        let flows = no_flows();
+        // B → ClusterIP leaves through the node like any non-pod destination.
+        let mut f = craft::ipv4_udp(mac_for_ip(B), t.router_mac, B, SERVICE, 100);
+        assert_eq!(
+            run_with(&mut f, 2, &t, &flows).0,
+            Verdict::Forward(HOST_PORT)
+        );
+        // The node DNATed it to A and sends it back in, B's address intact.
+        let mut f = craft::ipv4_udp(t.router_mac, t.router_mac, B, A, 100);
+        assert_eq!(
+            run_with(&mut f, HOST_PORT, &t, &flows).0,
+            Verdict::Forward(1)
+        );
+        assert_eq!(
+            flows
+                .counters
+                .tracked
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // A's reply to B is not switched to B but routed to the node, which un-DNATs it.
+        let mut reply = craft::ipv4_udp(mac_for_ip(A), mac_for_ip(B), A, B, 100);
+        swap_ports(&mut reply);
+        assert_eq!(
+            run_with(&mut reply, 1, &t, &flows).0,
+            Verdict::Forward(HOST_PORT)
+        );
+        assert_eq!(&reply[VNET_HDR_LEN..VNET_HDR_LEN + 6], &t.router_mac);
+        // Other traffic between the same pods is still switched directly.
+        let mut other = craft::ipv4_udp(mac_for_ip(A), mac_for_ip(B), A, B, 100);
+        assert_eq!(run_with(&mut other, 1, &t, &flows).0, Verdict::Forward(2));
+        // The node's own traffic to a pod (from the gateway address) records nothing.
+        let mut f = craft::ipv4_udp(t.router_mac, mac_for_ip(A), GW, A, 10);
+        assert_eq!(
+            run_with(&mut f, HOST_PORT, &t, &flows).0,
+            Verdict::Forward(1)
+        );
+        assert_eq!(
+            flows
+                .counters
+                .tracked
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn replies_arriving_from_the_tunnel_go_to_the_node_that_translated_them() {
+        let t = peered();
+        let flows = no_flows();
+        // A local pod's Service packet, DNATed by this node to a pod on the peer.
+        let mut f = craft::ipv4_udp(t.router_mac, t.router_mac, A, REMOTE, 100);
+        assert_eq!(run_with(&mut f, HOST_PORT, &t, &flows).0, Verdict::Encap(0));
+        let mut reply = craft::ipv4_udp(t.peers[0].mac, t.router_mac, REMOTE, A, 100);
+        swap_ports(&mut reply);
+        assert_eq!(
+            forward_from_tunnel(&mut reply, 0, &t, &flows, 0),
+            Verdict::Forward(HOST_PORT)
+        );
+        let mut other = craft::ipv4_udp(t.peers[0].mac, t.router_mac, REMOTE, A, 100);
+        assert_eq!(
+            forward_from_tunnel(&mut other, 0, &t, &flows, 0),
+            Verdict::Forward(1)
+        );
+    }
+
+    /// Swap a crafted UDP frame's ports (the reply of the flow it belongs to).
+    fn swap_ports(f: &mut [u8]) {
+        let l4 = VNET_HDR_LEN + ETH_HDR_LEN + 20;
+        let (s, d) = ([f[l4], f[l4 + 1]], [f[l4 + 2], f[l4 + 3]]);
+        f[l4..l4 + 2].copy_from_slice(&d);
+        f[l4 + 2..l4 + 4].copy_from_slice(&s);
     }
 }

@@ -8,6 +8,7 @@ pub mod arp;
 pub mod checksum;
 pub mod coalesce;
 pub mod craft;
+pub mod flows;
 pub mod forward;
 pub mod frame;
 pub mod icmp;
@@ -16,6 +17,7 @@ pub mod ratelimit;
 pub mod table;
 pub mod vxlan;
 
+pub use flows::{FlowTable, Timeouts};
 pub use forward::forward_from_tunnel;
 pub use forward::{forward, Verdict};
 pub use table::{Endpoint, PeerRoute, PortEntry, PortId, Table, HOST_PORT};

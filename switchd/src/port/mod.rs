@@ -105,6 +105,12 @@ impl Limits {
     }
 }
 
+/// Seconds on the same monotonic clock, for the flow table's timeouts (read once per batch).
+#[inline]
+pub fn now_secs() -> u32 {
+    (mono_ns() / 1_000_000_000) as u32
+}
+
 /// Nanoseconds on a monotonic clock, for the rate limiters.
 fn mono_ns() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
@@ -212,6 +218,7 @@ pub async fn run(
             }
         };
         let snapshot = table.load();
+        let now = now_secs();
         let mut drained = false;
         let mut pause = 0;
         for _ in 0..BATCH {
@@ -221,6 +228,7 @@ pub async fn run(
                         &port,
                         &mut buf[..n],
                         &snapshot,
+                        now,
                         &stats,
                         &mut reply,
                         &mut scratch,
@@ -263,6 +271,7 @@ fn handle_frame(
     port: &Port,
     buf: &mut [u8],
     snapshot: &Snapshot,
+    now: u32,
     stats: &Stats,
     reply: &mut [u8],
     scratch: &mut [u8],
@@ -272,7 +281,7 @@ fn handle_frame(
     if port.capturing.load(Relaxed) {
         port.capture_frame(buf, "rx");
     }
-    match datapath::forward(buf, port.id, &snapshot.table, reply) {
+    match datapath::forward(buf, port.id, &snapshot.table, &snapshot.flows, now, reply) {
         Verdict::Forward(to) => match snapshot.ports.get(&to) {
             Some(out) => out.transmit(buf, stats),
             None => {

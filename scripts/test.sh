@@ -8,9 +8,19 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: the end-to-end tests create network namespaces and TAP devices; run as root (sudo)" >&2
     exit 1
 fi
-for tool in ip ping ethtool bridge iperf3 systemd-analyze jq tcpdump podman runc containerd ctr iptables nsenter etcd etcdctl protoc; do
-    command -v "$tool" >/dev/null || { echo "scripts/test.sh: '$tool' is missing: apt-get install -y iproute2 iputils-ping ethtool iperf3 systemd jq python3-yaml python3-prometheus-client tcpdump podman runc conmon containernetworking-plugins busybox-static containerd iptables etcd-server etcd-client protobuf-compiler libprotobuf-dev" >&2; exit 1; }
+# Everything the tests use, from Debian; installed here when missing, so this one command
+# sets up a fresh machine.
+PACKAGES="iproute2 iputils-ping ethtool iperf3 systemd jq python3-yaml python3-prometheus-client tcpdump podman runc conmon containernetworking-plugins busybox-static containerd iptables nftables conntrack dnsmasq-base bind9-dnsutils etcd-server etcd-client protobuf-compiler libprotobuf-dev"
+missing=0
+for tool in ip ping ethtool bridge iperf3 systemd-analyze jq tcpdump podman runc containerd ctr iptables nft conntrack dnsmasq dig nsenter etcd etcdctl protoc; do
+    command -v "$tool" >/dev/null || missing=1
 done
+if [ "$missing" -ne 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    # shellcheck disable=SC2086
+    apt-get install -y --no-install-recommends $PACKAGES
+fi
 [ -c /dev/net/tun ] || { echo "scripts/test.sh: /dev/net/tun is missing (modprobe tun)" >&2; exit 1; }
 
 # The e2e tests execute the real binaries, so build them first.

@@ -153,8 +153,10 @@ impl Switch {
         })
         .await
         .context("setting up the host port")?;
-        crate::node::prepare_forwarding(HOST_PORT_NAME)
-            .context("preparing the node to forward pod traffic")?;
+        if let Err(e) = crate::node::prepare_forwarding(HOST_PORT_NAME) {
+            // Pods still reach each other; Services and egress need the node to forward.
+            tracing::error!(error = %format!("{e:#}"), "cannot prepare the node to forward pod traffic; set net.ipv4.ip_forward=1 and send_redirects=0 by hand");
+        }
         let timeouts = crate::node::conntrack_timeouts();
         let flows = Arc::new(FlowTable::new(
             cfg.flow_table_size,

@@ -19,8 +19,10 @@ use serde_json::Value;
 
 pub mod cluster;
 pub mod containerd;
+pub mod echo;
 pub mod etcd;
 pub mod fdstore;
+pub mod kube_proxy;
 pub mod podman;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);

@@ -208,8 +208,20 @@ pub fn nftables_rules(cluster_cidr: &str, node_ip: Ipv4Addr, services: &[Service
         let (p, ip, port) = (s.proto.as_str(), s.cluster_ip, s.port);
         let base = format!("{}/{p}/p{port}", s.name);
         let svc = format!("service-{base}");
-        let ep_chain = |i: usize| format!("endpoint-{base}__{}", s.endpoints[i]);
-        let aff = |i: usize| format!("affinity-{base}__{}", s.endpoints[i]);
+        let ep_chain = |i: usize| {
+            format!(
+                "endpoint-{base}__{}/{}",
+                s.endpoints[i].ip(),
+                s.endpoints[i].port()
+            )
+        };
+        let aff = |i: usize| {
+            format!(
+                "affinity-{base}__{}/{}",
+                s.endpoints[i].ip(),
+                s.endpoints[i].port()
+            )
+        };
         let n = s.endpoints.len();
         if s.affinity {
             for i in 0..n {

@@ -15,6 +15,8 @@ if [ "${1:-}" = "uninstall" ]; then
     rm -f /usr/local/bin/switchd /usr/local/bin/switchctl /opt/cni/bin/switchd-cni \
         /etc/systemd/system/switchd.service /etc/cni/net.d/10-switchd.conflist
     systemctl daemon-reload 2>/dev/null || true
+    # The egress masquerade table switchd installed (absent is fine).
+    nft delete table ip switchd 2>/dev/null || true
     echo "switchd removed; /etc/switchd and /var/lib/switchd were kept"
     exit 0
 fi

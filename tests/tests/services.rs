@@ -112,8 +112,7 @@ fn pods_reach_a_cluster_ip_with_kube_proxy_nftables() {
 #[test]
 fn egress_leaves_with_the_node_address_and_direct_pod_traffic_is_not_tracked() {
     let f = fixture(Mode::IptablesNft);
-    let (out_ns, out_addr) = (&f.outside.0, f.outside.1);
-    let _ = out_ns;
+    let out_addr = f.outside.1;
     let (c1, _) = &f.clients[0];
     let a = ask_tcp(c1, out_addr, 9000).expect("pod → outside host over TCP");
     assert_eq!(

@@ -649,13 +649,7 @@ mod tests {
             run_with(&mut f, HOST_PORT, &t, &flows).0,
             Verdict::Forward(1)
         );
-        assert_eq!(
-            flows
-                .counters
-                .tracked
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
+        assert_eq!(tracked(&flows), 1);
         // A's reply to B is not switched to B but routed to the node, which un-DNATs it.
         let mut reply = craft::ipv4_udp(mac_for_ip(A), mac_for_ip(B), A, B, 100);
         swap_ports(&mut reply);
@@ -673,13 +667,7 @@ mod tests {
             run_with(&mut f, HOST_PORT, &t, &flows).0,
             Verdict::Forward(1)
         );
-        assert_eq!(
-            flows
-                .counters
-                .tracked
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
+        assert_eq!(tracked(&flows), 1);
     }
 
     #[test]
@@ -700,6 +688,13 @@ mod tests {
             forward_from_tunnel(&mut other, 0, &t, &flows, 0),
             Verdict::Forward(1)
         );
+    }
+
+    fn tracked(flows: &FlowTable) -> u64 {
+        flows
+            .counters
+            .tracked
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Swap a crafted UDP frame's ports (the reply of the flow it belongs to).

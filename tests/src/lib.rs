@@ -19,6 +19,8 @@ use serde_json::Value;
 
 pub mod cluster;
 pub mod containerd;
+pub mod cri;
+pub mod dns;
 pub mod echo;
 pub mod etcd;
 pub mod fdstore;
@@ -525,7 +527,25 @@ pub fn cni(
     }
 }
 
-/// A 64-bit FNV-1a hash, enough to tell a corrupted stream from an intact one.
+/// An HTTP/1.0 GET from a thread in `ns`: the whole response, or why there is none.
+pub fn http_get(ns: &Netns, addr: Ipv4Addr, port: u16, path: &str) -> Result<String, String> {
+    let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+    ns.spawn(move || {
+        let mut conn =
+            TcpStream::connect_timeout(&SocketAddr::from((addr, port)), Duration::from_secs(5))
+                .map_err(|e| format!("connect {addr}:{port}: {e}"))?;
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        conn.write_all(request.as_bytes())
+            .map_err(|e| format!("write to {addr}:{port}: {e}"))?;
+        let mut response = String::new();
+        conn.read_to_string(&mut response)
+            .map_err(|e| format!("read from {addr}:{port}: {e}"))?;
+        Ok(response)
+    })
+    .join()
+    .unwrap()
+}
+
 /// GET `path` from the metrics listener inside `ns`: (status line, body).
 pub fn metrics_get(ns: &Netns, path: &str) -> (String, String) {
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
@@ -552,6 +572,7 @@ pub fn logging_plugin(real: &Path, log: &Path) -> String {
     )
 }
 
+/// A 64-bit FNV-1a hash, enough to tell a corrupted stream from an intact one.
 pub fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
     bytes
         .iter()

@@ -106,27 +106,6 @@ fn podman_containers_reach_each_other_and_the_node_and_release_everything() {
     );
 }
 
-/// An HTTP GET from a thread in `ns`; the response body.
-fn http_get(ns: &Netns, addr: Ipv4Addr, port: u16, path: &str) -> String {
-    let request = format!("GET {path} HTTP/1.0\r\n\r\n");
-    ns.spawn(move || {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect_timeout(
-            &(addr, port).into(),
-            std::time::Duration::from_secs(5),
-        )
-        .unwrap_or_else(|e| panic!("connect {addr}:{port}: {e}"));
-        conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
-        conn.write_all(request.as_bytes()).unwrap();
-        let mut response = String::new();
-        conn.read_to_string(&mut response).unwrap();
-        response
-    })
-    .join()
-    .unwrap()
-}
-
 #[test]
 fn portmap_publishes_a_container_port_on_the_node() {
     let node = Node::start("10.244.1.0/24");
@@ -155,12 +134,9 @@ fn portmap_publishes_a_container_port_on_the_node() {
         }
     };
     // Straight to the pod first, so we know the server is up ...
-    wait_for(&|| {
-        std::panic::catch_unwind(|| http_get(&node.ns, web, 8080, "/hostname"))
-            .is_ok_and(|r| r.contains("web-c"))
-    });
+    wait_for(&|| http_get(&node.ns, web, 8080, "/hostname").is_ok_and(|r| r.contains("web-c")));
     // ... then through the host port that portmap's DNAT rules publish on the node.
-    let response = http_get(&node.ns, Ipv4Addr::new(10, 244, 1, 1), 18080, "/hostname");
+    let response = http_get(&node.ns, Ipv4Addr::new(10, 244, 1, 1), 18080, "/hostname").unwrap();
     assert!(response.contains(" 200 OK"), "{response}");
     assert!(response.contains("web-c"), "{response}");
     let rules = ok(
@@ -368,7 +344,7 @@ fn containerd_ctr_run_cni_attaches_chains_and_releases() {
     assert!(out.contains("UP"), "loopback is up: {out}");
     assert!(node.ns.ping(srv), "the node reaches the detached container");
     // Container to container over TCP, and the container's own answer.
-    let body = http_get(&node.ns, srv, 8080, "/greeting");
+    let body = http_get(&node.ns, srv, 8080, "/greeting").unwrap();
     assert!(body.contains("hello from containerd"), "{body}");
 
     // `ctr run --rm` called DEL; `ctr run -d` never will.

@@ -172,6 +172,33 @@ pub fn render(sw: &Switch) -> String {
         "Pods detached",
         [(Labels::new(), stats.detaches)],
     );
+    let f = &stats.flows;
+    for (name, help, v) in [
+        (
+            "switchd_flows_tracked",
+            "Flows the node translated (DNAT) whose replies the switch sends back through the node",
+            f.tracked,
+        ),
+        (
+            "switchd_flows_returned",
+            "Frames of translated flows sent to the node instead of straight to a pod or peer",
+            f.returned,
+        ),
+        (
+            "switchd_flows_evicted",
+            "Translated flows evicted from a full bucket before they expired",
+            f.evicted,
+        ),
+        (
+            "switchd_masquerade_reapplied",
+            "Times the egress masquerade table was found missing or changed and written again",
+            sw.masquerade
+                .reapplied
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
+    ] {
+        counter_family(&mut r, name, help, [(Labels::new(), v)]);
+    }
     r.register(
         "switchd_attach_duration_seconds",
         "Time to attach a pod",
@@ -196,6 +223,24 @@ pub fn render(sw: &Switch) -> String {
         sw.table().len(),
     );
     gauge(&mut r, "switchd_peers", "Peer nodes", peers.len());
+    gauge(
+        &mut r,
+        "switchd_flows_active",
+        "Translated flows in the table that have not expired",
+        f.active as usize,
+    );
+    gauge(
+        &mut r,
+        "switchd_flows_capacity",
+        "Slots in the translated-flow table (flow_table_size)",
+        f.capacity as usize,
+    );
+    gauge(
+        &mut r,
+        "switchd_masquerade_installed",
+        "1 while the egress masquerade rules are in place; 0 when off, pending or failed",
+        usize::from(sw.masquerade.state().0 == "installed"),
+    );
     if let Some(m) = sw.membership.lock().unwrap().clone() {
         gauge(
             &mut r,

@@ -217,6 +217,18 @@ fn granular_checks(mode: Mode) {
         let stats = node.query("stats");
         assert!(stats["flows"]["tracked"].as_u64().unwrap() >= 2, "{stats}");
         assert!(stats["flows"]["returned"].as_u64().unwrap() >= 2, "{stats}");
+        // The same counters for Prometheus.
+        let (_, body) = metrics_get(&node.ns, "/metrics");
+        let value = |name: &str| -> f64 {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+        };
+        assert!(value("switchd_flows_tracked_total") >= 2.0);
+        assert!(value("switchd_flows_returned_total") >= 2.0);
+        assert!(value("switchd_flows_active") >= 1.0);
+        assert_eq!(value("switchd_flows_capacity"), 262144.0);
+        assert_eq!(value("switchd_masquerade_installed"), 1.0);
     }
 }
 

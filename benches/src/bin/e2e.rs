@@ -7,8 +7,9 @@
 //! - ceiling: plain routing node to node over the underlay, no overlay.
 //!
 //! Measures iperf3 TCP (1 and 4 streams), UDP packets/s (64 and 1400-byte payloads), TCP
-//! request/response latency (1-byte ping-pong: median and p99), and the CPU seconds switchd
-//! spends per GB moved. Each line is repeated and the median reported.
+//! request/response latency (1-byte ping-pong: median and p99), the same TCP and latency
+//! through a ClusterIP with kube-proxy's iptables rules on every node of both clusters,
+//! and the CPU seconds switchd spends per GB moved. Each line is repeated and the median reported.
 //!
 //! Usage (root): `cargo run --release -p switchd-benches --bin e2e -- [--quick] [--runs N] [--seconds S]`
 
@@ -19,7 +20,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use switchd_e2e::cluster::{start_switchd, KernelNode, NodeInfo, Underlay};
+use switchd_e2e::kube_proxy::{self, Mode, Proto, Service};
 use switchd_e2e::{Netns, Node};
+
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// ClusterIPs whose endpoint is a pod on the client's node, and on the other node.
+const SAME_SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
+const CROSS_SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 51);
 
 struct Opts {
     runs: usize,
@@ -163,6 +170,61 @@ fn main() {
         sw_cross.1,
         k_cross.1,
     ));
+
+    // Services: the same kube-proxy rules (iptables mode, nft backend) on every node of
+    // both clusters; the client pod's node DNATs, switchd returns the replies through it.
+    let services = |same: Ipv4Addr, cross: Ipv4Addr| {
+        [
+            Service::new("same", Proto::Tcp, SAME_SERVICE, 5301).endpoint(same, 5301),
+            Service::new("samerr", Proto::Tcp, SAME_SERVICE, 5302).endpoint(same, 5302),
+            Service::new("cross", Proto::Tcp, CROSS_SERVICE, 5301).endpoint(cross, 5301),
+            Service::new("crossrr", Proto::Tcp, CROSS_SERVICE, 5302).endpoint(cross, 5302),
+        ]
+    };
+    for (ns, ip) in [(&n1.ns, infos[0].underlay), (&n2.ns, infos[1].underlay)] {
+        let rules = services(addr_b, addr_c);
+        kube_proxy::apply(ns, Mode::IptablesNft, CLUSTER_CIDR, ip, &rules);
+    }
+    for k in [&k8, &k9] {
+        let rules = services(addr_kb, k9.pod_addr);
+        kube_proxy::apply(
+            &k.ns,
+            Mode::IptablesNft,
+            CLUSTER_CIDR,
+            k.info.underlay,
+            &rules,
+        );
+    }
+    rows.push(Row::new(
+        "same node, pod→ClusterIP TCP 1 stream (Gbit/s)",
+        tcp(&a, &b, SAME_SERVICE, 1),
+        tcp(&k8.pod, &kb, SAME_SERVICE, 1),
+    ));
+    rows.push(Row::new(
+        "cross node, pod→ClusterIP TCP 1 stream (Gbit/s)",
+        tcp(&a, &c, CROSS_SERVICE, 1),
+        tcp(&k8.pod, &k9.pod, CROSS_SERVICE, 1),
+    ));
+    let (sw_svc, k_svc) = (
+        rr(&a, &b, SAME_SERVICE, opts.rr_count),
+        rr(&k8.pod, &kb, SAME_SERVICE, opts.rr_count),
+    );
+    rows.push(Row::lower(
+        "same node, pod→ClusterIP RR latency median (µs)",
+        sw_svc.0,
+        k_svc.0,
+    ));
+    let (sw_svc, k_svc) = (
+        rr(&a, &c, CROSS_SERVICE, opts.rr_count),
+        rr(&k8.pod, &k9.pod, CROSS_SERVICE, opts.rr_count),
+    );
+    rows.push(Row::lower(
+        "cross node, pod→ClusterIP RR latency median (µs)",
+        sw_svc.0,
+        k_svc.0,
+    ));
+    let flows = n1.query("stats")["flows"].clone();
+
     let ceiling = tcp(&n1.ns, &n2.ns, infos[1].underlay, 1);
 
     // Memory and idle cost: node 1 with 110 pods attached.
@@ -201,6 +263,10 @@ fn main() {
     }
     println!("| ceiling: plain routing node→node, TCP 1 stream (Gbit/s) | — | {ceiling:.2} | — |");
     println!("| switchd CPU seconds per GB, cross node TCP 1 stream (both nodes) | {cpu_per_gb:.2} | — | — |");
+    println!(
+        "| node 1 translated flows: tracked / frames returned to the node / evicted | {} / {} / {} | — | — |",
+        flows["tracked"], flows["returned"], flows["evicted"]
+    );
     println!("| switchd RSS with 110 pods attached (MiB) | {rss_mib:.1} | — | — |");
     println!("| switchd CPU while idle with 110 pods (% of a core, {idle_secs:.0} s) | {idle_pct:.2} | — | — |");
     // Namespaces, switchd processes and files are removed by the guards' Drop.

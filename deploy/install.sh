@@ -17,6 +17,8 @@ if [ "${1:-}" = "uninstall" ]; then
     systemctl daemon-reload 2>/dev/null || true
     # The egress masquerade table switchd installed (absent is fine).
     nft delete table ip switchd 2>/dev/null || true
+    # The translated-flow table kept across restarts.
+    rm -f /run/switchd/flows.table
     echo "switchd removed; /etc/switchd and /var/lib/switchd were kept"
     exit 0
 fi

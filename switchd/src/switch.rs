@@ -158,11 +158,7 @@ impl Switch {
             tracing::error!(error = %format!("{e:#}"), "cannot prepare the node to forward pod traffic; set net.ipv4.ip_forward=1 and send_redirects=0 by hand");
         }
         let timeouts = crate::node::conntrack_timeouts();
-        let flows = Arc::new(FlowTable::new(
-            cfg.flow_table_size,
-            timeouts,
-            std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64),
-        ));
+        let flows = Arc::new(open_flow_table(&cfg, timeouts));
         tracing::debug!(
             capacity = flows.capacity(),
             ?timeouts,
@@ -878,5 +874,36 @@ async fn reap_loop(
     while let Some(id) = rx.recv().await {
         let Some(sw) = sw.upgrade() else { return };
         sw.reap_vanished(id).await;
+    }
+}
+
+/// The translated-flow table, in `flows.table` beside the control socket so that the next
+/// switchd finds its flows (see `flow_store`); in memory only if that file cannot be used.
+fn open_flow_table(cfg: &Config, timeouts: crate::datapath::flows::Timeouts) -> FlowTable {
+    let seed =
+        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64);
+    let path = cfg
+        .socket
+        .parent()
+        .unwrap_or(std::path::Path::new("/run/switchd"))
+        .join("flows.table");
+    let boot = crate::flow_store::boot_id();
+    match crate::flow_store::open(&path, cfg.flow_table_size, timeouts, &boot, seed) {
+        Ok((table, crate::flow_store::Opened::Adopted)) => {
+            tracing::info!(
+                file = %path.display(),
+                flows = table.len(crate::port::now_secs()),
+                "adopted the translated flows of the previous run"
+            );
+            table
+        }
+        Ok((table, crate::flow_store::Opened::Fresh(why))) => {
+            tracing::debug!(file = %path.display(), reason = %why, "new translated-flow table");
+            table
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot keep the translated-flow table in a file; keeping it in memory, so a restart forgets Service flows (their replies may be reset until the client sends again)");
+            FlowTable::new(cfg.flow_table_size, timeouts, seed)
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! `conntrack.go`. Needs root.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, UdpSocket};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,6 +33,8 @@ const KUBE_DNS: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// node 2 endpoint `ep2`, a host-network "apiserver" and the DNS pod; a client pod per
 /// node. Fields drop in order: servers before namespaces.
 struct Fixture {
+    /// The Services in every node's rules.
+    services: Vec<Service>,
     _dns: Vec<Dnsmasq>,
     _servers: Vec<EchoServer>,
     clients: Vec<(Netns, Ipv4Addr)>,
@@ -115,6 +118,7 @@ fn fixture(mode: Mode) -> Fixture {
         ),
     ];
     Fixture {
+        services: svcs,
         _dns: dns,
         _servers: servers,
         clients,
@@ -432,5 +436,117 @@ fn udp_clients_keep_working_when_the_server_pod_is_replaced() {
     for (i, p) in pingers.iter().enumerate() {
         p.wait_for("serverB", Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("client on node {}: {e}", i + 1));
+    }
+}
+
+fn send(conn: &mut TcpStream, text: &str) {
+    conn.write_all(format!("{text}\n").as_bytes())
+        .unwrap_or_else(|e| panic!("send {text:?}: {e}"));
+}
+
+fn recv(conn: &mut BufReader<TcpStream>, what: &str) -> String {
+    let mut line = String::new();
+    match conn.read_line(&mut line) {
+        Ok(n) if n > 0 => line.trim_end().to_string(),
+        Ok(_) => panic!("{what}: the connection was closed"),
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+/// Service connections open across a crash of switchd: the endpoint speaks first after
+/// the restart, so its reply must find the flow the previous switchd recorded (kept in
+/// `flows.table` beside the socket), or it would be switched straight to the client pod
+/// from the endpoint's address and the client would reset the connection.
+#[test]
+fn service_connections_survive_a_crash_and_restart_of_switchd() {
+    const HELD: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
+    let mut f = fixture(Mode::IptablesNft);
+    let mut svcs = f.services.clone();
+    svcs.push(Service::new("held", Proto::Tcp, HELD, 80).endpoint(f.endpoints[0].1, 7070));
+    for (node, info) in f.nodes.iter().zip(&f.infos) {
+        kube_proxy::apply(
+            &node.ns,
+            Mode::IptablesNft,
+            CLUSTER_CIDR,
+            info.underlay,
+            &svcs,
+        );
+    }
+    let listener = f.endpoints[0]
+        .0
+        .spawn(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 7070)).unwrap())
+        .join()
+        .unwrap();
+    // One connection per client pod: endpoint on the same node, and on the other node.
+    let mut clients: Vec<(TcpStream, BufReader<TcpStream>)> = f
+        .clients
+        .iter()
+        .map(|(ns, _)| {
+            let c = ns
+                .spawn(|| TcpStream::connect_timeout(&(HELD, 80).into(), Duration::from_secs(3)))
+                .join()
+                .unwrap()
+                .expect("connect through the ClusterIP");
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            (c.try_clone().unwrap(), BufReader::new(c))
+        })
+        .collect();
+    // Each accepted connection, in the order of `f.clients`, matched by the client
+    // address the endpoint sees (preserved through the ClusterIP).
+    let mut served: Vec<(Ipv4Addr, TcpStream, BufReader<TcpStream>)> = (0..clients.len())
+        .map(|_| {
+            let (c, peer) = listener.accept().unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let std::net::IpAddr::V4(ip) = peer.ip() else {
+                panic!("{peer}")
+            };
+            (ip, c.try_clone().unwrap(), BufReader::new(c))
+        })
+        .collect();
+    served.sort_by_key(|(ip, _, _)| {
+        f.clients
+            .iter()
+            .position(|(_, a)| a == ip)
+            .unwrap_or_else(|| panic!("a connection from {ip}, not from a client pod"))
+    });
+    let mut served: Vec<(TcpStream, BufReader<TcpStream>)> =
+        served.into_iter().map(|(_, c, r)| (c, r)).collect();
+    for i in 0..clients.len() {
+        send(&mut clients[i].0, "before");
+        assert_eq!(recv(&mut served[i].1, "server reads"), "before");
+        send(&mut served[i].0, "ack");
+        assert_eq!(recv(&mut clients[i].1, "client reads"), "ack");
+    }
+
+    for node in &mut f.nodes {
+        node.kill();
+        node.launch();
+        let stats = node.query("stats");
+        assert!(
+            stats["flows"]["active"].as_u64().unwrap() >= 1,
+            "the flows came back with the restart: {stats}"
+        );
+        assert!(
+            node.log().contains("adopted the translated flows"),
+            "{}",
+            node.log()
+        );
+    }
+    for i in 0..clients.len() {
+        let on = format!("client on node {}", i + 1);
+        // The endpoint speaks first.
+        send(&mut served[i].0, "after");
+        assert_eq!(
+            recv(
+                &mut clients[i].1,
+                &format!("{on}: the endpoint's data after the restart")
+            ),
+            "after"
+        );
+        send(&mut clients[i].0, "again");
+        assert_eq!(
+            recv(&mut served[i].1, &format!("{on}: the server reads")),
+            "again"
+        );
     }
 }

@@ -30,6 +30,10 @@
 //! - **ICMP errors** about a recorded flow (their quoted header is the flow's original
 //!   direction) go to the node too, which rewrites them.
 //!
+//! - **Survives restarts.** The slots can live in memory the caller maps from a file
+//!   ([`FlowTable::in_region`]; `switchd/src/flow_store.rs` does it), so the next switchd
+//!   finds the flows of the one before. Deadlines are on the system's monotonic clock.
+//!
 //! Nothing here performs a system call: the caller passes the time in seconds.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -277,14 +281,45 @@ pub struct FlowCounters {
 #[repr(align(64))]
 struct Bucket([AtomicU64; WAYS]);
 
+/// Bytes of one bucket: the unit the table's memory comes in.
+pub const BUCKET_BYTES: usize = std::mem::size_of::<Bucket>();
+
+/// The number of buckets a table of at least `capacity` entries has.
+pub fn buckets_for(capacity: usize) -> usize {
+    capacity.div_ceil(WAYS).max(1).next_power_of_two()
+}
+
 /// The table of translated flows. Shared by every port and the tunnel; see the module docs.
 pub struct FlowTable {
-    buckets: Box<[Bucket]>,
+    /// `mask + 1` buckets in memory kept alive by `_memory`.
+    buckets: std::ptr::NonNull<Bucket>,
     mask: u64,
     seed: u64,
     pub timeouts: Timeouts,
     pub counters: FlowCounters,
+    _memory: Box<dyn Send + Sync>,
 }
+
+/// Buckets on the heap, given back to the allocator on drop.
+struct HeapBuckets(std::ptr::NonNull<[Bucket]>);
+
+// SAFETY: a uniquely owned allocation of atomics, like a `Box<[Bucket]>`.
+unsafe impl Send for HeapBuckets {}
+// SAFETY: as above.
+unsafe impl Sync for HeapBuckets {}
+
+impl Drop for HeapBuckets {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `Box::leak` in `FlowTable::new` and is freed once.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+// SAFETY: the buckets are only ever accessed through shared references to atomics, and
+// the memory they live in is owned by `_memory`, which is itself Send + Sync.
+unsafe impl Send for FlowTable {}
+// SAFETY: as above: all access is atomic.
+unsafe impl Sync for FlowTable {}
 
 impl std::fmt::Debug for FlowTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -297,28 +332,76 @@ impl std::fmt::Debug for FlowTable {
 
 impl FlowTable {
     /// A table of at least `capacity` entries (rounded up to a power-of-two number of
-    /// buckets). The seed keys the hash so that pods cannot aim collisions at each other.
+    /// buckets), on the heap. The seed keys the hash so that pods cannot aim collisions at
+    /// each other.
     pub fn new(capacity: usize, timeouts: Timeouts, seed: u64) -> FlowTable {
-        let buckets = capacity.div_ceil(WAYS).max(1).next_power_of_two();
+        let n = buckets_for(capacity);
+        let heap: Box<[Bucket]> = (0..n)
+            .map(|_| Bucket(std::array::from_fn(|_| AtomicU64::new(0))))
+            .collect();
+        let heap = HeapBuckets(std::ptr::NonNull::from(Box::leak(heap)));
         FlowTable {
-            buckets: (0..buckets)
-                .map(|_| Bucket(std::array::from_fn(|_| AtomicU64::new(0))))
-                .collect(),
+            buckets: heap.0.cast(),
+            mask: n as u64 - 1,
+            seed,
+            timeouts,
+            counters: FlowCounters::default(),
+            _memory: Box::new(heap),
+        }
+    }
+
+    /// A table whose `buckets` buckets live in memory the caller provides: a mapping shared
+    /// with the switchd that ran before (or runs after) this one, so that translated flows
+    /// survive a restart. Zeroed memory is an empty table; memory that held a table with
+    /// the same bucket count and `seed` is that table, with its flows.
+    ///
+    /// # Safety
+    /// `region` points to `buckets * BUCKET_BYTES` bytes, aligned to [`BUCKET_BYTES`],
+    /// readable and writable for as long as `owner` lives, and touched by anyone else
+    /// (another process) only through atomic 8-byte operations. `buckets` is a power of two.
+    pub unsafe fn in_region(
+        region: std::ptr::NonNull<u8>,
+        buckets: usize,
+        owner: Box<dyn Send + Sync>,
+        timeouts: Timeouts,
+        seed: u64,
+    ) -> FlowTable {
+        assert!(buckets.is_power_of_two());
+        assert_eq!(
+            region.as_ptr() as usize % BUCKET_BYTES,
+            0,
+            "misaligned flow table"
+        );
+        FlowTable {
+            buckets: region.cast(),
             mask: buckets as u64 - 1,
             seed,
             timeouts,
             counters: FlowCounters::default(),
+            _memory: owner,
         }
     }
 
+    fn buckets(&self) -> &[Bucket] {
+        // SAFETY: `buckets` points to `mask + 1` initialised buckets (heap-allocated in
+        // `new`, or the caller's region per `in_region`'s contract) that `_memory` keeps
+        // alive as long as `self`; every bit pattern is a valid `AtomicU64`.
+        unsafe { std::slice::from_raw_parts(self.buckets.as_ptr(), self.mask as usize + 1) }
+    }
+
+    /// The key of the hash; a table adopted from memory must be read with the same one.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
     pub fn capacity(&self) -> usize {
-        self.buckets.len() * WAYS
+        self.buckets().len() * WAYS
     }
 
     /// Live entries (a scan of the whole table; for status, not for the datapath).
     pub fn len(&self, now: u32) -> usize {
         let now = ticks(now);
-        self.buckets
+        self.buckets()
             .iter()
             .flat_map(|b| b.0.iter())
             .filter(|s| alive(s.load(Relaxed), now))
@@ -464,7 +547,7 @@ impl FlowTable {
     #[inline]
     fn locate(&self, key: &FlowKey) -> (&Bucket, Fingerprint) {
         let h = hash(key, self.seed);
-        let bucket = &self.buckets[(h & self.mask) as usize];
+        let bucket = &self.buckets()[(h & self.mask) as usize];
         // The top bits, which the bucket index did not use; never zero (zero = empty slot).
         let fp = (h >> FP_SHIFT) | 1;
         (

@@ -105,10 +105,18 @@ impl Limits {
     }
 }
 
-/// Seconds on the same monotonic clock, for the flow table's timeouts (read once per batch).
+/// Seconds on the system's monotonic clock (since boot, not since switchd started: the
+/// flow table's deadlines must mean the same to the next switchd), read once per batch.
 #[inline]
 pub fn now_secs() -> u32 {
-    (mono_ns() / 1_000_000_000) as u32
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into memory we own; CLOCK_MONOTONIC always
+    // exists on Linux (it is answered by the vDSO, no system call).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u32
 }
 
 /// Nanoseconds on a monotonic clock, for the rate limiters.

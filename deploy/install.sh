@@ -18,7 +18,7 @@ if [ "${1:-}" = "uninstall" ]; then
     # The egress masquerade table switchd installed (absent is fine).
     nft delete table ip switchd 2>/dev/null || true
     # The translated-flow table kept across restarts.
-    rm -f /run/switchd/flows.table
+    rm -f /run/switchd/switchd.flows
     echo "switchd removed; /etc/switchd and /var/lib/switchd were kept"
     exit 0
 fi

@@ -2,14 +2,15 @@
 //!
 //! A restart must not break Service connections: a reply that the endpoint sends while
 //! switchd is restarting, or right after, must still go back through the node. So the
-//! table's slots live in a shared mapping of `flows.table` beside the control socket (under
+//! table's slots live in a shared mapping of the file beside the control socket
+//! (`switchd.flows` for `switchd.sock`; under
 //! systemd `/run/switchd`, a tmpfs kept across restarts by `RuntimeDirectoryPreserve`); the
 //! next switchd maps the same file and finds every flow with its deadline. Deadlines are on
 //! the system's monotonic clock, which a restart does not reset; the kernel's boot id in
 //! the header makes a table from before a reboot start afresh.
 //!
-//! Layout: one 4 KiB header page (magic, bucket count, hash seed, boot id), then the
-//! buckets. A table that does not match (another `flow_table_size`, another boot, a
+//! Layout: one 4 KiB header page (magic, slot layout, bucket count, hash seed, boot id,
+//! time of the last sweep), then the buckets. A table that does not match (another `flow_table_size`, another boot, a
 //! damaged or foreign file) is never changed in place: a fresh file is written beside it
 //! and renamed over it, so a switchd that still has the old one mapped is not disturbed.
 
@@ -22,11 +23,17 @@ use std::ptr::NonNull;
 
 use anyhow::{Context, Result};
 
-use crate::datapath::flows::{buckets_for, FlowTable, Timeouts, BUCKET_BYTES};
+use crate::datapath::flows::{
+    buckets_for, FlowTable, Timeouts, BUCKET_BYTES, LAYOUT, MAX_UNSWEPT_SECS,
+};
 
 const MAGIC: &[u8; 8] = b"SWFLOWS1";
 const HEADER: usize = 4096;
 const BOOT_ID_LEN: usize = 36;
+/// Header fields: magic, slot layout, bucket count, hash seed, boot id; and, at
+/// `SWEPT_AT`, when the table was last swept (monotonic seconds), rewritten every sweep.
+const FIXED_LEN: usize = 8 + 8 + 8 + 8 + BOOT_ID_LEN;
+const SWEPT_AT: u64 = 128;
 
 /// How the table came to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,27 +44,52 @@ pub enum Opened {
     Fresh(String),
 }
 
-/// The kernel's boot id, or an empty string if it cannot be read.
+/// The table, how it was opened, and its file (to record sweeps in).
+pub struct Stored {
+    pub table: FlowTable,
+    pub opened: Opened,
+    pub file: FlowFile,
+}
+
+/// The open table file.
+pub struct FlowFile(File);
+
+impl FlowFile {
+    /// Record that the table was swept at `now` (see [`FlowTable::sweep`]): a table not
+    /// swept for `MAX_UNSWEPT_SECS` is not adopted.
+    pub fn mark_swept(&self, now: u32) -> std::io::Result<()> {
+        self.0.write_all_at(&u64::from(now).to_le_bytes(), SWEPT_AT)
+    }
+}
+
+/// The kernel's boot id, or an empty string if it cannot be read (then no table is ever
+/// adopted, since one from before a reboot could not be told apart).
 pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }
 
-/// Map the table in `path` (created if missing) with room for `capacity` entries.
+/// Map the table in `path` (created if missing) with room for `capacity` entries. `now`
+/// is the monotonic clock in seconds, `new_seed` the hash key if a fresh table is needed.
+/// Do not truncate the file while a switchd has it mapped: that switchd would fault.
 pub fn open(
     path: &Path,
     capacity: usize,
     timeouts: Timeouts,
     boot: &str,
+    now: u32,
     new_seed: u64,
-) -> Result<(FlowTable, Opened)> {
+) -> Result<Stored> {
     let buckets = buckets_for(capacity);
     let len = HEADER + buckets * BUCKET_BYTES;
-    let (file, seed, opened) = match adoptable(path, buckets, len, boot) {
-        Ok((file, seed)) => (file, seed, Opened::Adopted),
+    let (file, seed, opened) = match adoptable(path, buckets, len, boot, now) {
+        Ok((file, seed)) => {
+            allocate(&file, len).with_context(|| format!("allocating {}", path.display()))?;
+            (file, seed, Opened::Adopted)
+        }
         Err(why) => {
-            let file = create(path, buckets, len, boot, new_seed)
+            let file = create(path, buckets, len, boot, now, new_seed)
                 .with_context(|| format!("writing a new flow table {}", path.display()))?;
             (file, new_seed, Opened::Fresh(why))
         }
@@ -70,19 +102,34 @@ pub fn open(
     // (a multiple of BUCKET_BYTES), alive as long as `map`, which the table owns. Other
     // switchd processes mapping the file touch it only through the same atomic slots.
     let table = unsafe { FlowTable::in_region(region, buckets, Box::new(map), timeouts, seed) };
-    Ok((table, opened))
+    Ok(Stored {
+        table,
+        opened,
+        file: FlowFile(file),
+    })
 }
 
-/// The file at `path` if it holds a table of `buckets` buckets from this boot; its seed.
-fn adoptable(path: &Path, buckets: usize, len: usize, boot: &str) -> Result<(File, u64), String> {
+/// The file at `path` if it holds a table of `buckets` buckets in this build's layout,
+/// from this boot, swept recently enough; its seed. Otherwise why not.
+fn adoptable(
+    path: &Path,
+    buckets: usize,
+    len: usize,
+    boot: &str,
+    now: u32,
+) -> Result<(File, u64), String> {
     let file = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("no table yet".into()),
         Err(e) => return Err(format!("cannot open it: {e}")),
     };
     let size = file.metadata().map_err(|e| e.to_string())?.len();
-    let mut header = [0u8; 8 + 8 + 8 + BOOT_ID_LEN];
-    if size != len as u64 || file.read_exact_at(&mut header, 0).is_err() {
+    let mut header = [0u8; FIXED_LEN];
+    let mut swept = [0u8; 8];
+    if size != len as u64
+        || file.read_exact_at(&mut header, 0).is_err()
+        || file.read_exact_at(&mut swept, SWEPT_AT).is_err()
+    {
         return Err(format!(
             "it has {size} bytes, not the {len} of a {buckets}-bucket table (flow_table_size changed?)"
         ));
@@ -91,38 +138,68 @@ fn adoptable(path: &Path, buckets: usize, len: usize, boot: &str) -> Result<(Fil
         return Err("it is not a switchd flow table".into());
     }
     let word = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap());
-    if word(8) != buckets as u64 {
-        return Err(format!("it has {} buckets, not {buckets}", word(8)));
+    if word(8) != LAYOUT {
+        return Err("it was written by a switchd with another slot layout".into());
     }
-    if header[24..24 + BOOT_ID_LEN] != boot_bytes(boot) {
+    if word(16) != buckets as u64 {
+        return Err(format!("it has {} buckets, not {buckets}", word(16)));
+    }
+    if boot.is_empty() {
+        return Err(
+            "the boot id cannot be read, so a table from before a reboot cannot be told apart"
+                .into(),
+        );
+    }
+    if header[32..32 + BOOT_ID_LEN] != boot_bytes(boot) {
         return Err("it is from before the last reboot".into());
     }
-    Ok((file, word(16)))
+    let since = u64::from(now).saturating_sub(u64::from_le_bytes(swept));
+    if since > u64::from(MAX_UNSWEPT_SECS) {
+        return Err(format!("it was last swept {since} s ago"));
+    }
+    Ok((file, word(24)))
 }
 
-/// Write an empty table next to `path` and rename it into place.
-fn create(path: &Path, buckets: usize, len: usize, boot: &str, seed: u64) -> Result<File> {
-    let tmp = path.with_extension("new");
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    let mut header = Vec::with_capacity(HEADER);
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&(buckets as u64).to_le_bytes());
-    header.extend_from_slice(&seed.to_le_bytes());
-    header.extend_from_slice(&boot_bytes(boot));
-    header.resize(HEADER, 0);
-    file.write_all(&header)?;
-    // The buckets: zeroes, allocated now so that a full disk fails here and not with a
-    // SIGBUS on first use.
-    file.set_len(len as u64)?;
-    allocate(&file, len)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(file)
+/// Write an empty table next to `path` (under a name of its own, so two writers cannot
+/// meet) and rename it into place. On failure nothing is left behind.
+fn create(
+    path: &Path,
+    buckets: usize,
+    len: usize,
+    boot: &str,
+    now: u32,
+    seed: u64,
+) -> Result<File> {
+    let tmp = path.with_extension(format!("new.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp); // a leftover of a crashed run with our PID
+    let result = (|| -> Result<File> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let mut header = Vec::with_capacity(HEADER);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&LAYOUT.to_le_bytes());
+        header.extend_from_slice(&(buckets as u64).to_le_bytes());
+        header.extend_from_slice(&seed.to_le_bytes());
+        header.extend_from_slice(&boot_bytes(boot));
+        header.resize(SWEPT_AT as usize, 0);
+        header.extend_from_slice(&u64::from(now).to_le_bytes());
+        header.resize(HEADER, 0);
+        file.write_all(&header)?;
+        // The buckets, allocated now so that a full disk fails here and not with a SIGBUS
+        // in the datapath on first use.
+        file.set_len(len as u64)?;
+        allocate(&file, len)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(file)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn boot_bytes(boot: &str) -> [u8; BOOT_ID_LEN] {
@@ -132,13 +209,28 @@ fn boot_bytes(boot: &str) -> [u8; BOOT_ID_LEN] {
     b
 }
 
+/// Make sure every byte of the file has storage behind it.
 fn allocate(file: &File, len: usize) -> std::io::Result<()> {
     // SAFETY: posix_fallocate on an open descriptor we own; no memory is passed.
     let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
     match rc {
         0 => Ok(()),
-        // Filesystems without fallocate: the pages are allocated on first write instead.
-        libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        // Filesystems without fallocate: write the zeroes ourselves (the header page
+        // holds data; the rest of a new table is zero, and an adopted one is only
+        // re-allocated where fallocate works).
+        libc::EOPNOTSUPP | libc::EINVAL => {
+            let mut chunk = vec![0u8; 1 << 16];
+            let mut at = HEADER;
+            while at < len {
+                let n = chunk.len().min(len - at);
+                file.read_exact_at(&mut chunk[..n], at as u64)?;
+                if chunk[..n].iter().all(|&b| b == 0) {
+                    file.write_all_at(&chunk[..n], at as u64)?;
+                }
+                at += n;
+            }
+            Ok(())
+        }
         e => Err(std::io::Error::from_raw_os_error(e)),
     }
 }
@@ -236,62 +328,105 @@ mod tests {
 
     const NOW: u32 = 1_000_000;
 
+    fn open_at(path: &Path, capacity: usize, boot: &str, now: u32, seed: u64) -> Stored {
+        open(path, capacity, Timeouts::default(), boot, now, seed).unwrap()
+    }
+
     #[test]
     fn a_second_open_finds_the_flows_of_the_first() {
         let d = dir();
-        let path = d.join("flows.table");
-        let (t, opened) = open(&path, 4096, Timeouts::default(), "boot-a", 11).unwrap();
-        assert_eq!(opened, Opened::Fresh("no table yet".into()));
-        t.track_translated(&packet(40000), NOW);
-        drop(t);
-        let (t, opened) = open(&path, 4096, Timeouts::default(), "boot-a", 99).unwrap();
-        assert_eq!(opened, Opened::Adopted);
-        assert_eq!(t.seed(), 11, "the stored seed, not the new one");
-        assert!(t.is_reply_of_translated(&reply(40000), NOW + 5));
-        assert!(!t.is_reply_of_translated(&reply(40001), NOW + 5));
+        let path = d.join("switchd.flows");
+        let s = open_at(&path, 4096, "boot-a", NOW, 11);
+        assert_eq!(s.opened, Opened::Fresh("no table yet".into()));
+        s.table.track_translated(&packet(40000), NOW);
+        drop(s);
+        let s = open_at(&path, 4096, "boot-a", NOW + 3, 99);
+        assert_eq!(s.opened, Opened::Adopted);
+        assert_eq!(s.table.seed(), 11, "the stored seed, not the new one");
+        assert!(s.table.is_reply_of_translated(&reply(40000), NOW + 5));
+        assert!(!s.table.is_reply_of_translated(&reply(40001), NOW + 5));
         std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]
     fn two_mappings_share_one_table() {
         let d = dir();
-        let path = d.join("flows.table");
-        let (a, _) = open(&path, 4096, Timeouts::default(), "b", 1).unwrap();
-        let (b, opened) = open(&path, 4096, Timeouts::default(), "b", 2).unwrap();
-        assert_eq!(opened, Opened::Adopted);
-        a.track_translated(&packet(5), NOW);
-        assert!(b.is_reply_of_translated(&reply(5), NOW));
+        let path = d.join("switchd.flows");
+        let a = open_at(&path, 4096, "b", NOW, 1);
+        let b = open_at(&path, 4096, "b", NOW, 2);
+        assert_eq!(b.opened, Opened::Adopted);
+        a.table.track_translated(&packet(5), NOW);
+        assert!(b.table.is_reply_of_translated(&reply(5), NOW));
         std::fs::remove_dir_all(d).unwrap();
     }
 
+    fn fresh_because(s: &Stored, why: &str) {
+        assert!(
+            matches!(s.opened, Opened::Fresh(ref w) if w.contains(why)),
+            "{:?}, expected {why:?}",
+            s.opened
+        );
+    }
+
     #[test]
-    fn another_size_another_boot_or_a_foreign_file_starts_empty() {
+    fn another_size_boot_or_layout_a_foreign_file_or_a_long_unswept_one_starts_empty() {
         let d = dir();
-        let path = d.join("flows.table");
-        let (t, _) = open(&path, 4096, Timeouts::default(), "boot-a", 1).unwrap();
-        t.track_translated(&packet(1), NOW);
-        let (t2, opened) = open(&path, 8192, Timeouts::default(), "boot-a", 1).unwrap();
-        assert!(
-            matches!(opened, Opened::Fresh(ref why) if why.contains("flow_table_size")),
-            "{opened:?}"
-        );
-        assert!(!t2.is_reply_of_translated(&reply(1), NOW));
+        let path = d.join("switchd.flows");
+        let first = open_at(&path, 4096, "boot-a", NOW, 1);
+        first.table.track_translated(&packet(1), NOW);
+        let resized = open_at(&path, 8192, "boot-a", NOW, 1);
+        fresh_because(&resized, "flow_table_size");
         // The first mapping still works: the new file replaced the old one by rename.
-        assert!(t.is_reply_of_translated(&reply(1), NOW));
-        t2.track_translated(&packet(2), NOW);
-        drop(t2);
-        let (t3, opened) = open(&path, 8192, Timeouts::default(), "boot-b", 1).unwrap();
-        assert!(
-            matches!(opened, Opened::Fresh(ref why) if why.contains("reboot")),
-            "{opened:?}"
+        assert!(first.table.is_reply_of_translated(&reply(1), NOW));
+        drop((first, resized));
+
+        let s = open_at(&path, 8192, "boot-a", NOW, 1);
+        assert_eq!(s.opened, Opened::Adopted);
+        s.table.track_translated(&packet(2), NOW);
+        drop(s);
+        fresh_because(&open_at(&path, 8192, "boot-b", NOW, 1), "reboot");
+        fresh_because(&open_at(&path, 8192, "", NOW, 1), "boot id cannot be read");
+        fresh_because(&open_at(&path, 8192, "", NOW, 1), "boot id cannot be read");
+
+        // Another build's slot layout.
+        let s = open_at(&path, 8192, "boot-c", NOW, 1);
+        drop(s);
+        assert_eq!(
+            open_at(&path, 8192, "boot-c", NOW, 1).opened,
+            Opened::Adopted
         );
-        assert!(!t3.is_reply_of_translated(&reply(2), NOW));
-        drop(t3);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&(LAYOUT ^ 1).to_le_bytes(), 8).unwrap();
+        drop(f);
+        fresh_because(
+            &open_at(&path, 8192, "boot-c", NOW, 1),
+            "another slot layout",
+        );
+
+        // Not swept for too long; a recorded sweep keeps it adoptable.
+        let s = open_at(&path, 8192, "boot-c", NOW, 1);
+        let late = NOW + MAX_UNSWEPT_SECS;
+        s.file.mark_swept(late).unwrap();
+        drop(s);
+        assert_eq!(
+            open_at(&path, 8192, "boot-c", late + 60, 1).opened,
+            Opened::Adopted
+        );
+        fresh_because(
+            &open_at(&path, 8192, "boot-c", late + MAX_UNSWEPT_SECS + 1, 1),
+            "last swept",
+        );
+
         std::fs::write(&path, vec![7u8; HEADER + buckets_for(8192) * BUCKET_BYTES]).unwrap();
-        let (_, opened) = open(&path, 8192, Timeouts::default(), "boot-b", 1).unwrap();
-        assert!(
-            matches!(opened, Opened::Fresh(ref why) if why.contains("not a switchd")),
-            "{opened:?}"
+        fresh_because(&open_at(&path, 8192, "boot-c", NOW, 1), "not a switchd");
+        let leftovers: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            leftovers,
+            ["switchd.flows"],
+            "no temporary files left behind"
         );
         std::fs::remove_dir_all(d).unwrap();
     }
@@ -299,16 +434,17 @@ mod tests {
     #[test]
     fn a_directory_that_cannot_hold_it_is_an_error_with_the_path() {
         let e = open(
-            Path::new("/proc/swt-no-such-dir/flows.table"),
+            Path::new("/proc/swt-no-such-dir/switchd.flows"),
             1024,
             Timeouts::default(),
             "b",
+            NOW,
             1,
         )
         .err()
         .expect("cannot create under /proc");
         assert!(
-            format!("{e:#}").contains("/proc/swt-no-such-dir/flows.table"),
+            format!("{e:#}").contains("/proc/swt-no-such-dir/switchd.flows"),
             "{e:#}"
         );
     }

@@ -158,7 +158,8 @@ impl Switch {
             tracing::error!(error = %format!("{e:#}"), "cannot prepare the node to forward pod traffic; set net.ipv4.ip_forward=1 and send_redirects=0 by hand");
         }
         let timeouts = crate::node::conntrack_timeouts();
-        let flows = Arc::new(open_flow_table(&cfg, timeouts));
+        let (flows, flow_file) = open_flow_table(&cfg, timeouts);
+        let flows = Arc::new(flows);
         tracing::debug!(
             capacity = flows.capacity(),
             ?timeouts,
@@ -206,6 +207,7 @@ impl Switch {
             masquerade: masquerade.clone(),
         });
         tokio::spawn(masquerade.run());
+        tokio::spawn(sweep_flows(sw.flows.clone(), flow_file));
         sw.add_port(
             HOST_PORT,
             host_tap,
@@ -877,33 +879,73 @@ async fn reap_loop(
     }
 }
 
-/// The translated-flow table, in `flows.table` beside the control socket so that the next
-/// switchd finds its flows (see `flow_store`); in memory only if that file cannot be used.
-fn open_flow_table(cfg: &Config, timeouts: crate::datapath::flows::Timeouts) -> FlowTable {
+/// The translated-flow table, in the file beside the control socket (`switchd.flows` for
+/// `switchd.sock`) so that the next switchd finds its flows (see `flow_store`); in memory
+/// only if that file cannot be used.
+fn open_flow_table(
+    cfg: &Config,
+    timeouts: crate::datapath::flows::Timeouts,
+) -> (FlowTable, Option<crate::flow_store::FlowFile>) {
+    use crate::flow_store::Opened;
     let seed =
         std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64);
-    let path = cfg
-        .socket
-        .parent()
-        .unwrap_or(std::path::Path::new("/run/switchd"))
-        .join("flows.table");
+    let path = cfg.socket.with_extension("flows");
     let boot = crate::flow_store::boot_id();
-    match crate::flow_store::open(&path, cfg.flow_table_size, timeouts, &boot, seed) {
-        Ok((table, crate::flow_store::Opened::Adopted)) => {
-            tracing::info!(
-                file = %path.display(),
-                flows = table.len(crate::port::now_secs()),
-                "adopted the translated flows of the previous run"
-            );
-            table
-        }
-        Ok((table, crate::flow_store::Opened::Fresh(why))) => {
-            tracing::debug!(file = %path.display(), reason = %why, "new translated-flow table");
-            table
+    let opened = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            crate::flow_store::open(
+                &path,
+                cfg.flow_table_size,
+                timeouts,
+                &boot,
+                crate::port::now_secs(),
+                seed,
+            )
+        });
+    match opened {
+        Ok(stored) => {
+            match &stored.opened {
+                Opened::Adopted => tracing::info!(
+                    file = %path.display(),
+                    flows = stored.table.len(crate::port::now_secs()),
+                    "adopted the translated flows of the previous run"
+                ),
+                Opened::Fresh(why) => {
+                    tracing::debug!(file = %path.display(), reason = %why, "new translated-flow table")
+                }
+            }
+            (stored.table, Some(stored.file))
         }
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "cannot keep the translated-flow table in a file; keeping it in memory, so a restart forgets Service flows (their replies may be reset until the client sends again)");
-            FlowTable::new(cfg.flow_table_size, timeouts, seed)
+            (FlowTable::new(cfg.flow_table_size, timeouts, seed), None)
+        }
+    }
+}
+
+/// Every minute: clear the flow table's expired slots (so that none can look live again
+/// when the clock wraps) and record the sweep in its file.
+async fn sweep_flows(flows: Arc<FlowTable>, file: Option<crate::flow_store::FlowFile>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = false;
+    loop {
+        every.tick().await;
+        let now = crate::port::now_secs();
+        let cleared = flows.sweep(now);
+        tracing::trace!(cleared, "swept the translated-flow table");
+        if let Some(f) = &file {
+            match f.mark_swept(now) {
+                Ok(()) => warned = false,
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::warn!(error = %e, "cannot record the flow table's sweep; after a long outage the next switchd will start with an empty table");
+                }
+                Err(_) => {}
+            }
         }
     }
 }

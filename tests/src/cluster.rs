@@ -137,6 +137,48 @@ pub fn prepare_switchd(ns: Netns, me: &NodeInfo, nodes: &[NodeInfo], extra: &str
     )
 }
 
+/// `n` switchd nodes and a host outside the cluster on one underlay. The outside host is
+/// the nodes' default router (real nodes have a default route; ClusterIPs are reached
+/// through it from the node) and has no route to pod addresses. Fields drop in order.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub infos: Vec<NodeInfo>,
+    pub outside: Netns,
+    pub outside_addr: Ipv4Addr,
+    pub underlay: Underlay,
+}
+
+impl Cluster {
+    pub fn with_outside(n: u8) -> Cluster {
+        let mut underlay = Underlay::new();
+        let spaces: Vec<Netns> = (0..n).map(|_| Netns::new("n")).collect();
+        let infos: Vec<NodeInfo> = spaces
+            .iter()
+            .zip(1..)
+            .map(|(ns, i)| NodeInfo::numbered(i, underlay.attach(ns, 1500)))
+            .collect();
+        let outside = Netns::new("out");
+        let outside_addr = underlay.attach(&outside, 1500);
+        let via = outside_addr.to_string();
+        for ns in &spaces {
+            let out = ns.exec(&["ip", "route", "add", "default", "via", &via]);
+            assert!(out.status.success(), "default route via the outside host");
+        }
+        let nodes = spaces
+            .into_iter()
+            .zip(&infos)
+            .map(|(ns, me)| start_switchd(ns, me, &infos, ""))
+            .collect();
+        Cluster {
+            nodes,
+            infos,
+            outside,
+            outside_addr,
+            underlay,
+        }
+    }
+}
+
 /// A node set up like flannel's vxlan backend does a host: a kernel VXLAN device
 /// `flannel.1` (VNI 1, UDP 8472, no learning), onlink routes to each remote pod CIDR via the
 /// remote's `.0` address, static neighbour and FDB entries pointing at the remote nodes, and

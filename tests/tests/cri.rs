@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use switchd_e2e::cluster::{start_switchd, NodeInfo, Underlay};
+use switchd_e2e::cluster::Cluster;
 use switchd_e2e::cri::{Cri, PodSpec};
 use switchd_e2e::*;
 
@@ -48,20 +48,8 @@ fn port_of(node: &Node, name: &str) -> serde_json::Value {
 
 #[test]
 fn a_cri_pod_sandbox_gets_its_address_from_switchd_shares_localhost_and_publishes_a_host_port() {
-    let mut underlay = Underlay::new();
-    let spaces: Vec<Netns> = (0..2).map(|_| Netns::new("n")).collect();
-    let infos: Vec<NodeInfo> = spaces
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| NodeInfo::numbered(i as u8 + 1, underlay.attach(ns, 1500)))
-        .collect();
-    let outside = Netns::new("out");
-    underlay.attach(&outside, 1500);
-    let nodes: Vec<Node> = spaces
-        .into_iter()
-        .zip(&infos)
-        .map(|(ns, me)| start_switchd(ns, me, &infos, ""))
-        .collect();
+    let c = Cluster::with_outside(2);
+    let (nodes, infos, outside) = (&c.nodes, &c.infos, &c.outside);
     let mut cri = Cri::start(&nodes[0]);
 
     let mut pod = PodSpec::new("default", "web");
@@ -117,7 +105,7 @@ fn a_cri_pod_sandbox_gets_its_address_from_switchd_shares_localhost_and_publishe
         ("same-node pod", &local),
         ("the node", &nodes[0].ns),
         ("other-node pod", &remote),
-        ("outside host", &outside),
+        ("outside host", outside),
     ] {
         eventually(&format!("{who} → hostPort"), || {
             body_of(

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use switchd_e2e::cluster::{start_switchd, NodeInfo, Underlay};
+use switchd_e2e::cluster::Cluster;
 use switchd_e2e::dns::{resolve, Dnsmasq};
 use switchd_e2e::echo::{ask_tcp, ask_udp, EchoServer};
 use switchd_e2e::kube_proxy::{self, Mode, Proto, Service};
@@ -40,10 +40,7 @@ struct Fixture {
     clients: Vec<(Netns, Ipv4Addr)>,
     endpoints: Vec<(Netns, Ipv4Addr)>,
     _dns_pod: Netns,
-    nodes: Vec<Node>,
-    infos: Vec<NodeInfo>,
-    outside: (Netns, Ipv4Addr),
-    _underlay: Underlay,
+    c: Cluster,
 }
 
 fn pod(node: &Node, tag: &str) -> (Netns, Ipv4Addr) {
@@ -72,45 +69,27 @@ fn services(endpoints: &[Ipv4Addr], apiserver: Ipv4Addr, dns: Ipv4Addr) -> Vec<S
 }
 
 fn fixture(mode: Mode) -> Fixture {
-    let mut underlay = Underlay::new();
-    let spaces: Vec<Netns> = (0..2).map(|_| Netns::new("n")).collect();
-    let infos: Vec<NodeInfo> = spaces
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| NodeInfo::numbered(i as u8 + 1, underlay.attach(ns, 1500)))
-        .collect();
-    let outside_ns = Netns::new("out");
-    let outside_addr = underlay.attach(&outside_ns, 1500);
-    // Real nodes have a default route; ClusterIPs are reached through it from the node.
-    for ns in &spaces {
-        let via = outside_addr.to_string();
-        let out = ns.exec(&["ip", "route", "add", "default", "via", &via]);
-        assert!(out.status.success(), "default route");
-    }
-    let nodes: Vec<Node> = spaces
-        .into_iter()
-        .zip(&infos)
-        .map(|(ns, me)| start_switchd(ns, me, &infos, ""))
-        .collect();
+    let c = Cluster::with_outside(2);
+    let (nodes, infos, outside_ns, outside_addr) = (&c.nodes, &c.infos, &c.outside, c.outside_addr);
     let endpoints = vec![pod(&nodes[0], "ep"), pod(&nodes[1], "ep")];
     let clients: Vec<(Netns, Ipv4Addr)> = nodes.iter().map(|n| pod(n, "c")).collect();
     let (dns_pod, dns_addr) = pod(&nodes[1], "dns");
     let apiserver = infos[1].underlay;
     let ep_addrs: Vec<Ipv4Addr> = endpoints.iter().map(|e| e.1).collect();
     let svcs = services(&ep_addrs, apiserver, dns_addr);
-    for (node, info) in nodes.iter().zip(&infos) {
+    for (node, info) in nodes.iter().zip(infos) {
         kube_proxy::apply(&node.ns, mode, CLUSTER_CIDR, info.underlay, &svcs);
     }
     let servers = vec![
         EchoServer::start(&endpoints[0].0, "ep1", 8080),
         EchoServer::start(&endpoints[1].0, "ep2", 8080),
         EchoServer::start(&nodes[1].ns, "apiserver", 6443),
-        EchoServer::start(&outside_ns, "outside", 9000),
+        EchoServer::start(outside_ns, "outside", 9000),
     ];
     // The outside resolver knows one name, which resolves to the outside host itself;
     // the cluster's DNS pod answers cluster names and forwards everything else there.
     let dns = vec![
-        Dnsmasq::start(&outside_ns, &[("www.outside.test", outside_addr)], None),
+        Dnsmasq::start(outside_ns, &[("www.outside.test", outside_addr)], None),
         Dnsmasq::start(
             &dns_pod,
             &[("pair.default.svc.cluster.local", PAIR)],
@@ -124,10 +103,22 @@ fn fixture(mode: Mode) -> Fixture {
         clients,
         endpoints,
         _dns_pod: dns_pod,
-        nodes,
-        infos,
-        outside: (outside_ns, outside_addr),
-        _underlay: underlay,
+        c,
+    }
+}
+
+impl Fixture {
+    /// Rewrite every node's rules (iptables-nft) for `services`, as a kube-proxy sync does.
+    fn apply(&self, services: &[Service]) {
+        for (node, info) in self.c.nodes.iter().zip(&self.c.infos) {
+            kube_proxy::apply(
+                &node.ns,
+                Mode::IptablesNft,
+                CLUSTER_CIDR,
+                info.underlay,
+                services,
+            );
+        }
     }
 }
 
@@ -139,7 +130,7 @@ fn ask(ns: &Netns, to: Ipv4Addr, port: u16, what: &str) -> switchd_e2e::echo::An
 /// endpoint, other node), the node itself, the outside host and the endpoint itself.
 fn granular_checks(mode: Mode) {
     let f = fixture(mode);
-    let node_ips: Vec<Ipv4Addr> = f.infos.iter().map(|i| i.underlay).collect();
+    let node_ips: Vec<Ipv4Addr> = f.c.infos.iter().map(|i| i.underlay).collect();
     for (i, (ns, addr)) in f.clients.iter().enumerate() {
         let on = format!("{mode:?}, client on node {}", i + 1);
         // One endpoint: TCP, and UDP with 2,000-byte requests and replies (fragments).
@@ -183,7 +174,7 @@ fn granular_checks(mode: Mode) {
             assert!(a.server.starts_with("ep"), "{on}: {a:?}");
         }
     }
-    for (node, info) in f.nodes.iter().zip(&f.infos) {
+    for (node, info) in f.c.nodes.iter().zip(&f.c.infos) {
         let a = ask(
             &node.ns,
             SOLO,
@@ -201,7 +192,7 @@ fn granular_checks(mode: Mode) {
     }
     for ip in &node_ips {
         let a = ask(
-            &f.outside.0,
+            &f.c.outside,
             *ip,
             NODE_PORT,
             &format!("{mode:?}: outside → NodePort {ip}"),
@@ -214,10 +205,10 @@ fn granular_checks(mode: Mode) {
     assert_eq!(a.server, "ep1");
     assert_eq!(
         a.client,
-        f.infos[0].gateway(),
+        f.c.infos[0].gateway(),
         "{mode:?}: hairpin is masqueraded"
     );
-    for node in &f.nodes {
+    for node in &f.c.nodes {
         let stats = node.query("stats");
         assert!(stats["flows"]["tracked"].as_u64().unwrap() >= 2, "{stats}");
         assert!(stats["flows"]["returned"].as_u64().unwrap() >= 2, "{stats}");
@@ -264,7 +255,7 @@ fn pods_resolve_cluster_and_outside_names_through_the_kube_dns_cluster_ip() {
             // because egress is masqueraded to node 2's address.
             let got = resolve(ns, KUBE_DNS, "www.outside.test", tcp)
                 .unwrap_or_else(|e| panic!("{on}: outside name: {e}"));
-            assert_eq!(got, [f.outside.1], "{on}");
+            assert_eq!(got, [f.c.outside_addr], "{on}");
         }
         // And the name leads somewhere: resolve, then connect by it through the Service.
         let a = ask(ns, PAIR, 80, "the resolved Service");
@@ -275,40 +266,40 @@ fn pods_resolve_cluster_and_outside_names_through_the_kube_dns_cluster_ip() {
 #[test]
 fn egress_leaves_with_the_node_address_and_direct_pod_traffic_is_not_tracked() {
     let f = fixture(Mode::IptablesNft);
-    let out_addr = f.outside.1;
+    let out_addr = f.c.outside_addr;
     let (c1, _) = &f.clients[0];
     let a = ask(c1, out_addr, 9000, "pod → outside host over TCP");
     assert_eq!(
-        a.client, f.infos[0].underlay,
+        a.client, f.c.infos[0].underlay,
         "masqueraded to the node's address"
     );
     let a = ask_udp(c1, out_addr, 9000, 10, 0).expect("pod → outside host over UDP");
-    assert_eq!(a.client, f.infos[0].underlay);
+    assert_eq!(a.client, f.c.infos[0].underlay);
     assert!(c1.ping(out_addr), "ping to a host outside the cluster");
-    let status = f.nodes[0].query("status");
+    let status = f.c.nodes[0].query("status");
     assert_eq!(status["masquerade"], "installed", "{status}");
     // Direct pod → pod traffic records no flow.
     let tracked = |n: &Node| n.query("stats")["flows"]["tracked"].as_u64().unwrap();
-    let before = tracked(&f.nodes[0]);
+    let before = tracked(&f.c.nodes[0]);
     assert!(c1.ping(f.endpoints[0].1));
     assert!(c1.ping(f.endpoints[1].1));
-    assert_eq!(before, tracked(&f.nodes[0]));
+    assert_eq!(before, tracked(&f.c.nodes[0]));
     for key in [
         "net/ipv4/conf/all/send_redirects",
         "net/ipv4/conf/switchd0/send_redirects",
     ] {
-        let v = f.nodes[0].ns.exec(&["cat", &format!("/proc/sys/{key}")]);
+        let v = f.c.nodes[0].ns.exec(&["cat", &format!("/proc/sys/{key}")]);
         assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), "0", "{key}");
     }
     // Someone flushes switchd's table: it comes back.
-    assert!(f.nodes[0]
+    assert!(f.c.nodes[0]
         .ns
         .exec(&["nft", "delete", "table", "ip", "switchd"])
         .status
         .success());
     let back = (0..40).any(|_| {
         std::thread::sleep(Duration::from_millis(250));
-        f.nodes[0]
+        f.c.nodes[0]
             .ns
             .exec(&["nft", "list", "table", "ip", "switchd"])
             .status
@@ -398,22 +389,15 @@ impl Drop for UdpPinger {
 fn udp_clients_keep_working_when_the_server_pod_is_replaced() {
     const CYCLE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
     let f = fixture(Mode::IptablesNft);
+    // kube-proxy's sync after the endpoints changed: the rules rewritten, then the
+    // Service's UDP conntrack entries deleted.
     let rules = |server: Ipv4Addr| {
-        let svc = [Service::new("cycle", Proto::Udp, CYCLE, 80).endpoint(server, 8080)];
-        for (node, info) in f.nodes.iter().zip(&f.infos) {
-            // kube-proxy's sync after the endpoints changed: the rules rewritten, then
-            // the Service's UDP conntrack entries deleted.
-            kube_proxy::apply(
-                &node.ns,
-                Mode::IptablesNft,
-                CLUSTER_CIDR,
-                info.underlay,
-                &svc,
-            );
+        f.apply(&[Service::new("cycle", Proto::Udp, CYCLE, 80).endpoint(server, 8080)]);
+        for node in &f.c.nodes {
             kube_proxy::flush_udp_conntrack(&node.ns, CYCLE);
         }
     };
-    let (old_ns, old_addr) = pod(&f.nodes[0], "srvA");
+    let (old_ns, old_addr) = pod(&f.c.nodes[0], "srvA");
     let old = EchoServer::start(&old_ns, "serverA", 8080);
     rules(old_addr);
     let pingers: Vec<UdpPinger> = f
@@ -425,11 +409,11 @@ fn udp_clients_keep_working_when_the_server_pod_is_replaced() {
         p.wait_for("serverA", Duration::from_secs(10)).unwrap();
     }
     // The replacement is scheduled on the other node and gets another address.
-    let (new_ns, new_addr) = pod(&f.nodes[1], "srvB");
+    let (new_ns, new_addr) = pod(&f.c.nodes[1], "srvB");
     assert_ne!(new_addr, old_addr);
     let _new = EchoServer::start(&new_ns, "serverB", 8080);
     drop(old);
-    let del = f.nodes[0].cni("DEL", &old_ns);
+    let del = f.c.nodes[0].cni("DEL", &old_ns);
     assert!(del.ok(), "DEL {:?}", del.json);
     drop(old_ns);
     rules(new_addr);
@@ -455,7 +439,7 @@ fn recv(conn: &mut BufReader<TcpStream>, what: &str) -> String {
 
 /// Service connections open across a crash of switchd: the endpoint speaks first after
 /// the restart, so its reply must find the flow the previous switchd recorded (kept in
-/// `flows.table` beside the socket), or it would be switched straight to the client pod
+/// `switchd.flows` beside the socket), or it would be switched straight to the client pod
 /// from the endpoint's address and the client would reset the connection.
 #[test]
 fn service_connections_survive_a_crash_and_restart_of_switchd() {
@@ -463,15 +447,7 @@ fn service_connections_survive_a_crash_and_restart_of_switchd() {
     let mut f = fixture(Mode::IptablesNft);
     let mut svcs = f.services.clone();
     svcs.push(Service::new("held", Proto::Tcp, HELD, 80).endpoint(f.endpoints[0].1, 7070));
-    for (node, info) in f.nodes.iter().zip(&f.infos) {
-        kube_proxy::apply(
-            &node.ns,
-            Mode::IptablesNft,
-            CLUSTER_CIDR,
-            info.underlay,
-            &svcs,
-        );
-    }
+    f.apply(&svcs);
     let listener = f.endpoints[0]
         .0
         .spawn(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 7070)).unwrap())
@@ -518,7 +494,7 @@ fn service_connections_survive_a_crash_and_restart_of_switchd() {
         assert_eq!(recv(&mut clients[i].1, "client reads"), "ack");
     }
 
-    for node in &mut f.nodes {
+    for node in &mut f.c.nodes {
         node.kill();
         node.launch();
         let stats = node.query("stats");

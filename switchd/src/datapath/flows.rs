@@ -61,6 +61,19 @@ const FP_SHIFT: u32 = DEADLINE_BITS + 3;
 const TIME_SHIFT: u32 = 2;
 const MAX_AHEAD: u32 = (1 << (DEADLINE_BITS - 1)) - 2;
 
+/// What a slot means, as one number: a table in memory written under another layout
+/// (another build of switchd) must not be adopted. Bump the last term whenever the hash,
+/// the fingerprint or the state encoding changes.
+pub const LAYOUT: u64 = ((WAYS as u64) << 48)
+    | ((DEADLINE_BITS as u64) << 40)
+    | ((TIME_SHIFT as u64) << 32)
+    | ((FP_SHIFT as u64) << 24)
+    | 1;
+
+/// The longest a table may go unswept and still be adopted, in seconds: well inside the
+/// half of the deadline range in which an expired entry cannot yet look live again.
+pub const MAX_UNSWEPT_SECS: u32 = (1 << (DEADLINE_BITS - 2)) << TIME_SHIFT;
+
 /// A flow as the core sees it: addresses, protocol and ports (ICMP echo: the identifier in
 /// both; a fragment entry: the IP identification).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -408,6 +421,22 @@ impl FlowTable {
             .count()
     }
 
+    /// Clear every expired slot; the number cleared. Deadlines are kept modulo the
+    /// deadline range, so an entry left expired for half that range (about 6 days) would
+    /// read as live again: the caller sweeps far more often than that (switchd: every
+    /// minute), and a table that went unswept that long is not adopted (`flow_store`).
+    pub fn sweep(&self, now: u32) -> usize {
+        let now = ticks(now);
+        let mut cleared = 0;
+        for slot in self.buckets().iter().flat_map(|b| b.0.iter()) {
+            let v = slot.load(Relaxed);
+            if v != 0 && !alive(v, now) && slot.compare_exchange(v, 0, Relaxed, Relaxed).is_ok() {
+                cleared += 1;
+            }
+        }
+        cleared
+    }
+
     pub fn is_empty(&self, now: u32) -> bool {
         self.len(now) == 0
     }
@@ -711,6 +740,27 @@ mod tests {
 
     fn table() -> FlowTable {
         FlowTable::new(1024, Timeouts::default(), 0x1234_5678)
+    }
+
+    #[test]
+    fn a_sweep_clears_expired_entries_so_they_cannot_come_back() {
+        let t = table();
+        let to = Timeouts::default();
+        t.track_translated(&udp(B, A, 5000, 53), 1000);
+        t.track_translated(&tcp(B, A, 40000, 80, TCP_SYN), 1000);
+        assert_eq!(t.sweep(1000 + 10), 0, "nothing has expired yet");
+        assert_eq!(t.len(1000 + 10), 2);
+        // The UDP entry is past its timeout, the SYN_SENT one is not.
+        assert_eq!(t.sweep(1000 + to.udp + 8), 1);
+        assert_eq!(t.len(1000 + to.udp + 8), 1);
+        // Half the deadline range after it expired, an unswept entry reads as live
+        // again; a swept one is gone for good.
+        let unswept = table();
+        unswept.track_translated(&udp(B, A, 5000, 53), 1000);
+        let later = 1000 + to.udp + 16 + (1u32 << (DEADLINE_BITS - 1 + TIME_SHIFT));
+        assert_eq!(unswept.len(later), 1, "the hazard the sweep exists for");
+        assert!(!t.is_reply_of_translated(&udp(A, B, 53, 5000), later));
+        assert_eq!(t.len(later), 0);
     }
 
     fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Packet {

@@ -24,7 +24,7 @@ use std::ptr::NonNull;
 use anyhow::{Context, Result};
 
 use crate::datapath::flows::{
-    buckets_for, FlowTable, Timeouts, BUCKET_BYTES, LAYOUT, MAX_UNSWEPT_SECS,
+    buckets_for, region_bytes, FlowTable, Timeouts, LAYOUT, MAX_UNSWEPT_SECS,
 };
 
 const MAGIC: &[u8; 8] = b"SWFLOWS1";
@@ -82,7 +82,7 @@ pub fn open(
     new_seed: u64,
 ) -> Result<Stored> {
     let buckets = buckets_for(capacity);
-    let len = HEADER + buckets * BUCKET_BYTES;
+    let len = HEADER + region_bytes(buckets);
     let (file, seed, opened) = match adoptable(path, buckets, len, boot, now) {
         Ok((file, seed)) => {
             allocate(&file, len).with_context(|| format!("allocating {}", path.display()))?;
@@ -98,9 +98,9 @@ pub fn open(
         .with_context(|| format!("mapping the flow table {}", path.display()))?;
     let region = NonNull::new(map.ptr.as_ptr().wrapping_add(HEADER)).expect("mapped memory");
     // SAFETY: the mapping is `len` bytes, page-aligned, read-write and shared; `region` is
-    // its part after the header page, `buckets * BUCKET_BYTES` bytes, aligned to the page
-    // (a multiple of BUCKET_BYTES), alive as long as `map`, which the table owns. Other
-    // switchd processes mapping the file touch it only through the same atomic slots.
+    // its part after the header page, `region_bytes(buckets)` bytes, page-aligned (so
+    // aligned to a bucket), alive as long as `map`, which the table owns. Other switchd
+    // processes mapping the file touch it only through the same atomic operations.
     let table = unsafe { FlowTable::in_region(region, buckets, Box::new(map), timeouts, seed) };
     Ok(Stored {
         table,
@@ -285,8 +285,8 @@ mod tests {
     fn packet(sport: u16) -> Packet {
         Packet::Flow {
             key: FlowKey {
-                src: [10, 244, 2, 5],
-                dst: [10, 244, 1, 7],
+                src: u32::from_be_bytes([10, 244, 2, 5]),
+                dst: u32::from_be_bytes([10, 244, 1, 7]),
                 proto: 6,
                 sport,
                 dport: 8080,
@@ -417,7 +417,7 @@ mod tests {
             "last swept",
         );
 
-        std::fs::write(&path, vec![7u8; HEADER + buckets_for(8192) * BUCKET_BYTES]).unwrap();
+        std::fs::write(&path, vec![7u8; HEADER + region_bytes(buckets_for(8192))]).unwrap();
         fresh_because(&open_at(&path, 8192, "boot-c", NOW, 1), "not a switchd");
         let leftovers: Vec<_> = std::fs::read_dir(&d)
             .unwrap()

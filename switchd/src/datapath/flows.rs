@@ -23,6 +23,9 @@
 //!   timeouts (read from the node at start, see [`Timeouts`]), refreshed by the same packets
 //!   that refresh the kernel's entry: every packet of a recorded flow crosses the node in both
 //!   directions, so the two clocks run together.
+//! - **Gated.** Before any lookup, one counter per hash of the frame's source address says
+//!   whether any recorded flow has its replies coming from there; most pod-to-pod frames
+//!   (from pods that are not Service endpoints) stop at that one load.
 //! - **IP fragments.** Only a flow's first fragment carries its ports. When the first
 //!   fragment of a reply matches a flow, its IP identification is recorded too, and the
 //!   later fragments of that datagram follow it to the node (they must, or the node's
@@ -36,7 +39,7 @@
 //!
 //! Nothing here performs a system call: the caller passes the time in seconds.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 pub const WAYS: usize = 8;
 
@@ -68,7 +71,8 @@ pub const LAYOUT: u64 = ((WAYS as u64) << 48)
     | ((DEADLINE_BITS as u64) << 40)
     | ((TIME_SHIFT as u64) << 32)
     | ((FP_SHIFT as u64) << 24)
-    | 1;
+    | ((GATE_BITS as u64) << 16)
+    | 2;
 
 /// The longest a table may go unswept and still be adopted, in seconds: well inside the
 /// half of the deadline range in which an expired entry cannot yet look live again.
@@ -78,8 +82,11 @@ pub const MAX_UNSWEPT_SECS: u32 = (1 << (DEADLINE_BITS - 2)) << TIME_SHIFT;
 /// both; a fragment entry: the IP identification).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+    /// Addresses as numbers (`u32::from_be_bytes` of the wire bytes): read straight from
+    /// the frame as whole words, never assembled from bytes, which would make the next
+    /// load of the key wait for the stores to drain.
+    pub src: u32,
+    pub dst: u32,
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
@@ -120,7 +127,7 @@ pub enum Packet {
 /// Read the flow of an IPv4 packet (`ip` starts at the IPv4 header, which the caller has
 /// already checked). `None` when the transport header is cut short: such a packet is
 /// forwarded as it would be without flow tracking.
-#[inline]
+#[inline(always)]
 pub fn parse(ip: &[u8]) -> Option<Packet> {
     let ihl = usize::from(ip.first()? & 0x0f) * 4;
     if ihl < 20 || ip.len() < ihl {
@@ -131,8 +138,8 @@ pub fn parse(ip: &[u8]) -> Option<Packet> {
     let offset = frag & 0x1fff;
     let more_fragments = frag & 0x2000 != 0;
     let ip_id = u16::from_be_bytes([ip[4], ip[5]]);
-    let src = [ip[12], ip[13], ip[14], ip[15]];
-    let dst = [ip[16], ip[17], ip[18], ip[19]];
+    let src = be32(ip, 12);
+    let dst = be32(ip, 16);
     if offset != 0 {
         return Some(Packet::Fragment(fragment_key(src, dst, proto, ip_id)));
     }
@@ -193,8 +200,8 @@ fn quoted_flow(inner: &[u8]) -> Option<FlowKey> {
         _ => (0, 0),
     };
     Some(FlowKey {
-        src: [inner[12], inner[13], inner[14], inner[15]],
-        dst: [inner[16], inner[17], inner[18], inner[19]],
+        src: be32(inner, 12),
+        dst: be32(inner, 16),
         proto,
         sport,
         dport,
@@ -202,7 +209,7 @@ fn quoted_flow(inner: &[u8]) -> Option<FlowKey> {
     })
 }
 
-fn fragment_key(src: [u8; 4], dst: [u8; 4], proto: u8, ip_id: u16) -> FlowKey {
+fn fragment_key(src: u32, dst: u32, proto: u8, ip_id: u16) -> FlowKey {
     FlowKey {
         src,
         dst,
@@ -216,6 +223,11 @@ fn fragment_key(src: [u8; 4], dst: [u8; 4], proto: u8, ip_id: u16) -> FlowKey {
 #[inline]
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+#[inline]
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().unwrap())
 }
 
 /// The kernel's conntrack timeouts, in seconds. [`Timeouts::default`] holds the kernel's
@@ -297,6 +309,25 @@ struct Bucket([AtomicU64; WAYS]);
 /// Bytes of one bucket: the unit the table's memory comes in.
 pub const BUCKET_BYTES: usize = std::mem::size_of::<Bucket>();
 
+/// The gate in front of the table: one counter per hash of a reply's source address,
+/// holding how many slots hold flows whose replies come from such an address. A frame
+/// whose source has a zero counter cannot be a reply of a recorded flow, and is switched
+/// after one load instead of a lookup: pod-to-pod traffic of pods that are not Service
+/// endpoints pays nothing else.
+const GATE_BITS: u32 = 16;
+const GATE_SLOTS: usize = 1 << GATE_BITS;
+/// Bytes of the gate, which precedes the buckets in a table's memory.
+pub const GATE_BYTES: usize = GATE_SLOTS * std::mem::size_of::<AtomicU32>();
+/// Fingerprint bits that come from the tuple's hash; the top `GATE_BITS` of the
+/// fingerprint are the gate index of the reply's source, so a slot says which counter
+/// it holds up.
+const FP_TUPLE_BITS: u32 = 64 - FP_SHIFT - GATE_BITS;
+
+/// Bytes of memory a table of `buckets` buckets lives in: the gate, then the buckets.
+pub fn region_bytes(buckets: usize) -> usize {
+    GATE_BYTES + buckets * BUCKET_BYTES
+}
+
 /// The number of buckets a table of at least `capacity` entries has.
 pub fn buckets_for(capacity: usize) -> usize {
     capacity.div_ceil(WAYS).max(1).next_power_of_two()
@@ -304,7 +335,8 @@ pub fn buckets_for(capacity: usize) -> usize {
 
 /// The table of translated flows. Shared by every port and the tunnel; see the module docs.
 pub struct FlowTable {
-    /// `mask + 1` buckets in memory kept alive by `_memory`.
+    /// `GATE_SLOTS` counters, then `mask + 1` buckets, in memory kept alive by `_memory`.
+    gate: std::ptr::NonNull<AtomicU32>,
     buckets: std::ptr::NonNull<Bucket>,
     mask: u64,
     seed: u64,
@@ -349,18 +381,16 @@ impl FlowTable {
     /// each other.
     pub fn new(capacity: usize, timeouts: Timeouts, seed: u64) -> FlowTable {
         let n = buckets_for(capacity);
-        let heap: Box<[Bucket]> = (0..n)
+        // Zeroed memory in units of buckets (for their alignment); the gate is the first
+        // GATE_BYTES of it.
+        let heap: Box<[Bucket]> = (0..region_bytes(n) / BUCKET_BYTES)
             .map(|_| Bucket(std::array::from_fn(|_| AtomicU64::new(0))))
             .collect();
         let heap = HeapBuckets(std::ptr::NonNull::from(Box::leak(heap)));
-        FlowTable {
-            buckets: heap.0.cast(),
-            mask: n as u64 - 1,
-            seed,
-            timeouts,
-            counters: FlowCounters::default(),
-            _memory: Box::new(heap),
-        }
+        let region = heap.0.cast::<u8>();
+        // SAFETY: `region` is `region_bytes(n)` zeroed bytes aligned to a bucket, owned by
+        // `heap`, which the table keeps, and touched by nobody else.
+        unsafe { FlowTable::in_region(region, n, Box::new(heap), timeouts, seed) }
     }
 
     /// A table whose `buckets` buckets live in memory the caller provides: a mapping shared
@@ -369,9 +399,10 @@ impl FlowTable {
     /// the same bucket count and `seed` is that table, with its flows.
     ///
     /// # Safety
-    /// `region` points to `buckets * BUCKET_BYTES` bytes, aligned to [`BUCKET_BYTES`],
+    /// `region` points to [`region_bytes`]`(buckets)` bytes, aligned to [`BUCKET_BYTES`],
     /// readable and writable for as long as `owner` lives, and touched by anyone else
-    /// (another process) only through atomic 8-byte operations. `buckets` is a power of two.
+    /// (another process) only through the same atomic operations (4-byte on the gate,
+    /// 8-byte on the buckets). `buckets` is a power of two.
     pub unsafe fn in_region(
         region: std::ptr::NonNull<u8>,
         buckets: usize,
@@ -385,14 +416,65 @@ impl FlowTable {
             0,
             "misaligned flow table"
         );
-        FlowTable {
-            buckets: region.cast(),
+        let table = FlowTable {
+            gate: region.cast(),
+            // SAFETY: the buckets start GATE_BYTES into the region (a multiple of
+            // BUCKET_BYTES), inside it per the contract.
+            buckets: unsafe { region.add(GATE_BYTES) }.cast(),
             mask: buckets as u64 - 1,
             seed,
             timeouts,
             counters: FlowCounters::default(),
             _memory: owner,
+        };
+        table.recount();
+        table
+    }
+
+    fn gate(&self) -> &[AtomicU32] {
+        // SAFETY: `gate` points to GATE_SLOTS counters at the start of the region that
+        // `_memory` keeps alive as long as `self`; every bit pattern is a valid AtomicU32.
+        unsafe { std::slice::from_raw_parts(self.gate.as_ptr(), GATE_SLOTS) }
+    }
+
+    /// Count again which gate counter each occupied slot holds up (memory written by a
+    /// switchd that crashed between raising a counter and filling its slot is off by one;
+    /// the count is then only too high, which costs lookups, never replies).
+    fn recount(&self) {
+        for c in self.gate() {
+            c.store(0, Relaxed);
         }
+        for v in self.buckets().iter().flat_map(|b| b.0.iter()) {
+            let v = v.load(Relaxed);
+            if v != 0 {
+                self.gate()[gate_of(v)].fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Can a frame from `src` be a reply of a recorded flow? One load; `false` means
+    /// certainly not.
+    #[inline(always)]
+    pub fn may_hold_replies_from(&self, src: u32) -> bool {
+        self.gate()[self.gate_index(src)].load(Relaxed) != 0
+    }
+
+    #[inline(always)]
+    fn gate_index(&self, addr: u32) -> usize {
+        ((u64::from(addr) ^ self.seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - GATE_BITS))
+            as usize
+    }
+
+    /// The whole check for a frame from a pod or the tunnel (`ip` starts at its IPv4
+    /// header, at least 20 bytes, already validated): does it belong to a flow the node
+    /// translated? The gate first (ICMP skips it: an error about a flow may come from
+    /// any address); the lookup only when the gate lets the frame through.
+    #[inline(always)]
+    pub fn is_reply_frame(&self, ip: &[u8], now: u32) -> bool {
+        if ip[9] != PROTO_ICMP && !self.may_hold_replies_from(be32(ip, 12)) {
+            return false;
+        }
+        parse(ip).is_some_and(|p| self.is_reply_of_translated(&p, now))
     }
 
     fn buckets(&self) -> &[Bucket] {
@@ -431,6 +513,7 @@ impl FlowTable {
         for slot in self.buckets().iter().flat_map(|b| b.0.iter()) {
             let v = slot.load(Relaxed);
             if v != 0 && !alive(v, now) && slot.compare_exchange(v, 0, Relaxed, Relaxed).is_ok() {
+                self.gate()[gate_of(v)].fetch_sub(1, Relaxed);
                 cleared += 1;
             }
         }
@@ -462,7 +545,7 @@ impl FlowTable {
 
     /// A packet from a pod or from the tunnel: does it belong to a flow the node translated
     /// (and must therefore go to the node)? Refreshes the flow when it does.
-    #[inline]
+    #[inline(always)]
     pub fn is_reply_of_translated(&self, packet: &Packet, now: u32) -> bool {
         let now_t = ticks(now);
         let hit = match *packet {
@@ -573,12 +656,14 @@ impl FlowTable {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn locate(&self, key: &FlowKey) -> (&Bucket, Fingerprint) {
         let h = hash(key, self.seed);
         let bucket = &self.buckets()[(h & self.mask) as usize];
-        // The top bits, which the bucket index did not use; never zero (zero = empty slot).
-        let fp = (h >> FP_SHIFT) | 1;
+        // The gate index of the reply's source, then hash bits the bucket index did not
+        // use; never zero (zero = empty slot).
+        let tuple = (h >> FP_SHIFT) & ((1 << FP_TUPLE_BITS) - 1);
+        let fp = ((self.gate_index(key.src) as u64) << FP_TUPLE_BITS) | tuple | 1;
         (
             bucket,
             Fingerprint {
@@ -589,16 +674,20 @@ impl FlowTable {
         )
     }
 
-    #[inline]
+    #[inline(always)]
     fn find(&self, bucket: &Bucket, fp: Fingerprint, now: u32) -> Option<(usize, u64)> {
-        bucket.0.iter().enumerate().find_map(|(i, s)| {
+        // A plain loop: the iterator version is not inlined and costs a call per frame.
+        for (i, s) in bucket.0.iter().enumerate() {
             let v = s.load(Relaxed);
-            (v >> FP_SHIFT == fp.fp && alive(v, now)).then_some((i, v))
-        })
+            if v >> FP_SHIFT == fp.fp && alive(v, now) {
+                return Some((i, v));
+            }
+        }
+        None
     }
 
     /// Refresh a live entry with `step`; false if there is none.
-    #[inline]
+    #[inline(always)]
     fn update_existing(
         &self,
         bucket: &Bucket,
@@ -652,16 +741,24 @@ impl FlowTable {
             let Some(state) = step(None) else { return };
             let new = self.entry(fp, state, now);
             let (i, v) = victim(bucket, now);
+            // The gate is raised before the slot is filled, so that no slot is ever
+            // counted less than once.
+            let gate = &self.gate()[gate_of(new)];
+            gate.fetch_add(1, Relaxed);
             if bucket.0[i]
                 .compare_exchange(v, new, Relaxed, Relaxed)
                 .is_ok()
             {
+                if v != 0 {
+                    self.gate()[gate_of(v)].fetch_sub(1, Relaxed);
+                }
                 self.counters.tracked.fetch_add(1, Relaxed);
                 if alive(v, now) {
                     self.counters.evicted.fetch_add(1, Relaxed);
                 }
                 return;
             }
+            gate.fetch_sub(1, Relaxed);
         }
     }
 
@@ -681,6 +778,12 @@ struct Fingerprint {
     fp: u64,
     proto: u8,
     fragment: bool,
+}
+
+/// The gate counter a slot holds up: the top bits of its fingerprint.
+#[inline(always)]
+fn gate_of(v: u64) -> usize {
+    (v >> (FP_SHIFT + FP_TUPLE_BITS)) as usize
 }
 
 /// The clock in ticks of `1 << TIME_SHIFT` seconds.
@@ -717,9 +820,9 @@ fn victim(bucket: &Bucket, now: u32) -> (usize, u64) {
 }
 
 /// A keyed 64-bit mix of the tuple (two rounds of a multiply-xorshift).
-#[inline]
+#[inline(always)]
 fn hash(key: &FlowKey, seed: u64) -> u64 {
-    let a = (u64::from(u32::from_be_bytes(key.src)) << 32) | u64::from(u32::from_be_bytes(key.dst));
+    let a = (u64::from(key.src) << 32) | u64::from(key.dst);
     let b = (u64::from(key.sport) << 48)
         | (u64::from(key.dport) << 32)
         | (u64::from(key.proto) << 8)
@@ -735,11 +838,44 @@ fn hash(key: &FlowKey, seed: u64) -> u64 {
 mod tests {
     use super::*;
 
-    const B: [u8; 4] = [10, 244, 1, 3]; // client pod
-    const A: [u8; 4] = [10, 244, 2, 7]; // endpoint pod
+    const B: u32 = u32::from_be_bytes([10, 244, 1, 3]); // client pod
+    const A: u32 = u32::from_be_bytes([10, 244, 2, 7]); // endpoint pod
 
     fn table() -> FlowTable {
         FlowTable::new(1024, Timeouts::default(), 0x1234_5678)
+    }
+
+    #[test]
+    fn the_gate_opens_for_endpoints_of_recorded_flows_and_closes_when_they_go() {
+        let t = table();
+        assert!(!t.may_hold_replies_from(A));
+        t.track_translated(&udp(B, A, 5000, 53), 1000); // B's packet to endpoint A
+        assert!(t.may_hold_replies_from(A), "replies come from A");
+        assert!(!t.may_hold_replies_from(B), "the client is not an endpoint");
+        t.track_translated(&udp(B, A, 5001, 53), 1000);
+        t.sweep(1000 + Timeouts::default().udp + 8);
+        assert!(
+            !t.may_hold_replies_from(A),
+            "closed once both flows expired and were swept"
+        );
+    }
+
+    #[test]
+    fn an_evicted_flow_releases_its_gate() {
+        let t = FlowTable::new(WAYS, Timeouts::default(), 7); // one bucket
+        let endpoint = |i: u32| u32::from_be_bytes([10, 244, 9, 10]) + i;
+        for i in 0..=WAYS as u32 {
+            // Each flow a tick after the last, all alive at the end: the first is the victim.
+            t.track_translated(&udp(B, endpoint(i), 5000, 53), 1000 + 4 * i);
+        }
+        assert_eq!(t.counters.evicted.load(Relaxed), 1);
+        assert!(
+            !t.may_hold_replies_from(endpoint(0)),
+            "the evicted flow's endpoint"
+        );
+        for i in 1..=WAYS as u32 {
+            assert!(t.may_hold_replies_from(endpoint(i)), "endpoint {i}");
+        }
     }
 
     #[test]
@@ -763,7 +899,7 @@ mod tests {
         assert_eq!(t.len(later), 0);
     }
 
-    fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Packet {
+    fn tcp(src: u32, dst: u32, sport: u16, dport: u16, flags: u8) -> Packet {
         Packet::Flow {
             key: FlowKey {
                 src,
@@ -779,7 +915,7 @@ mod tests {
         }
     }
 
-    fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Packet {
+    fn udp(src: u32, dst: u32, sport: u16, dport: u16) -> Packet {
         match tcp(src, dst, sport, dport, 0) {
             Packet::Flow { mut key, .. } => {
                 key.proto = PROTO_UDP;
@@ -891,8 +1027,8 @@ mod tests {
         let mut ip = vec![0u8; 20 + 20];
         ip[0] = 0x45;
         ip[9] = PROTO_TCP;
-        ip[12..16].copy_from_slice(&B);
-        ip[16..20].copy_from_slice(&A);
+        ip[12..16].copy_from_slice(&B.to_be_bytes());
+        ip[16..20].copy_from_slice(&A.to_be_bytes());
         ip[20..22].copy_from_slice(&40000u16.to_be_bytes());
         ip[22..24].copy_from_slice(&80u16.to_be_bytes());
         ip[33] = TCP_SYN;
@@ -909,8 +1045,8 @@ mod tests {
         let mut ping = vec![0u8; 28];
         ping[0] = 0x45;
         ping[9] = PROTO_ICMP;
-        ping[12..16].copy_from_slice(&B);
-        ping[16..20].copy_from_slice(&A);
+        ping[12..16].copy_from_slice(&B.to_be_bytes());
+        ping[16..20].copy_from_slice(&A.to_be_bytes());
         ping[20] = 8;
         ping[24..26].copy_from_slice(&99u16.to_be_bytes());
         let Some(Packet::Flow { key, .. }) = parse(&ping) else {
@@ -926,8 +1062,8 @@ mod tests {
         let inner = &mut err[28..];
         inner[0] = 0x45;
         inner[9] = PROTO_UDP;
-        inner[12..16].copy_from_slice(&B);
-        inner[16..20].copy_from_slice(&A);
+        inner[12..16].copy_from_slice(&B.to_be_bytes());
+        inner[16..20].copy_from_slice(&A.to_be_bytes());
         inner[20..22].copy_from_slice(&7000u16.to_be_bytes());
         inner[22..24].copy_from_slice(&9000u16.to_be_bytes());
         let Some(Packet::IcmpError(q)) = parse(&err) else {

@@ -1,9 +1,23 @@
 //! The control socket: a Unix stream socket (mode 0600) speaking `switchd-proto`, one
 //! request/response at a time per connection.
+//!
+//! Who may talk to it, and how much one client may take:
+//! - The peer's credentials (`SO_PEERCRED`) are checked on accept: root, or the user
+//!   switchd runs as. The 0600 mode already keeps others out; the check still holds if
+//!   someone loosens the mode, and the refusal is logged with the peer's uid and pid.
+//! - At most [`MAX_CONNECTIONS`] connections at once; more are answered with an error and
+//!   closed, so a flood of idle clients cannot take the socket from CNI calls for long.
+//! - A request may be at most [`MAX_REQUEST_LEN`] bytes (the largest real one, a GC with
+//!   every attachment of a full node, is tens of KiB), so a huge length prefix allocates
+//!   nothing.
+//! - An idle connection is closed after [`IDLE_TIMEOUT`], and a request whose bytes stop
+//!   arriving after [`REQUEST_TIMEOUT`].
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use switchd_proto::{
@@ -37,15 +51,42 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 128;
+/// The largest request accepted (responses may be larger, up to the protocol's limit).
+pub const MAX_REQUEST_LEN: usize = 1 << 20;
+/// How long a connection may sit without starting a request.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the rest of a request may take once its length has arrived.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub async fn serve(sw: Arc<Switch>, listener: UnixListener) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((mut stream, _)) => {
+                if let Err(why) = allowed(&stream) {
+                    tracing::warn!(reason = %why, "refused a control connection");
+                    refuse(stream, why);
+                    continue;
+                }
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    tracing::warn!(
+                        limit = MAX_CONNECTIONS,
+                        "refused a control connection: too many open"
+                    );
+                    let why = format!(
+                        "switchd already serves {MAX_CONNECTIONS} control connections; try again shortly"
+                    );
+                    refuse(stream, why);
+                    continue;
+                };
                 let sw = sw.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle_connection(sw, stream).await {
+                    if let Err(e) = handle_connection(sw, &mut stream).await {
                         tracing::debug!(error = %e, "control connection ended");
                     }
+                    drop(permit);
                 });
             }
             Err(e) => {
@@ -56,21 +97,75 @@ pub async fn serve(sw: Arc<Switch>, listener: UnixListener) {
     }
 }
 
-async fn handle_connection(sw: Arc<Switch>, mut stream: UnixStream) -> Result<(), FrameError> {
+/// Root, or the user switchd runs as, may use the socket.
+fn allowed(stream: &UnixStream) -> Result<(), String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if cred.uid() == 0 || cred.uid() == me {
+        return Ok(());
+    }
+    Err(format!(
+        "uid {} (pid {}) may not use the control socket: only root or uid {me} may",
+        cred.uid(),
+        cred.pid().map_or("?".into(), |p| p.to_string()),
+    ))
+}
+
+/// Answer the client's first request with an error and close. The request is read (and
+/// discarded) first: a client whose request had not been read would get a broken pipe
+/// instead of the reason. Bounded by [`REQUEST_TIMEOUT`] and [`MAX_REQUEST_LEN`].
+fn refuse(mut stream: UnixStream, why: String) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let mut prefix = [0u8; 4];
+            stream.read_exact(&mut prefix).await?;
+            let len = (u32::from_be_bytes(prefix) as usize).min(MAX_REQUEST_LEN);
+            let mut sink = vec![0u8; len];
+            stream.read_exact(&mut sink).await
+        })
+        .await;
+        let reply = Response::Error(ErrorReply::new(ErrorKind::BadRequest, why));
+        if let Ok(frame) = proto::encode(&reply) {
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, stream.write_all(&frame)).await;
+        }
+    });
+}
+
+async fn handle_connection(sw: Arc<Switch>, stream: &mut UnixStream) -> Result<(), FrameError> {
+    let timed_out = |what: &str| {
+        FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what}; closing the connection"),
+        ))
+    };
     loop {
         let mut prefix = [0u8; 4];
-        match stream.read_exact(&mut prefix).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e.into()),
+        match tokio::time::timeout(IDLE_TIMEOUT, stream.read_exact(&mut prefix)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(timed_out("no request for 30 s")),
         }
-        let response = match proto::frame_len(prefix) {
+        let len = match proto::frame_len(prefix) {
+            Ok(len) if len <= MAX_REQUEST_LEN => Ok(len),
+            Ok(len) => Err(format!(
+                "a request of {len} bytes exceeds the limit of {MAX_REQUEST_LEN} bytes"
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        let response = match len {
             Ok(len) => {
                 let mut payload = vec![0u8; len];
-                stream.read_exact(&mut payload).await?;
+                match tokio::time::timeout(REQUEST_TIMEOUT, stream.read_exact(&mut payload)).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(timed_out("the request stopped arriving for 5 s")),
+                };
                 match proto::decode::<Request>(&payload) {
                     Ok(Request::Capture { port, count }) => {
-                        capture(&sw, &mut stream, &port, count).await?;
+                        capture(&sw, stream, &port, count).await?;
                         continue;
                     }
                     Ok(req) => dispatch(&sw, req).await,
@@ -82,11 +177,14 @@ async fn handle_connection(sw: Arc<Switch>, mut stream: UnixStream) -> Result<()
                     }
                 }
             }
-            Err(e) => {
+            Err(why) => {
                 // We cannot resynchronise after a bad length: answer and hang up.
-                let reply = Response::Error(ErrorReply::new(ErrorKind::BadRequest, e.to_string()));
+                let reply = Response::Error(ErrorReply::new(ErrorKind::BadRequest, why.clone()));
                 stream.write_all(&proto::encode(&reply)?).await?;
-                return Err(e);
+                return Err(FrameError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    why,
+                )));
             }
         };
         stream.write_all(&proto::encode(&response)?).await?;

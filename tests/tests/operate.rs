@@ -471,3 +471,87 @@ fn readyz_says_starting_until_ports_are_re_adopted() {
     );
     assert_eq!(node.pod_ports(), 40);
 }
+
+/// One length-prefixed frame read from a raw control connection: the response's JSON.
+fn read_response(c: &mut std::os::unix::net::UnixStream) -> String {
+    let mut prefix = [0u8; 4];
+    c.read_exact(&mut prefix).expect("a response");
+    let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+    c.read_exact(&mut body).unwrap();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[test]
+fn stalled_oversized_and_foreign_control_clients_cannot_block_the_socket() {
+    use std::os::unix::net::UnixStream;
+    let node = Node::start("10.244.1.0/24");
+    let sock = node.socket();
+    // Clients that connect and never send, and one that stops half-way through a request.
+    let idle: Vec<UnixStream> = (0..20)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    let mut stalled = UnixStream::connect(&sock).unwrap();
+    stalled.write_all(&100u32.to_be_bytes()).unwrap();
+    stalled.write_all(b"{\"version\"").unwrap();
+    // A huge length prefix: refused at once, nothing allocated.
+    let mut huge = UnixStream::connect(&sock).unwrap();
+    huge.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    huge.write_all(&(15u32 << 20).to_be_bytes()).unwrap();
+    let answer = read_response(&mut huge);
+    assert!(answer.contains("exceeds the limit"), "{answer}");
+    // Everyone else is served meanwhile.
+    let t = Instant::now();
+    assert!(node.switchctl(&["status"]).status.success());
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // The half-sent request is dropped after the request timeout.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 1];
+    let n = stalled
+        .read(&mut buf)
+        .expect("closed, not timed out on our side");
+    assert_eq!(n, 0, "switchd closed the stalled connection");
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    drop(idle);
+    // A flood of idle connections: past the limit, clients are told so (and CNI retries);
+    // once the flood is gone, service resumes.
+    std::thread::sleep(Duration::from_millis(200));
+    let flood: Vec<UnixStream> = (0..128)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let out = node.switchctl(&["status"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already serves 128"), "{stderr}");
+    drop(flood);
+    let back = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        node.switchctl(&["status"]).status.success()
+    });
+    assert!(back, "service resumes once the flood is gone");
+
+    // Another user, even with the socket's mode opened up, is refused and logged.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = run(std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin_dir().join("switchctl"))
+        .arg("--socket")
+        .arg(&sock)
+        .arg("status"));
+    assert!(!out.status.success(), "uid 65534 was served");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("uid 65534"), "{stderr}");
+    assert!(
+        node.log().contains("refused a control connection"),
+        "{}",
+        node.log()
+    );
+    assert!(
+        node.switchctl(&["status"]).status.success(),
+        "root still is"
+    );
+}

@@ -546,7 +546,8 @@ fn parse_cidr(key: &str, s: &str) -> Result<Ipv4Net> {
     Ok(net)
 }
 
-fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+/// Do two CIDRs share any address?
+pub fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 

@@ -8,13 +8,12 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,18 +27,6 @@ type Labels = Vec<(String, String)>;
 
 /// How stale the datapath heartbeat may be before `/readyz` says no.
 pub const HEARTBEAT_STALE: Duration = Duration::from_secs(5);
-
-/// A histogram of attach durations, from 1 ms to about 4 s.
-pub fn attach_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.001, 2.0, 13))
-}
-
-pub fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn counter_family(
     registry: &mut Registry,
@@ -365,7 +352,7 @@ pub fn readiness(sw: &Switch) -> Result<(), String> {
     if !sw.is_ready() {
         return Err("starting: control socket or port re-adoption not done".into());
     }
-    let age = now_millis().saturating_sub(sw.heartbeat.load(Relaxed));
+    let age = crate::stats::now_millis().saturating_sub(sw.heartbeat.load(Relaxed));
     if age > HEARTBEAT_STALE.as_millis() as u64 {
         return Err(format!("datapath heartbeat is {age} ms old"));
     }

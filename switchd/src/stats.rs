@@ -1,8 +1,25 @@
 //! Switch-wide counters: drops by reason, attach and detach counts.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use crate::datapath::DropReason;
+
+/// A histogram of attach durations, from 1 ms to about 4 s (the switch records into it;
+/// `metrics` only encodes it).
+pub fn attach_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 13))
+}
+
+/// Wall-clock milliseconds since the Unix epoch (the datapath heartbeat).
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 #[derive(Debug, Default)]
 pub struct Stats {

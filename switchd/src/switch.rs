@@ -201,8 +201,8 @@ impl Switch {
             ready: AtomicBool::new(false),
             _state_lock: state_lock,
             gone,
-            attach_seconds: crate::metrics::attach_histogram(),
-            heartbeat: std::sync::atomic::AtomicU64::new(crate::metrics::now_millis()),
+            attach_seconds: crate::stats::attach_histogram(),
+            heartbeat: std::sync::atomic::AtomicU64::new(crate::stats::now_millis()),
             flows,
             masquerade: masquerade.clone(),
         });
@@ -690,7 +690,7 @@ impl Switch {
             let old_names: Vec<String> = mine.iter().map(|p| p.peer.name.clone()).collect();
             let clash = |a: &Peer, b: &Peer| {
                 a.name == b.name
-                    || crate::membership::overlaps(a.pod_cidr, b.pod_cidr)
+                    || crate::config::overlaps(a.pod_cidr, b.pod_cidr)
                     || a.addr.ip() == b.addr.ip()
             };
             if source == PeerSource::Static {
@@ -762,7 +762,7 @@ impl Switch {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            self.heartbeat.store(crate::metrics::now_millis(), Relaxed);
+            self.heartbeat.store(crate::stats::now_millis(), Relaxed);
             if watchdog.is_some() {
                 if let Err(e) = crate::notify::notify("WATCHDOG=1") {
                     tracing::warn!(error = %e, "cannot send the watchdog keep-alive");

@@ -501,7 +501,7 @@ impl Session<'_> {
                 Ok(p)
                     if peers
                         .iter()
-                        .any(|q| super::overlaps(q.pod_cidr, p.pod_cidr)) =>
+                        .any(|q| crate::config::overlaps(q.pod_cidr, p.pod_cidr)) =>
                 {
                     tracing::warn!(node = %r.name, subnet = %p.pod_cidr, "ignoring node from etcd: its subnet overlaps another node's");
                 }

@@ -25,7 +25,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, Peer};
+use crate::config::{overlaps, Config, Peer};
 use crate::datapath::frame::{format_mac, parse_mac};
 
 /// What a node publishes about itself: everything a peer needs to reach its pods.
@@ -80,10 +80,6 @@ impl NodeRecord {
             mac,
         })
     }
-}
-
-pub fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 /// `10.244.3.0/24` → `10.244.3.0-24` (a key segment without a second '/').

@@ -421,20 +421,7 @@ async fn connect(sock: PathBuf) -> Result<Channel, tonic::transport::Error> {
 /// Debian's containernetworking-plugins, and the conflist kubelet's runtime reads.
 fn install_cni(dir: &Path, node: &Node) -> PathBuf {
     let bin = dir.join("cni-bin");
-    let real = dir.join("switchd-cni");
-    std::fs::copy(crate::bin_dir().join("switchd-cni"), &real).unwrap();
-    let calls = dir.join("cni-calls.log");
-    std::fs::write(
-        bin.join("switchd-cni"),
-        crate::logging_plugin(&real, &calls),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        bin.join("switchd-cni"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
+    let calls = crate::install_logged_switchd_cni(dir, &bin);
     for plugin in ["portmap", "loopback"] {
         std::fs::copy(Path::new("/usr/lib/cni").join(plugin), bin.join(plugin))
             .expect("containernetworking-plugins installed");

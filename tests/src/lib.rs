@@ -572,6 +572,18 @@ pub fn logging_plugin(real: &Path, log: &Path) -> String {
     )
 }
 
+/// Install switchd-cni into `bin` behind a [`logging_plugin`] wrapper (the real binary is
+/// copied to `dir`); the log of calls, `COMMAND CONTAINER_ID NETNS` per line.
+pub fn install_logged_switchd_cni(dir: &Path, bin: &Path) -> PathBuf {
+    let real = dir.join("switchd-cni");
+    fs::copy(bin_dir().join("switchd-cni"), &real).unwrap();
+    let calls = dir.join("cni-calls.log");
+    fs::write(bin.join("switchd-cni"), logging_plugin(&real, &calls)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(bin.join("switchd-cni"), fs::Permissions::from_mode(0o755)).unwrap();
+    calls
+}
+
 /// A 64-bit FNV-1a hash, enough to tell a corrupted stream from an intact one.
 pub fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
     bytes

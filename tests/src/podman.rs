@@ -40,20 +40,7 @@ impl Podman {
         ] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
-        let real = dir.join("switchd-cni");
-        std::fs::copy(crate::bin_dir().join("switchd-cni"), &real).unwrap();
-        let calls = dir.join("cni-calls.log");
-        std::fs::write(
-            dir.join("cni-bin/switchd-cni"),
-            crate::logging_plugin(&real, &calls),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(
-            dir.join("cni-bin/switchd-cni"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
+        let calls = crate::install_logged_switchd_cni(&dir, &dir.join("cni-bin"));
         std::fs::write(
             dir.join("containers.conf"),
             format!(

@@ -275,6 +275,20 @@ pub struct StatsInfo {
     /// Flows the node translated (Services), whose replies the switch sends back to it.
     #[serde(default)]
     pub flows: FlowStats,
+    /// The datapath workers, in order.
+    #[serde(default)]
+    pub workers: Vec<WorkerStats>,
+}
+
+/// One datapath worker's counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkerStats {
+    /// Frames read from ports and datagrams received from the tunnel.
+    pub frames: u64,
+    /// Times it slept and was woken by a ready descriptor.
+    pub wakeups: u64,
+    /// Times polling after work found more work, so the worker did not sleep.
+    pub polled: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

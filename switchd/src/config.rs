@@ -31,6 +31,16 @@ pub const DEFAULT_ETCD_LEASE_TTL: u32 = 30;
 /// As many flows as the kernel's own default `nf_conntrack_max` on a node of a few GiB;
 /// 8 bytes each (2 MiB), touched only as they fill.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
+/// How long a datapath worker polls after its last frame (`datapath_spin_us`).
+pub const DEFAULT_SPIN_US: u32 = 50;
+
+/// One datapath worker per CPU this process may run on, at most 8.
+pub fn default_datapath_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
+}
 
 /// The file as written, before validation. Values that need parsing stay strings here so
 /// that the error can name the key.
@@ -64,6 +74,10 @@ pub struct FileConfig {
     pub masquerade: Option<bool>,
     /// Entries in the table of flows the node translated (default 262144).
     pub flow_table_size: Option<u32>,
+    /// Datapath worker threads (default: one per CPU, at most 8).
+    pub datapath_threads: Option<u32>,
+    /// Microseconds a datapath worker keeps polling after its last frame (default 50).
+    pub datapath_spin_us: Option<u32>,
 }
 
 /// One `[[peers]]` table, in the config file or in the peers file.
@@ -121,6 +135,10 @@ pub struct Config {
     pub masquerade: bool,
     /// Capacity of the translated-flow table (`datapath::flows`).
     pub flow_table_size: usize,
+    /// Datapath worker threads (`crate::worker`).
+    pub datapath_threads: usize,
+    /// How long a worker polls after its last frame before it sleeps, in microseconds.
+    pub datapath_spin_us: u32,
     pub peers_file: Option<PathBuf>,
     /// Peers from the config file and the peers file together.
     pub peers: Vec<Peer>,
@@ -380,6 +398,16 @@ impl Config {
                 None => DEFAULT_FLOW_TABLE_SIZE as usize,
                 Some(n) if (1024..=1 << 26).contains(&n) => n as usize,
                 Some(n) => bail!("flow_table_size: {n} must be between 1024 and 67108864 (entries of 8 bytes)"),
+            },
+            datapath_threads: match o.datapath_threads.or(file.datapath_threads) {
+                None => default_datapath_threads(),
+                Some(n) if (1..=64).contains(&n) => n as usize,
+                Some(n) => bail!("datapath_threads: {n} must be between 1 and 64"),
+            },
+            datapath_spin_us: match o.datapath_spin_us.or(file.datapath_spin_us) {
+                None => DEFAULT_SPIN_US,
+                Some(n) if n <= 10_000 => n,
+                Some(n) => bail!("datapath_spin_us: {n} must be at most 10000 (10 ms; 0 turns polling off)"),
             },
             peers_file,
             peers: Vec::new(),

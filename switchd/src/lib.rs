@@ -1,8 +1,10 @@
 //! switchd: a per-node userspace virtual switch for Kubernetes pods.
 //!
 //! - [`datapath`]: the sans-IO forwarding core (parse, decide, rewrite).
-//! - [`port`]: TAP devices and the per-port I/O loops around the core.
-//! - [`switch`]: the running switch: ports, table publication, attach and detach.
+//! - [`port`]: TAP devices, their queues and counters; [`tunnel`]: the UDP tunnel's sockets.
+//! - [`snapshot`]: the published view of ports, peers and table the workers read.
+//! - [`worker`]: the datapath threads, from "frame read" to "frame written".
+//! - [`switch`]: the control plane: ports, table publication, attach and detach.
 //! - [`ipam`]: address allocation, persisted crash-safely.
 //! - [`netns`]: configuring interfaces inside pod network namespaces (netlink).
 //! - [`control`]: the Unix-socket server speaking `switchd-proto`.
@@ -21,6 +23,9 @@ pub mod netns;
 pub mod node;
 pub mod notify;
 pub mod port;
+pub mod snapshot;
 pub mod stats;
 pub mod switch;
 pub mod tunnel;
+pub mod udp_socket;
+pub mod worker;

@@ -186,6 +186,31 @@ pub fn render(sw: &Switch) -> String {
     ] {
         counter_family(&mut r, name, help, [(Labels::new(), v)]);
     }
+    let worker = |i: usize| vec![("worker".to_string(), i.to_string())];
+    for (name, help, field) in [
+        (
+            "switchd_worker_frames",
+            "Frames a datapath worker read from ports and the tunnel",
+            (|w: &switchd_proto::WorkerStats| w.frames) as fn(&switchd_proto::WorkerStats) -> u64,
+        ),
+        (
+            "switchd_worker_wakeups",
+            "Times a datapath worker slept and was woken by work",
+            |w| w.wakeups,
+        ),
+        (
+            "switchd_worker_polled",
+            "Times a datapath worker found more work while polling after work, without sleeping",
+            |w| w.polled,
+        ),
+    ] {
+        let values = stats
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (worker(i), field(w)));
+        counter_family(&mut r, name, help, values);
+    }
     r.register(
         "switchd_attach_duration_seconds",
         "Time to attach a pod",

@@ -105,7 +105,9 @@ fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
 /// namespace would tie our descriptor to that namespace and keep it alive after the
 /// runtime deleted it; created here, the device dies with the pod's namespace, and switchd
 /// notices (see `Switch::reap_vanished`).
-pub fn create_pod_tap(netns: &str, iface: PodIface) -> Result<Tap> {
+///
+/// `queues` descriptors are opened (one per datapath worker), all before the move.
+pub fn create_pod_tap(netns: &str, iface: PodIface, queues: usize) -> Result<Vec<Tap>> {
     let name = iface.ifname.clone();
     let exists = run_in(netns, move |_| {
         Box::pin(async move { Ok(ifindex(&name).is_some()) })
@@ -122,9 +124,10 @@ pub fn create_pod_tap(netns: &str, iface: PodIface) -> Result<Tap> {
         source,
     })?;
     let temp = temp_name();
-    let tap = run_in("/proc/self/ns/net", move |h| {
+    let taps = run_in("/proc/self/ns/net", move |h| {
         Box::pin(async move {
-            let tap = Tap::open(&temp)?;
+            let taps = Tap::open_queues(&temp, queues)?;
+            let tap = &taps[0];
             let moved = async {
                 tap.set_persistent(true)?;
                 let idx = ifindex(&temp).context("TAP vanished right after creation")?;
@@ -139,15 +142,15 @@ pub fn create_pod_tap(netns: &str, iface: PodIface) -> Result<Tap> {
                     .context("moving the TAP into the pod's namespace")
             };
             match moved.await {
-                Ok(()) => Ok(tap),
+                Ok(()) => Ok(taps),
                 Err(e) => {
-                    let _ = tap.set_persistent(false); // dropping the fd now destroys it
+                    let _ = tap.set_persistent(false); // dropping the fds now destroys it
                     Err(e)
                 }
             }
         })
     })?;
-    let temp = tap.name().to_string();
+    let temp = taps[0].name().to_string();
     let spec = iface.clone();
     let configured = run_in(netns, move |h| {
         Box::pin(async move {
@@ -165,9 +168,9 @@ pub fn create_pod_tap(netns: &str, iface: PodIface) -> Result<Tap> {
         })
     });
     match configured {
-        Ok(()) => Ok(tap.renamed(&iface.ifname)),
+        Ok(()) => Ok(taps.into_iter().map(|t| t.renamed(&iface.ifname)).collect()),
         Err(e) => {
-            let _ = tap.set_persistent(false);
+            let _ = taps[0].set_persistent(false);
             Err(e)
         }
     }
@@ -215,16 +218,16 @@ async fn configure_pod_link(h: &Handle, idx: u32, iface: &PodIface) -> Result<()
 }
 
 /// Re-open a pod's persistent TAP after a restart. `Ok(None)` when the interface is gone.
-pub fn reopen_pod_tap(netns: &str, ifname: &str) -> Result<Option<Tap>> {
+pub fn reopen_pod_tap(netns: &str, ifname: &str, queues: usize) -> Result<Option<Vec<Tap>>> {
     let ifname = ifname.to_string();
     run_in(netns, move |_| {
         Box::pin(async move {
             if ifindex(&ifname).is_none() {
                 return Ok(None);
             }
-            let tap = Tap::open(&ifname)?;
-            tap.set_persistent(true)?;
-            Ok(Some(tap))
+            let taps = Tap::open_queues(&ifname, queues)?;
+            taps[0].set_persistent(true)?;
+            Ok(Some(taps))
         })
     })
 }
@@ -314,22 +317,25 @@ fn hex_mac(m: &[u8]) -> String {
 /// Open (or re-attach to) the host port in switchd's own namespace and give it the gateway
 /// address and a route for the cluster CIDR, so the node reaches its pods and pods reach the
 /// node. Safe to repeat: existing addresses and routes are kept.
+#[allow(clippy::too_many_arguments)]
 pub fn setup_host_port(
-    existing: Option<Tap>,
+    existing: Option<Vec<Tap>>,
+    queues: usize,
     name: &str,
     mac: [u8; 6],
     mtu: u32,
     gateway: Ipv4Addr,
     pod_cidr: Ipv4Net,
     cluster_cidr: Ipv4Net,
-) -> Result<Tap> {
+) -> Result<Vec<Tap>> {
     let name = name.to_string();
     run_in("/proc/self/ns/net", move |h| {
         Box::pin(async move {
-            let tap = match existing {
-                Some(tap) => tap,
-                None => Tap::open(&name)?,
+            let taps = match existing {
+                Some(taps) => taps,
+                None => Tap::open_queues(&name, queues)?,
             };
+            let tap = &taps[0];
             tap.set_persistent(true)?;
             let idx = ifindex(&name).context("host port vanished right after creation")?;
             h.link()
@@ -367,7 +373,7 @@ pub fn setup_host_port(
                     .await
                     .with_context(|| format!("adding route {cluster_cidr} dev {name}"))?;
             }
-            Ok(tap)
+            Ok(taps)
         })
     })
 }

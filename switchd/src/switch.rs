@@ -2,10 +2,8 @@
 //! operations (attach, detach, check, gc) that change them.
 //!
 //! Writers (these operations) rebuild the whole [`Snapshot`] and publish it with one atomic
-//! pointer swap (`arc-swap`); the per-port loops load it once per batch and never wait.
-//! Measured on this machine type: an `arc-swap` snapshot of an immutable map gave ~300 M
-//! lookups/s against ~30 M for `dashmap` — `dashmap` stays where it fits, in the
-//! control-plane maps below.
+//! pointer swap; the datapath workers (`crate::worker`) load it once per batch and never
+//! wait. `dashmap` stays where it fits, in the control-plane maps below.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -24,35 +22,23 @@ use switchd_proto::{
 
 use crate::config::{Config, Peer, HOST_PORT_NAME, TUNNEL_OVERHEAD};
 use crate::datapath::frame::{format_mac, mac_for_ip};
-use crate::datapath::table::FastU32;
 use crate::datapath::{FlowTable, PeerRoute, PortId, Table, HOST_PORT};
 use crate::ipam::{Ipam, IpamError};
 use crate::netns::{self, NetnsError, PodIface};
 use crate::port::tap::Tap;
-use crate::port::{self, Limits, Port, PortCounters, PortOwner};
+use crate::port::{shaper, Limits, Port, PortCounters, PortOwner};
+use crate::snapshot::{Snapshot, SnapshotCell};
 use crate::stats::Stats;
 use crate::tunnel::{PeerSource, PeerState, Tunnel};
-
-/// Everything a port loop needs for one batch: the core's table and the ports to write to.
-#[derive(Debug)]
-pub struct Snapshot {
-    pub table: Table,
-    pub ports: HashMap<PortId, Arc<Port>, FastU32>,
-    pub tunnel: Option<Arc<Tunnel>>,
-    /// Same order as `table.peers`.
-    pub peers: Vec<Arc<PeerState>>,
-    /// Underlay address → index into `peers`, for checking tunnel senders.
-    pub peer_by_addr: HashMap<u32, usize, FastU32>,
-    /// Flows the node translated; one table for the switch's whole life, shared by every
-    /// snapshot.
-    pub flows: Arc<FlowTable>,
-}
-
-pub type SnapshotCell = ArcSwap<Snapshot>;
+use crate::worker::{self, Workers};
 
 struct Slot {
     port: Arc<Port>,
-    task: tokio::task::JoinHandle<()>,
+    /// Whether the workers watch this port yet (they are told after the first publish
+    /// that holds it).
+    registered: bool,
+    /// The ingress shaper's drain task, for rate-limited pods.
+    drain: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub struct Switch {
@@ -75,8 +61,6 @@ pub struct Switch {
     ready: AtomicBool,
     /// Held for the daemon's lifetime: one switchd per state directory.
     _state_lock: std::fs::File,
-    /// Ports whose device disappeared report here (see [`Switch::reap_vanished`]).
-    gone: tokio::sync::mpsc::UnboundedSender<PortId>,
     /// Attach durations, exported by `/metrics`.
     pub attach_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Unix milliseconds of the last datapath-runtime heartbeat (see `run_heartbeat`).
@@ -85,6 +69,8 @@ pub struct Switch {
     pub flows: Arc<FlowTable>,
     /// The egress masquerade rules' state.
     pub masquerade: Arc<crate::masquerade::Masquerade>,
+    /// The datapath threads that read and write the ports and the tunnel.
+    pub workers: Workers,
 }
 
 type OpResult<T> = std::result::Result<T, ErrorReply>;
@@ -122,27 +108,34 @@ impl Switch {
             }
         };
         let mtu = cfg.mtu.unwrap_or(tunnel_mtu);
+        let ipam = Ipam::open(&cfg.state_dir, cfg.pod_cidr)?;
+        let state_lock = lock_state_dir(&cfg.state_dir)?;
+        let settings = worker::Settings {
+            threads: cfg.datapath_threads,
+            spin: std::time::Duration::from_micros(cfg.datapath_spin_us.into()),
+        };
         let tunnel = match cfg.underlay_addr {
             Some(addr) => {
                 let t = Arc::new(Tunnel::bind(
                     SocketAddrV4::new(addr, cfg.tunnel_port),
                     cfg.vni,
+                    settings.threads,
                 )?);
                 Some(t)
             }
             None => None,
         };
-        let ipam = Ipam::open(&cfg.state_dir, cfg.pod_cidr)?;
-        let state_lock = lock_state_dir(&cfg.state_dir)?;
         let router_mac = cfg.router_mac;
         let (gateway, pod_cidr, cluster_cidr) = (cfg.gateway(), cfg.pod_cidr, cfg.cluster_cidr);
-        let kept_host = match inherited.remove(HOST_FD_NAME) {
-            Some(fd) => Some(Tap::from_fd(fd, HOST_PORT_NAME)?),
+        let kept_host = match take_kept(&mut inherited, HOST_FD_NAME) {
+            Some(fds) => Some(adopt_fds(fds, HOST_PORT_NAME)?),
             None => None,
         };
+        let queues = settings.threads;
         let host_tap = blocking(move || {
             netns::setup_host_port(
                 kept_host,
+                queues,
                 HOST_PORT_NAME,
                 router_mac,
                 mtu,
@@ -176,7 +169,25 @@ impl Switch {
             .iter()
             .map(|p| Arc::new(PeerState::new(p, PeerSource::Static)))
             .collect();
+        // Ports whose device disappeared are reported here (see `Switch::reap_vanished`).
         let (gone, gone_rx) = tokio::sync::mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let cell = Arc::new(ArcSwap::from_pointee(Snapshot {
+            table,
+            ports: HashMap::default(),
+            tunnel: None,
+            peers: Vec::new(),
+            peer_by_addr: HashMap::default(),
+            flows: flows.clone(),
+        }));
+        let workers = Workers::start(
+            settings,
+            cell.clone(),
+            stats.clone(),
+            gone.clone(),
+            tunnel.as_deref(),
+        )
+        .context("starting the datapath workers")?;
         let sw = Arc::new(Switch {
             cfg,
             mtu,
@@ -185,26 +196,19 @@ impl Switch {
             peers: Mutex::new(peers),
             slots: DashMap::new(),
             by_key: DashMap::new(),
-            cell: Arc::new(ArcSwap::from_pointee(Snapshot {
-                table,
-                ports: HashMap::default(),
-                tunnel: None,
-                peers: Vec::new(),
-                peer_by_addr: HashMap::default(),
-                flows: flows.clone(),
-            })),
-            stats: Arc::new(Stats::default()),
+            cell,
+            stats,
             ipam: Mutex::new(ipam),
             next_id: AtomicU32::new(HOST_PORT + 1),
             publish_lock: Mutex::new(()),
             membership: Mutex::new(None),
             ready: AtomicBool::new(false),
             _state_lock: state_lock,
-            gone,
             attach_seconds: crate::stats::attach_histogram(),
             heartbeat: std::sync::atomic::AtomicU64::new(crate::stats::now_millis()),
             flows,
             masquerade: masquerade.clone(),
+            workers,
         });
         tokio::spawn(masquerade.run());
         tokio::spawn(sweep_flows(sw.flows.clone(), flow_file));
@@ -223,9 +227,6 @@ impl Switch {
             let _ = crate::notify::remove_fd(name);
         }
         sw.publish();
-        if let Some(t) = tunnel {
-            tokio::spawn(crate::tunnel::receive(t, sw.cell.clone(), sw.stats.clone()));
-        }
         Ok(sw)
     }
 
@@ -235,16 +236,15 @@ impl Switch {
         let records = self.ipam.lock().unwrap().records().to_vec();
         for rec in records {
             let (ns, ifname) = (rec.netns.clone(), rec.key.ifname.clone());
-            let kept = inherited.remove(&fd_name(&rec.key));
+            let kept = take_kept(inherited, &fd_name(&rec.key));
             let reopened = if !Path::new(&ns).exists() {
                 Ok(None)
-            } else if let Some(fd) = kept {
-                // The service manager held the descriptor: the link never lost its carrier.
-                Tap::from_fd(fd, &ifname)
-                    .map(Some)
-                    .map_err(anyhow::Error::from)
+            } else if let Some(fds) = kept {
+                // The service manager held the descriptors: the link never lost its carrier.
+                adopt_fds(fds, &ifname).map(Some)
             } else {
-                blocking(move || netns::reopen_pod_tap(&ns, &ifname)).await
+                let queues = self.workers.len();
+                blocking(move || netns::reopen_pod_tap(&ns, &ifname, queues)).await
             };
             match reopened {
                 Ok(Some(tap)) => {
@@ -283,7 +283,7 @@ impl Switch {
     fn add_port(
         &self,
         id: PortId,
-        tap: Tap,
+        taps: Vec<Tap>,
         owner: PortOwner,
         address: Ipv4Addr,
         mac: [u8; 6],
@@ -294,13 +294,19 @@ impl Switch {
                 PortOwner::Host => HOST_FD_NAME.to_string(),
                 PortOwner::Pod { key, .. } => fd_name(key),
             };
-            if let Err(e) = crate::notify::store_fd(&name, tap.fd()) {
-                tracing::warn!(fd_name = %name, error = %e, "cannot hand the port to the fd store; a restart will blink its link");
+            for (q, tap) in taps.iter().enumerate() {
+                let name = queue_fd_name(&name, q);
+                if let Err(e) = crate::notify::store_fd(&name, tap.fd()) {
+                    tracing::warn!(fd_name = %name, error = %e, "cannot hand the port to the fd store; a restart will blink its link");
+                }
             }
         }
+        let mut taps = taps.into_iter();
+        let tap = taps.next().expect("a port has at least one queue");
         let port = Arc::new(Port {
             id,
             tap,
+            more_queues: taps.collect(),
             owner,
             address,
             mac,
@@ -310,13 +316,19 @@ impl Switch {
             capture: Mutex::new(None),
             limits: Limits::new(bandwidth),
         });
-        let task = tokio::spawn(port::run(
-            port.clone(),
-            self.cell.clone(),
-            self.stats.clone(),
-            self.gone.clone(),
-        ));
-        self.slots.insert(id, Slot { port, task });
+        let drain = port
+            .limits
+            .ingress
+            .as_ref()
+            .map(|_| tokio::spawn(shaper::drain(port.clone(), self.stats.clone())));
+        self.slots.insert(
+            id,
+            Slot {
+                port,
+                registered: false,
+                drain,
+            },
+        );
     }
 
     /// Rebuild the forwarding table from the current ports and publish it.
@@ -355,6 +367,17 @@ impl Switch {
             peer_by_addr,
             flows: self.flows.clone(),
         }));
+        for mut slot in self.slots.iter_mut() {
+            if slot.registered {
+                continue;
+            }
+            match self.workers.add_port(&slot.port) {
+                Ok(()) => slot.registered = true,
+                Err(e) => {
+                    tracing::error!(port = slot.port.id, ifname = slot.port.tap.name(), error = %e, "cannot hand the port to a datapath worker; it does not forward")
+                }
+            }
+        }
     }
 
     pub fn set_ready(&self) {
@@ -417,7 +440,8 @@ impl Switch {
             mtu: self.mtu,
         };
         let (ns, spec) = (netns.clone(), iface.clone());
-        let tap = match blocking(move || netns::create_pod_tap(&ns, spec)).await {
+        let queues = self.workers.len();
+        let tap = match blocking(move || netns::create_pod_tap(&ns, spec, queues)).await {
             Ok(tap) => tap,
             Err(e) => {
                 if let Err(rel) = self.ipam.lock().unwrap().release(&key) {
@@ -469,9 +493,15 @@ impl Switch {
         if let Some((_, id)) = self.by_key.remove(key) {
             if let Some((_, slot)) = self.slots.remove(&id) {
                 self.publish();
-                slot.task.abort();
-                let _ = slot.task.await;
-                let _ = crate::notify::remove_fd(&fd_name(key));
+                self.workers.remove_port(&slot.port);
+                slot.port.alive.store(false, Relaxed);
+                if let Some(drain) = slot.drain {
+                    drain.abort();
+                    let _ = drain.await;
+                }
+                for q in 0..slot.port.queues() {
+                    let _ = crate::notify::remove_fd(&queue_fd_name(&fd_name(key), q));
+                }
                 // Not persistent any more: the device goes away when the last reference to
                 // the fd is dropped. If it is already gone (namespace deleted), nothing to do.
                 let _ = slot.port.tap.set_persistent(false);
@@ -622,6 +652,7 @@ impl Switch {
                 returned: self.flows.counters.returned.load(Relaxed),
                 evicted: self.flows.counters.evicted.load(Relaxed),
             },
+            workers: self.workers.stats(),
         }
     }
 
@@ -751,8 +782,8 @@ impl Switch {
     }
 
     /// Tick the heartbeat that `/readyz` checks and, under systemd with `WatchdogSec=`,
-    /// send `WATCHDOG=1`. It runs on the same runtime as the forwarding tasks: if that
-    /// runtime wedges, the keep-alives stop and systemd restarts switchd.
+    /// send `WATCHDOG=1`, while the control-plane runtime and every datapath worker are
+    /// alive: if either wedges, the keep-alives stop and systemd restarts switchd.
     pub async fn run_heartbeat(self: Arc<Self>) {
         let watchdog = crate::notify::watchdog_interval();
         let every = watchdog
@@ -762,6 +793,16 @@ impl Switch {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
+            // A datapath worker loops at least once a second, idle or not; one that has
+            // not for a few seconds is wedged, and so is the switch.
+            let stalest = self.workers.stalest_secs();
+            if stalest > WORKER_STALL_SECS {
+                tracing::error!(
+                    stalest_secs = stalest,
+                    "a datapath worker is stuck; withholding the heartbeat"
+                );
+                continue;
+            }
             self.heartbeat.store(crate::stats::now_millis(), Relaxed);
             if watchdog.is_some() {
                 if let Err(e) = crate::notify::notify("WATCHDOG=1") {
@@ -826,6 +867,9 @@ impl Switch {
     }
 }
 
+/// Seconds a datapath worker may go without looping before the switch counts as wedged.
+const WORKER_STALL_SECS: u32 = 5;
+
 /// Name of the host port's descriptor in the service manager's fd store.
 const HOST_FD_NAME: &str = "host";
 
@@ -843,8 +887,34 @@ pub fn fd_name(key: &AttachmentKey) -> String {
             .collect::<String>()
     };
     let mut name = format!("pod-{}-{}", clean(&key.ifname), clean(&key.container_id));
-    name.truncate(255);
+    name.truncate(248); // room for a queue suffix
     name
+}
+
+/// Name of queue `q`'s descriptor of the port stored as `base`: `base` itself for the
+/// first queue (as before ports had several), `base.qN` for the others.
+fn queue_fd_name(base: &str, q: usize) -> String {
+    match q {
+        0 => base.to_string(),
+        q => format!("{base}.q{q}"),
+    }
+}
+
+/// Take a port's stored queue descriptors out of `inherited`, first queue first.
+fn take_kept(inherited: &mut HashMap<String, OwnedFd>, base: &str) -> Option<Vec<OwnedFd>> {
+    let first = inherited.remove(base)?;
+    let mut fds = vec![first];
+    while let Some(fd) = inherited.remove(&queue_fd_name(base, fds.len())) {
+        fds.push(fd);
+    }
+    Some(fds)
+}
+
+/// Adopt a port's kept descriptors as its queues.
+fn adopt_fds(fds: Vec<OwnedFd>, name: &str) -> Result<Vec<Tap>> {
+    fds.into_iter()
+        .map(|fd| Tap::from_fd(fd, name).map_err(anyhow::Error::from))
+        .collect()
 }
 
 /// Take an exclusive `flock` on `state_dir/lock`, so two daemons never share allocations.

@@ -45,6 +45,13 @@ impl FdStore {
         true
     }
 
+    /// Take in every message waiting now. The socket holds only a few datagrams
+    /// (`net.unix.max_dgram_qlen`, 10 by default) before a sender blocks, as systemd's
+    /// does; switchd sends one per port queue on every start.
+    pub fn drain(&mut self) {
+        while self.receive_one() {}
+    }
+
     fn receive_one(&mut self) -> bool {
         let mut data = [0u8; 4096];
         let mut control = [0u8; 256];

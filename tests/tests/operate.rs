@@ -175,7 +175,13 @@ fn a_crash_or_a_clean_restart_with_the_fd_store_is_invisible_to_pods() {
     use switchd_e2e::fdstore::FdStore;
 
     let mut store = FdStore::new();
-    let mut node = Node::prepare(Netns::new("n"), "10.244.1.0/24", "mtu = 1450\n", None);
+    // Two workers, so every port is a two-queue TAP with two descriptors in the store.
+    let mut node = Node::prepare(
+        Netns::new("n"),
+        "10.244.1.0/24",
+        "mtu = 1450\ndatapath_threads = 2\n",
+        None,
+    );
     node.env
         .push(("NOTIFY_SOCKET".into(), store.path.display().to_string()));
     node.launch();
@@ -184,8 +190,8 @@ fn a_crash_or_a_clean_restart_with_the_fd_store_is_invisible_to_pods() {
     let addr_b = node.add_pod(&b);
     assert!(a.ping(addr_b));
     assert!(
-        store.pump_until(Duration::from_secs(10), |s| s.fds.len() == 3),
-        "host + 2 pods stored: {:?}",
+        store.pump_until(Duration::from_secs(10), |s| s.fds.len() == 3 * 2),
+        "host + 2 pods stored, two queues each: {:?}",
         store.fds.keys().collect::<Vec<_>>()
     );
 
@@ -221,6 +227,7 @@ fn a_crash_or_a_clean_restart_with_the_fd_store_is_invisible_to_pods() {
             .collect();
         node.launch();
         node.inherit.clear();
+        store.drain();
 
         assert!(a.ping(addr_b), "forwarding resumed");
         assert!(node.ns.ping(addr_a), "host port resumed");
@@ -263,7 +270,7 @@ fn a_crash_or_a_clean_restart_with_the_fd_store_is_invisible_to_pods() {
     // DEL takes the port out of the store too.
     assert!(node.cni("DEL", &b).ok());
     assert!(
-        store.pump_until(Duration::from_secs(10), |s| s.fds.len() == 2),
+        store.pump_until(Duration::from_secs(10), |s| s.fds.len() == 2 * 2),
         "after DEL: {:?}",
         store.fds.keys().collect::<Vec<_>>()
     );

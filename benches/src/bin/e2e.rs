@@ -11,7 +11,8 @@
 //! through a ClusterIP with kube-proxy's iptables rules on every node of both clusters,
 //! and the CPU seconds switchd spends per GB moved. Each line is repeated and the median reported.
 //!
-//! Usage (root): `cargo run --release -p switchd-benches --bin e2e -- [--quick] [--runs N] [--seconds S]`
+//! Usage (root): `cargo run --release -p switchd-benches --bin e2e -- [--quick] [--runs N]
+//! [--seconds S] [--switchd-config 'datapath_threads = 1\ndatapath_spin_us = 0']`
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -29,6 +30,9 @@ const SAME_SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
 const CROSS_SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 51);
 
 struct Opts {
+    /// Extra lines for both switchd nodes' config (`--switchd-config 'datapath_spin_us = 0'`),
+    /// to measure one setting against another.
+    switchd_config: String,
     runs: usize,
     seconds: u32,
     rr_count: usize,
@@ -44,6 +48,12 @@ fn main() {
             .and_then(|v| v.parse().ok())
     };
     let opts = Opts {
+        switchd_config: args
+            .iter()
+            .position(|a| a == "--switchd-config")
+            .and_then(|i| args.get(i + 1))
+            .map(|s| s.replace("\\n", "\n") + "\n")
+            .unwrap_or_default(),
         runs: value("--runs").unwrap_or(if quick { 1 } else { 3 }),
         seconds: value("--seconds")
             .map(|s: usize| s as u32)
@@ -73,8 +83,8 @@ fn main() {
         NodeInfo::numbered(1, ul.attach(&s1, 1500)),
         NodeInfo::numbered(2, ul.attach(&s2, 1500)),
     ];
-    let n1 = start_switchd(s1, &infos[0], &infos, "");
-    let n2 = start_switchd(s2, &infos[1], &infos, "");
+    let n1 = start_switchd(s1, &infos[0], &infos, &opts.switchd_config);
+    let n2 = start_switchd(s2, &infos[1], &infos, &opts.switchd_config);
     let (a, b, c) = (Netns::new("a"), Netns::new("b"), Netns::new("c"));
     n1.add_pod(&a);
     let (addr_b, addr_c) = (n1.add_pod(&b), n2.add_pod(&c));
@@ -98,78 +108,94 @@ fn main() {
 
     let pids = [n1.pid(), n2.pid()];
     let mut rows: Vec<Row> = Vec::new();
-    let tcp = |from: &Netns, to: &Netns, addr, streams| {
-        median(opts.runs, || {
-            iperf_tcp(from, to, addr, streams, opts.seconds)
+    let runs = opts.runs;
+    let secs = opts.seconds;
+    // Each round measures switchd and then the kernel, so slow drifts of a shared machine
+    // hit both columns alike.
+    let tcp = |sw: (&Netns, &Netns, Ipv4Addr), k: (&Netns, &Netns, Ipv4Addr), streams| {
+        rounds(runs, || {
+            (
+                iperf_tcp(sw.0, sw.1, sw.2, streams, secs).0,
+                iperf_tcp(k.0, k.1, k.2, streams, secs).0,
+            )
         })
     };
-    let udp = |from: &Netns, to: &Netns, addr, len| {
-        median(opts.runs, || iperf_udp(from, to, addr, len, opts.seconds))
+    let udp = |sw: (&Netns, &Netns, Ipv4Addr), k: (&Netns, &Netns, Ipv4Addr), len| {
+        rounds(runs, || {
+            (
+                iperf_udp(sw.0, sw.1, sw.2, len, secs),
+                iperf_udp(k.0, k.1, k.2, len, secs),
+            )
+        })
     };
+    // Latency: (medians, p99s) of each round.
+    let latency = |sw: (&Netns, &Netns, Ipv4Addr), k: (&Netns, &Netns, Ipv4Addr)| {
+        let mut v = Vec::new();
+        for _ in 0..runs {
+            v.push((
+                rr(sw.0, sw.1, sw.2, opts.rr_count),
+                rr(k.0, k.1, k.2, opts.rr_count),
+            ));
+        }
+        let median = v.iter().map(|(s, k)| (s.0, k.0)).collect::<Vec<_>>();
+        let p99 = v.iter().map(|(s, k)| (s.1, k.1)).collect::<Vec<_>>();
+        (split(median), split(p99))
+    };
+    let same = (&a, &b, addr_b);
+    let k_same = (&k8.pod, &kb, addr_kb);
+    let cross = (&a, &c, addr_c);
+    let k_cross = (&k8.pod, &k9.pod, k9.pod_addr);
 
     rows.push(Row::new(
         "same node, TCP 1 stream (Gbit/s)",
-        tcp(&a, &b, addr_b, 1),
-        tcp(&k8.pod, &kb, addr_kb, 1),
+        tcp(same, k_same, 1),
     ));
     rows.push(Row::new(
         "same node, TCP 4 streams (Gbit/s)",
-        tcp(&a, &b, addr_b, 4),
-        tcp(&k8.pod, &kb, addr_kb, 4),
+        tcp(same, k_same, 4),
     ));
-    let cpu_before = cpu_seconds(&pids);
+    // CPU per GB on each node, over switchd-only runs of the cross-node single stream.
+    let cpu_before = [cpu_seconds(&pids[..1]), cpu_seconds(&pids[1..])];
     let bytes_before = tunnel_bytes(&n1);
-    let cross1 = tcp(&a, &c, addr_c, 1);
-    let cpu_per_gb = (cpu_seconds(&pids) - cpu_before)
-        / ((tunnel_bytes(&n1) - bytes_before) as f64 / 1e9).max(1e-9);
+    for _ in 0..runs {
+        iperf_tcp(&a, &c, addr_c, 1, secs);
+    }
+    let gb = ((tunnel_bytes(&n1) - bytes_before) as f64 / 1e9).max(1e-9);
+    let cpu_per_gb = [
+        (cpu_seconds(&pids[..1]) - cpu_before[0]) / gb,
+        (cpu_seconds(&pids[1..]) - cpu_before[1]) / gb,
+    ];
     rows.push(Row::new(
         "cross node, TCP 1 stream (Gbit/s)",
-        cross1,
-        tcp(&k8.pod, &k9.pod, k9.pod_addr, 1),
+        tcp(cross, k_cross, 1),
     ));
-    rows.push(Row::new(
-        "cross node, TCP 4 streams (Gbit/s)",
-        tcp(&a, &c, addr_c, 4),
-        tcp(&k8.pod, &k9.pod, k9.pod_addr, 4),
+    let mut retrans = (Vec::new(), Vec::new());
+    let cross4 = rounds(runs, || {
+        let (sw, sw_re) = iperf_tcp(&a, &c, addr_c, 4, secs);
+        let (k, k_re) = iperf_tcp(&k8.pod, &k9.pod, k9.pod_addr, 4, secs);
+        retrans.0.push(sw_re);
+        retrans.1.push(k_re);
+        (sw, k)
+    });
+    rows.push(Row::new("cross node, TCP 4 streams (Gbit/s)", cross4));
+    rows.push(Row::info(
+        "cross node, TCP 4 streams: segments retransmitted per run",
+        (Samples(retrans.0), Samples(retrans.1)),
     ));
     rows.push(Row::new(
         "cross node, UDP 64 B (kpps)",
-        udp(&a, &c, addr_c, 64),
-        udp(&k8.pod, &k9.pod, k9.pod_addr, 64),
+        udp(cross, k_cross, 64),
     ));
     rows.push(Row::new(
         "cross node, UDP 1400 B (kpps)",
-        udp(&a, &c, addr_c, 1400),
-        udp(&k8.pod, &k9.pod, k9.pod_addr, 1400),
+        udp(cross, k_cross, 1400),
     ));
-    let (sw_same, k_same) = (
-        rr(&a, &b, addr_b, opts.rr_count),
-        rr(&k8.pod, &kb, addr_kb, opts.rr_count),
-    );
-    rows.push(Row::lower(
-        "same node, RR latency median (µs)",
-        sw_same.0,
-        k_same.0,
-    ));
-    rows.push(Row::lower(
-        "same node, RR latency p99 (µs)",
-        sw_same.1,
-        k_same.1,
-    ));
-    let (sw_cross, k_cross) = (
-        rr(&a, &c, addr_c, opts.rr_count),
-        rr(&k8.pod, &k9.pod, k9.pod_addr, opts.rr_count),
-    );
-    rows.push(Row::lower(
-        "cross node, RR latency median (µs)",
-        sw_cross.0,
-        k_cross.0,
-    ));
-    rows.push(Row::lower(
-        "cross node, RR latency p99 (µs)",
-        sw_cross.1,
-        k_cross.1,
-    ));
+    let (median, p99) = latency(same, k_same);
+    rows.push(Row::lower("same node, RR latency median (µs)", median));
+    rows.push(Row::lower("same node, RR latency p99 (µs)", p99));
+    let (median, p99) = latency(cross, k_cross);
+    rows.push(Row::lower("cross node, RR latency median (µs)", median));
+    rows.push(Row::lower("cross node, RR latency p99 (µs)", p99));
 
     // Services: the same kube-proxy rules (iptables mode, nft backend) on every node of
     // both clusters; the client pod's node DNATs, switchd returns the replies through it.
@@ -197,35 +223,33 @@ fn main() {
     }
     rows.push(Row::new(
         "same node, pod→ClusterIP TCP 1 stream (Gbit/s)",
-        tcp(&a, &b, SAME_SERVICE, 1),
-        tcp(&k8.pod, &kb, SAME_SERVICE, 1),
+        tcp((&a, &b, SAME_SERVICE), (&k8.pod, &kb, SAME_SERVICE), 1),
     ));
     rows.push(Row::new(
         "cross node, pod→ClusterIP TCP 1 stream (Gbit/s)",
-        tcp(&a, &c, CROSS_SERVICE, 1),
-        tcp(&k8.pod, &k9.pod, CROSS_SERVICE, 1),
+        tcp(
+            (&a, &c, CROSS_SERVICE),
+            (&k8.pod, &k9.pod, CROSS_SERVICE),
+            1,
+        ),
     ));
-    let (sw_svc, k_svc) = (
-        rr(&a, &b, SAME_SERVICE, opts.rr_count),
-        rr(&k8.pod, &kb, SAME_SERVICE, opts.rr_count),
-    );
+    let (median, _) = latency((&a, &b, SAME_SERVICE), (&k8.pod, &kb, SAME_SERVICE));
     rows.push(Row::lower(
         "same node, pod→ClusterIP RR latency median (µs)",
-        sw_svc.0,
-        k_svc.0,
+        median,
     ));
-    let (sw_svc, k_svc) = (
-        rr(&a, &c, CROSS_SERVICE, opts.rr_count),
-        rr(&k8.pod, &k9.pod, CROSS_SERVICE, opts.rr_count),
-    );
+    let (median, _) = latency((&a, &c, CROSS_SERVICE), (&k8.pod, &k9.pod, CROSS_SERVICE));
     rows.push(Row::lower(
         "cross node, pod→ClusterIP RR latency median (µs)",
-        sw_svc.0,
-        k_svc.0,
+        median,
     ));
     let flows = n1.query("stats")["flows"].clone();
 
-    let ceiling = tcp(&n1.ns, &n2.ns, infos[1].underlay, 1);
+    let ceiling = Samples(
+        (0..runs)
+            .map(|_| iperf_tcp(&n1.ns, &n2.ns, infos[1].underlay, 1, secs).0)
+            .collect(),
+    );
 
     // Memory and idle cost: node 1 with 110 pods attached.
     let extra: Vec<Netns> = (0..108).map(|_| Netns::new("m")).collect();
@@ -242,27 +266,29 @@ fn main() {
 
     println!();
     println!(
-        "runs per line: {} (median), iperf3 -t {}, RR round trips: {}",
+        "runs per line: {} (median, min–max), iperf3 -t {}, RR round trips: {}",
         opts.runs, opts.seconds, opts.rr_count
     );
-    println!("| measurement | switchd | kernel | switchd/kernel |");
+    println!("| measurement | switchd | kernel | switchd/kernel (medians) |");
     println!("|---|---|---|---|");
     for r in &rows {
-        println!(
-            "| {} | {:.2} | {:.2} | {:.2}{} |",
-            r.name,
-            r.switchd,
-            r.kernel,
-            r.switchd / r.kernel,
-            if r.lower_is_better {
-                " (lower is better)"
-            } else {
-                ""
-            }
-        );
+        let ratio = match r.kind {
+            Kind::Info => "—".to_string(),
+            Kind::Higher => format!("{:.2}", r.switchd.median() / r.kernel.median()),
+            Kind::Lower => format!(
+                "{:.2} (lower is better)",
+                r.switchd.median() / r.kernel.median()
+            ),
+        };
+        println!("| {} | {} | {} | {ratio} |", r.name, r.switchd, r.kernel);
     }
-    println!("| ceiling: plain routing node→node, TCP 1 stream (Gbit/s) | — | {ceiling:.2} | — |");
-    println!("| switchd CPU seconds per GB, cross node TCP 1 stream (both nodes) | {cpu_per_gb:.2} | — | — |");
+    println!("| ceiling: plain routing node→node, TCP 1 stream (Gbit/s) | — | {ceiling} | — |");
+    println!(
+        "| switchd CPU seconds per GB, cross node TCP 1 stream: node 1 (sender) + node 2 (receiver) | {:.2} + {:.2} = {:.2} | — | — |",
+        cpu_per_gb[0],
+        cpu_per_gb[1],
+        cpu_per_gb[0] + cpu_per_gb[1]
+    );
     println!(
         "| node 1 translated flows: tracked / frames returned to the node / evicted | {} / {} / {} | — | — |",
         flows["tracked"], flows["returned"], flows["evicted"]
@@ -272,36 +298,77 @@ fn main() {
     // Namespaces, switchd processes and files are removed by the guards' Drop.
 }
 
+/// One line's measurements, one per run.
+struct Samples(Vec<f64>);
+
+impl Samples {
+    fn median(&self) -> f64 {
+        let mut v = self.0.clone();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    }
+}
+
+impl std::fmt::Display for Samples {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let min = self.0.iter().cloned().fold(f64::INFINITY, f64::min);
+        let max = self.0.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        if self.0.len() == 1 {
+            write!(f, "{:.2}", self.median())
+        } else {
+            write!(f, "{:.2} ({min:.2}–{max:.2})", self.median())
+        }
+    }
+}
+
+/// `runs` rounds of (switchd, kernel) measurements.
+fn rounds(runs: usize, mut f: impl FnMut() -> (f64, f64)) -> (Samples, Samples) {
+    split((0..runs).map(|_| f()).collect())
+}
+
+fn split(v: Vec<(f64, f64)>) -> (Samples, Samples) {
+    let (a, b) = v.into_iter().unzip();
+    (Samples(a), Samples(b))
+}
+
+enum Kind {
+    Higher,
+    Lower,
+    Info,
+}
+
 struct Row {
     name: &'static str,
-    switchd: f64,
-    kernel: f64,
-    lower_is_better: bool,
+    switchd: Samples,
+    kernel: Samples,
+    kind: Kind,
 }
 
 impl Row {
-    fn new(name: &'static str, switchd: f64, kernel: f64) -> Row {
+    fn new(name: &'static str, (switchd, kernel): (Samples, Samples)) -> Row {
         Row {
             name,
             switchd,
             kernel,
-            lower_is_better: false,
+            kind: Kind::Higher,
         }
     }
-    fn lower(name: &'static str, switchd: f64, kernel: f64) -> Row {
+    fn lower(name: &'static str, (switchd, kernel): (Samples, Samples)) -> Row {
         Row {
             name,
             switchd,
             kernel,
-            lower_is_better: true,
+            kind: Kind::Lower,
         }
     }
-}
-
-fn median(runs: usize, mut f: impl FnMut() -> f64) -> f64 {
-    let mut v: Vec<f64> = (0..runs).map(|_| f()).collect();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    fn info(name: &'static str, (switchd, kernel): (Samples, Samples)) -> Row {
+        Row {
+            name,
+            switchd,
+            kernel,
+            kind: Kind::Info,
+        }
+    }
 }
 
 /// An iperf3 server for exactly one test, in `ns`.
@@ -342,14 +409,17 @@ fn finish(mut server: Child) {
     let _ = server.wait();
 }
 
-fn iperf_tcp(from: &Netns, to: &Netns, addr: Ipv4Addr, streams: usize, seconds: u32) -> f64 {
+/// (Gbit/s received, segments the sender retransmitted).
+fn iperf_tcp(from: &Netns, to: &Netns, addr: Ipv4Addr, streams: usize, seconds: u32) -> (f64, f64) {
     let server = iperf_server(to);
     let v = iperf_client(from, addr, &["-P", &streams.to_string()], seconds);
     finish(server);
-    v["end"]["sum_received"]["bits_per_second"]
+    let gbps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .unwrap_or_else(|| panic!("no TCP result: {}", v["error"]))
-        / 1e9
+        / 1e9;
+    let retransmits = v["end"]["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0);
+    (gbps, retransmits)
 }
 
 /// Received packets per second (thousands) with `len`-byte UDP payloads, unlimited rate.

@@ -1,5 +1,5 @@
-//! Ports: a TAP device plus who it belongs to and its counters, and the I/O loop that feeds
-//! its frames to the forwarding core.
+//! Ports: a TAP device (one descriptor per queue) plus who it belongs to and its counters.
+//! The datapath workers (`crate::worker`) read and write them.
 
 pub mod shaper;
 pub mod tap;
@@ -7,7 +7,6 @@ pub mod tap;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 
 use std::sync::Mutex;
 
@@ -15,13 +14,10 @@ use switchd_proto::{AttachmentKey, Bandwidth, CapturedFrame, Counters, PodRef};
 use tokio::sync::mpsc;
 
 use crate::datapath::frame::VNET_HDR_LEN;
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 
 use crate::datapath::ratelimit::RateLimit;
-use crate::datapath::{self, icmp, DropReason, PortId, Verdict};
+use crate::datapath::{DropReason, PortId};
 use crate::stats::Stats;
-use crate::switch::{Snapshot, SnapshotCell};
 use tap::Tap;
 
 /// Big enough for the largest TSO super-frame the kernel hands over: a 64 KiB IP packet plus
@@ -29,7 +25,7 @@ use tap::Tap;
 pub const FRAME_BUF_LEN: usize = 65_536 + 64;
 /// Room for a super-frame cut into segments, each with its own headers and VXLAN header.
 pub const SEGMENT_BUF_LEN: usize = 2 * FRAME_BUF_LEN;
-/// Frames handled per wake-up before yielding to other ports.
+/// Frames a worker reads from one descriptor before turning to the next.
 pub const BATCH: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +64,10 @@ impl PortCounters {
 #[derive(Debug)]
 pub struct Port {
     pub id: PortId,
+    /// The device's first (or only) queue; device-wide settings go through it.
     pub tap: Tap,
+    /// The other queues of a multi-queue TAP, one per further worker.
+    pub more_queues: Vec<Tap>,
     pub owner: PortOwner,
     pub address: Ipv4Addr,
     pub mac: [u8; 6],
@@ -120,7 +119,7 @@ pub fn now_secs() -> u32 {
 }
 
 /// Nanoseconds on a monotonic clock, for the rate limiters.
-fn mono_ns() -> u64 {
+pub fn mono_ns() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     START
         .get_or_init(std::time::Instant::now)
@@ -135,9 +134,23 @@ impl AsRawFd for Port {
 }
 
 impl Port {
+    /// Number of queues (descriptors) this port has.
+    pub fn queues(&self) -> usize {
+        1 + self.more_queues.len()
+    }
+
+    /// Queue `q`'s descriptor (`q` counts from 0; taken modulo the number of queues).
+    #[inline]
+    pub fn queue(&self, q: usize) -> &Tap {
+        match q % self.queues() {
+            0 => &self.tap,
+            i => &self.more_queues[i - 1],
+        }
+    }
+
     /// Hand a copy of `buf` (virtio-net header + frame) to a running capture.
     #[cold]
-    fn capture_frame(&self, buf: &[u8], direction: &str) {
+    pub fn capture_frame(&self, buf: &[u8], direction: &str) {
         if let Some(tx) = self.capture.lock().unwrap().as_ref() {
             let frame = CapturedFrame {
                 ts_micros: now_micros(),
@@ -155,9 +168,11 @@ impl Port {
         self.capturing.store(on, Relaxed);
     }
 
-    /// Write one buffer to this port, counting it either way.
+    /// Write one buffer to this port through queue `q`, counting it either way. A worker
+    /// writes through its own queue, which also tells the TUN driver to send that flow's
+    /// answers back on it (the driver's flow steering).
     #[inline]
-    pub fn transmit(&self, buf: &[u8], stats: &Stats) {
+    pub fn transmit(&self, buf: &[u8], stats: &Stats, q: usize) {
         if self.capturing.load(Relaxed) {
             self.capture_frame(buf, "tx");
         }
@@ -168,11 +183,11 @@ impl Port {
                 shaper::Offer::Full => return shaper::count_full(self, stats),
             }
         }
-        self.write_counted(buf, stats);
+        self.write_counted(buf, stats, q);
     }
 
-    fn write_counted(&self, buf: &[u8], stats: &Stats) {
-        match self.tap.write(buf) {
+    pub fn write_counted(&self, buf: &[u8], stats: &Stats, q: usize) {
+        match self.queue(q).write(buf) {
             Ok(_) => {
                 self.counters.tx_packets.fetch_add(1, Relaxed);
                 self.counters.tx_bytes.fetch_add(buf.len() as u64, Relaxed);
@@ -182,146 +197,6 @@ impl Port {
                 stats.count_drop(DropReason::WriteFailed);
             }
         }
-    }
-}
-
-/// Read frames from `port` until the device goes away, forwarding each through the core.
-/// The table snapshot is loaded once per batch; nothing here allocates per frame.
-/// When the device goes away, the port's id is sent on `gone` so the control plane can
-/// decide what to do (release the pod if its namespace vanished).
-pub async fn run(
-    port: Arc<Port>,
-    table: Arc<SnapshotCell>,
-    stats: Arc<Stats>,
-    gone: mpsc::UnboundedSender<PortId>,
-) {
-    // SAFETY: the fd belongs to `port.tap`, which the Arc keeps open for as long as the
-    // AsyncFd (which owns that Arc) lives, and `as_raw_fd` always returns that same fd.
-    let afd = match unsafe {
-        AsyncFd::register_with_interest(port.clone(), Interest::READABLE | Interest::ERROR)
-    } {
-        Ok(afd) => afd,
-        Err(e) => {
-            tracing::error!(port = port.id, ifname = port.tap.name(), error = %e.into_parts().1, "cannot poll port");
-            return;
-        }
-    };
-    // Aborted with this task, so the drain task never outlives the port loop.
-    let _drain = port
-        .limits
-        .ingress
-        .as_ref()
-        .map(|_| AbortOnDrop(tokio::spawn(shaper::drain(port.clone(), stats.clone()))));
-    let mut buf = vec![0u8; FRAME_BUF_LEN];
-    let mut reply = [0u8; icmp::MAX_REPLY_LEN];
-    let mut scratch = vec![0u8; SEGMENT_BUF_LEN];
-    loop {
-        // ERROR too: when the device is unregistered (its namespace was deleted) the TAP
-        // polls as EPOLLERR only, and the read that follows tells us it is gone.
-        let mut ready = match afd.ready(Interest::READABLE | Interest::ERROR).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(port = port.id, error = %e, "port poll failed; port stops forwarding");
-                break;
-            }
-        };
-        let snapshot = table.load();
-        let now = now_secs();
-        let mut drained = false;
-        let mut pause = 0;
-        for _ in 0..BATCH {
-            match port.tap.read(&mut buf) {
-                Ok(n) => {
-                    handle_frame(
-                        &port,
-                        &mut buf[..n],
-                        &snapshot,
-                        now,
-                        &stats,
-                        &mut reply,
-                        &mut scratch,
-                    );
-                    if let Some(rl) = &port.limits.egress {
-                        pause = rl.charge(mono_ns(), n);
-                        if pause > 0 {
-                            break;
-                        }
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    ready.clear_ready();
-                    drained = true;
-                    break;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!(port = port.id, ifname = port.tap.name(), error = %e, "port device gone; it stops forwarding until detached");
-                    port.alive.store(false, Relaxed);
-                    let _ = gone.send(port.id);
-                    return;
-                }
-            }
-        }
-        drop(ready);
-        if pause > 0 {
-            // Over its egress rate: leave the pod's frames queued in its TAP until the
-            // bucket has room, which slows the pod's TCP down without losses.
-            tokio::time::sleep(std::time::Duration::from_nanos(pause)).await;
-        } else if !drained {
-            tokio::task::yield_now().await;
-        }
-    }
-    port.alive.store(false, Relaxed);
-}
-
-#[inline]
-fn handle_frame(
-    port: &Port,
-    buf: &mut [u8],
-    snapshot: &Snapshot,
-    now: u32,
-    stats: &Stats,
-    reply: &mut [u8],
-    scratch: &mut [u8],
-) {
-    port.counters.rx_packets.fetch_add(1, Relaxed);
-    port.counters.rx_bytes.fetch_add(buf.len() as u64, Relaxed);
-    if port.capturing.load(Relaxed) {
-        port.capture_frame(buf, "rx");
-    }
-    match datapath::forward(buf, port.id, &snapshot.table, &snapshot.flows, now, reply) {
-        Verdict::Forward(to) => match snapshot.ports.get(&to) {
-            Some(out) => out.transmit(buf, stats),
-            None => {
-                port.counters.drops.fetch_add(1, Relaxed);
-                stats.count_drop(DropReason::NoRoute);
-            }
-        },
-        Verdict::Reply(len) => port.transmit(&reply[..len], stats),
-        Verdict::Encap(peer) => match (&snapshot.tunnel, snapshot.peers.get(peer)) {
-            (Some(tunnel), Some(peer)) => tunnel.send_frame(buf, peer, scratch, stats),
-            _ => {
-                port.counters.drops.fetch_add(1, Relaxed);
-                stats.count_drop(DropReason::NoPeer);
-            }
-        },
-        Verdict::Reject { len, reason } => {
-            port.counters.drops.fetch_add(1, Relaxed);
-            stats.count_drop(reason);
-            port.transmit(&reply[..len], stats);
-        }
-        Verdict::Drop(reason) => {
-            port.counters.drops.fetch_add(1, Relaxed);
-            stats.count_drop(reason);
-        }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

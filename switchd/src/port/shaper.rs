@@ -85,7 +85,7 @@ pub async fn drain(port: Arc<Port>, stats: Arc<Stats>) {
         };
         match next {
             None => shaper.wake.notified().await,
-            Some(Ok(frame)) => port.write_counted(&frame, &stats),
+            Some(Ok(frame)) => port.write_counted(&frame, &stats, 0),
             Some(Err(wait)) => tokio::time::sleep(Duration::from_nanos(wait)).await,
         }
         if !port.alive.load(Relaxed) {

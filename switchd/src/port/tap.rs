@@ -21,6 +21,7 @@ const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 
 const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
@@ -72,6 +73,33 @@ impl Tap {
     /// Create the TAP `name` in the calling thread's network namespace, or attach to it if a
     /// persistent TAP of that name already exists there.
     pub fn open(name: &str) -> Result<Tap, TapError> {
+        Tap::open_flags(name, 0)
+    }
+
+    /// Create (or attach to) the TAP `name` with `queues` queues, one descriptor each, so
+    /// that several workers can read it at once. A device created earlier with a single
+    /// queue (by an older switchd) cannot gain queues: it is opened as it is.
+    pub fn open_queues(name: &str, queues: usize) -> Result<Vec<Tap>, TapError> {
+        if queues <= 1 {
+            return Ok(vec![Tap::open(name)?]);
+        }
+        let first = match Tap::open_flags(name, IFF_MULTI_QUEUE) {
+            Ok(t) => t,
+            Err(TapError::SetIff { ref source, .. })
+                if source.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                return Ok(vec![Tap::open(name)?]);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut all = vec![first];
+        for _ in 1..queues {
+            all.push(Tap::open_flags(name, IFF_MULTI_QUEUE)?);
+        }
+        Ok(all)
+    }
+
+    fn open_flags(name: &str, extra: libc::c_short) -> Result<Tap, TapError> {
         let c_name = CString::new(name).map_err(|_| TapError::InvalidName(name.into()))?;
         let bytes = c_name.as_bytes();
         if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
@@ -87,7 +115,7 @@ impl Tap {
 
         let mut req = IfReqFlags {
             name: [0; libc::IFNAMSIZ],
-            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | extra,
             _pad: [0; 22],
         };
         req.name[..bytes.len()].copy_from_slice(bytes);

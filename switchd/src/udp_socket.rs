@@ -1,0 +1,127 @@
+//! UDP sockets the standard library cannot make: members of an `SO_REUSEPORT` group with a
+//! steering program, and send sockets whose source port is chosen for the receiver.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// A non-blocking UDP socket bound to `addr`, in the address's reuse-port group if `group`.
+pub fn bind(addr: SocketAddrV4, group: bool) -> io::Result<UdpSocket> {
+    // SAFETY: socket() takes plain integers; a non-negative result is a new fd we own.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned to us and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if group {
+        let one: libc::c_int = 1;
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, &one)?;
+    }
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `sa` is a valid sockaddr_in of the length we pass; `fd` is our socket.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UdpSocket::from(fd))
+}
+
+/// Steer each datagram arriving at `member`'s reuse-port group of `n` sockets to socket
+/// number `source port % n` (classic BPF, `SO_ATTACH_REUSEPORT_CBPF`). The socket index is
+/// the order in which the members were bound. Datagrams of one sender's port, which is one
+/// flow's port (RFC 7348), therefore always reach the same socket.
+pub fn steer_by_source_port(member: &UdpSocket, n: usize) -> io::Result<()> {
+    // When the program runs, the packet data starts after the UDP header; the network
+    // header is reachable at SKF_NET_OFF, whatever the IPv4 header's length.
+    const SKF_NET_OFF: u32 = (-0x100000i32) as u32;
+    let ins = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let program = [
+        // X = 4 * (ip[0] & 0xf): the IPv4 header's length.
+        ins(libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH, SKF_NET_OFF),
+        // A = the halfword at ip + X: the UDP source port.
+        ins(libc::BPF_LD | libc::BPF_H | libc::BPF_IND, SKF_NET_OFF),
+        // A = A % n, the socket index.
+        ins(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, n as u32),
+        ins(libc::BPF_RET | libc::BPF_A, 0),
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            member.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A send socket on `ip` whose (ephemeral) source port is `k` modulo `n`, so that the
+/// peer's [`steer_by_source_port`] hands its datagrams to the peer's worker `k`. Tries a
+/// few ephemeral ports; if none fits, any port works, only less evenly spread.
+pub fn bind_source_port(ip: Ipv4Addr, k: usize, n: usize) -> io::Result<UdpSocket> {
+    let mut refused = Vec::new();
+    for _ in 0..64 {
+        let s = bind(SocketAddrV4::new(ip, 0), false)?;
+        let port = s.local_addr()?.port() as usize;
+        if n <= 1 || port % n == k % n {
+            return Ok(s);
+        }
+        refused.push(s); // held until we return, so the kernel does not offer it again
+    }
+    tracing::warn!(
+        worker = k,
+        "no ephemeral port fits this worker; its flows spread by hash"
+    );
+    Ok(refused.pop().expect("64 sockets were bound"))
+}
+
+fn setsockopt(fd: &OwnedFd, level: i32, name: i32, value: &libc::c_int) -> io::Result<()> {
+    // SAFETY: `value` is a valid int for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! Datagrams received from the tunnel: the sender checked against the peers, each VXLAN
+//! datagram decapsulated in place, decided by the core, and TCP segments of one flow merged
+//! back into a super-frame before the TAP write.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+
+use quinn_udp::RecvMeta;
+
+use crate::datapath::coalesce::Coalescer;
+use crate::datapath::frame::VNET_HDR_LEN;
+use crate::datapath::vxlan::{self, DATAGRAM_OFFSET};
+use crate::datapath::{forward_from_tunnel, DropReason, Verdict};
+use crate::snapshot::Snapshot;
+use crate::stats::Stats;
+use crate::tunnel::{PeerState, Tunnel, RECV_BUF_LEN};
+
+/// Per-worker state for the tunnel path.
+pub struct Receiver {
+    buf: Vec<u8>,
+    meta: [RecvMeta; 1],
+    coalescer: Coalescer,
+}
+
+/// What one call to [`Receiver::receive`] ended with.
+pub enum Outcome {
+    /// The socket has nothing more queued.
+    Drained,
+    /// A whole batch was handled; more may be queued.
+    More,
+    /// The socket failed (not merely empty).
+    Failed(std::io::Error),
+}
+
+impl Receiver {
+    pub fn new() -> Receiver {
+        Receiver {
+            buf: vec![0u8; RECV_BUF_LEN],
+            meta: [RecvMeta::default()],
+            coalescer: Coalescer::new(),
+        }
+    }
+
+    /// Receive up to `batch` datagrams (or GRO batches) from worker `worker`'s socket of
+    /// the tunnel and deliver them.
+    /// Also returns how many datagrams arrived.
+    pub fn receive(
+        &mut self,
+        tunnel: &Tunnel,
+        snapshot: &Snapshot,
+        now: u32,
+        stats: &Stats,
+        worker: usize,
+        batch: usize,
+    ) -> (Outcome, u64) {
+        let socket = tunnel.rx(worker);
+        let mut datagrams = 0;
+        for _ in 0..batch {
+            match socket.recv(&mut self.buf[DATAGRAM_OFFSET..], &mut self.meta) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return (Outcome::Drained, datagrams)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return (Outcome::Failed(e), datagrams),
+            }
+            let m = self.meta[0];
+            let SocketAddr::V4(from) = m.addr else {
+                stats.count_drop(DropReason::UnknownPeer);
+                continue;
+            };
+            // Kernel VXLAN devices send from varying source ports: match the address only.
+            let Some(&idx) = snapshot.peer_by_addr.get(&u32::from(*from.ip())) else {
+                stats.count_drop(DropReason::UnknownPeer);
+                tracing::trace!(%from, "datagram from an unknown sender dropped");
+                continue;
+            };
+            let peer = &snapshot.peers[idx];
+            let stride = if m.stride == 0 { m.len } else { m.stride };
+            datagrams += m.len.div_ceil(stride.max(1)) as u64;
+            let mut at = 0;
+            while at < m.len {
+                let n = stride.min(m.len - at);
+                // Datagram k sits at DATAGRAM_OFFSET + at; its 4 bytes of headroom overlap
+                // the tail of datagram k-1, which has been delivered already.
+                deliver(
+                    &mut self.buf[at..DATAGRAM_OFFSET + at + n],
+                    n,
+                    idx,
+                    peer,
+                    tunnel,
+                    snapshot,
+                    now,
+                    stats,
+                    &mut self.coalescer,
+                    worker,
+                );
+                at += n;
+            }
+            flush(&mut self.coalescer, snapshot, stats, worker);
+        }
+        (Outcome::More, datagrams)
+    }
+}
+
+/// Write the pending super-frame, if any, to its port.
+fn flush(coalescer: &mut Coalescer, snapshot: &Snapshot, stats: &Stats, worker: usize) {
+    if let Some((port, merged)) = coalescer.take() {
+        match snapshot.ports.get(&port) {
+            Some(out) => out.transmit(merged, stats, worker),
+            None => stats.count_drop(DropReason::NoRoute),
+        }
+    }
+}
+
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn deliver(
+    frame: &mut [u8],
+    n: usize,
+    idx: usize,
+    peer: &PeerState,
+    tunnel: &Tunnel,
+    snapshot: &Snapshot,
+    now: u32,
+    stats: &Stats,
+    coalescer: &mut Coalescer,
+    worker: usize,
+) {
+    if let Err(reason) = vxlan::decap_in_place(frame, tunnel.vni) {
+        peer.counters.drops.fetch_add(1, Relaxed);
+        stats.count_drop(reason);
+        return;
+    }
+    peer.counters.rx_packets.fetch_add(1, Relaxed);
+    peer.counters.rx_bytes.fetch_add(n as u64, Relaxed);
+    match forward_from_tunnel(frame, idx, &snapshot.table, &snapshot.flows, now) {
+        Verdict::Forward(port) => {
+            // TCP segments of one flow are merged back into a super-frame (one TAP write);
+            // anything else is written as it is, after whatever was pending.
+            if coalescer.push(&frame[VNET_HDR_LEN..], port) {
+                return;
+            }
+            flush(coalescer, snapshot, stats, worker);
+            if coalescer.push(&frame[VNET_HDR_LEN..], port) {
+                return;
+            }
+            match snapshot.ports.get(&port) {
+                Some(out) => out.transmit(frame, stats, worker),
+                None => stats.count_drop(DropReason::NoRoute),
+            }
+        }
+        Verdict::Drop(reason) => {
+            peer.counters.drops.fetch_add(1, Relaxed);
+            stats.count_drop(reason);
+        }
+        other => {
+            tracing::debug!(verdict = ?other, "unexpected verdict for a tunnel frame");
+            stats.count_drop(DropReason::NoRoute);
+        }
+    }
+}

@@ -193,7 +193,15 @@ fn main() {
     let (median, p99) = latency(same, k_same);
     rows.push(Row::lower("same node, RR latency median (µs)", median));
     rows.push(Row::lower("same node, RR latency p99 (µs)", p99));
+    let workers_before = [
+        n1.query("stats")["workers"].clone(),
+        n2.query("stats")["workers"].clone(),
+    ];
     let (median, p99) = latency(cross, k_cross);
+    let workers_after = [
+        n1.query("stats")["workers"].clone(),
+        n2.query("stats")["workers"].clone(),
+    ];
     rows.push(Row::lower("cross node, RR latency median (µs)", median));
     rows.push(Row::lower("cross node, RR latency p99 (µs)", p99));
 
@@ -259,7 +267,7 @@ fn main() {
     let rss_mib = rss_kib(n1.pid()) / 1024.0;
     // Let the new pods' own start-up chatter (IPv6 DAD, router solicitations) die down.
     std::thread::sleep(Duration::from_secs(3));
-    let idle_secs = f64::from(opts.seconds.max(3));
+    let idle_secs = if opts.runs > 1 { 10.0 } else { 3.0 };
     let idle_before = cpu_seconds(&[n1.pid()]);
     std::thread::sleep(Duration::from_secs_f64(idle_secs));
     let idle_pct = (cpu_seconds(&[n1.pid()]) - idle_before) / idle_secs * 100.0;
@@ -293,6 +301,19 @@ fn main() {
         "| node 1 translated flows: tracked / frames returned to the node / evicted | {} / {} / {} | — | — |",
         flows["tracked"], flows["returned"], flows["evicted"]
     );
+    for (node, (before, after)) in workers_before.iter().zip(&workers_after).enumerate() {
+        let d = |i: usize, k: &str| {
+            after[i][k].as_u64().unwrap_or(0) - before[i][k].as_u64().unwrap_or(0)
+        };
+        let per: Vec<String> = (0..after.as_array().map_or(0, |a| a.len()))
+            .map(|i| format!("{}/{}/{}", d(i, "frames"), d(i, "wakeups"), d(i, "polled")))
+            .collect();
+        println!(
+            "| node {} workers during the cross-node RR runs: frames / wake-ups / found by polling, per worker | {} | — | — |",
+            node + 1,
+            per.join(", ")
+        );
+    }
     println!("| switchd RSS with 110 pods attached (MiB) | {rss_mib:.1} | — | — |");
     println!("| switchd CPU while idle with 110 pods (% of a core, {idle_secs:.0} s) | {idle_pct:.2} | — | — |");
     // Namespaces, switchd processes and files are removed by the guards' Drop.

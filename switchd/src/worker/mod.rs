@@ -231,6 +231,11 @@ impl Worker {
             }
             let now_i = Instant::now();
             let timeout = if now_i < busy_until {
+                // Polling must not keep a pod (or, on a shared machine, another node's
+                // worker) that has work from running on this CPU: that work is usually
+                // what produces the frame we are waiting for.
+                // SAFETY: sched_yield has no arguments or preconditions.
+                unsafe { libc::sched_yield() };
                 0
             } else {
                 paused

@@ -344,8 +344,90 @@ fn translated_flows(c: &mut Criterion) {
     group.finish();
 }
 
+/// A port whose "TAP" is `/dev/null`: writes are real system calls that cost what the
+/// kernel's entry and exit cost, without a pod's receive path behind them.
+fn null_port(id: u32, ip: Ipv4Addr) -> std::sync::Arc<switchd::port::Port> {
+    use std::sync::atomic::AtomicBool;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open("/dev/null")
+        .expect("open /dev/null");
+    let tap = switchd::port::tap::Tap::from_fd(file.into(), "null").expect("wrap /dev/null");
+    std::sync::Arc::new(switchd::port::Port {
+        id,
+        tap,
+        more_queues: Vec::new(),
+        owner: switchd::port::PortOwner::Host,
+        address: ip,
+        mac: mac_for_ip(ip),
+        counters: Default::default(),
+        alive: AtomicBool::new(true),
+        capturing: AtomicBool::new(false),
+        capture: std::sync::Mutex::new(None),
+        limits: Default::default(),
+    })
+}
+
+/// The worker's per-frame path (`worker::from_port::handle`): counters, capture check, the
+/// core's verdict with the flow-table gate, and the write system call, against the bare
+/// floor of the same 64 writes to the same descriptor with nothing else.
+fn worker_path(c: &mut Criterion) {
+    use switchd::worker::from_port::{handle, Buffers};
+    let (a, b) = (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 1, 3));
+    let table = table_with_pods(100);
+    let flows = FlowTable::new(262_144, Timeouts::default(), 42);
+    let mut ports = std::collections::HashMap::default();
+    for i in 0..100u8 {
+        let ip = Ipv4Addr::new(10, 244, 1, 2 + i);
+        ports.insert(1 + u32::from(i), null_port(1 + u32::from(i), ip));
+    }
+    let snapshot = switchd::snapshot::Snapshot {
+        table,
+        ports,
+        tunnel: None,
+        peers: Vec::new(),
+        peer_by_addr: Default::default(),
+        flows: std::sync::Arc::new(flows),
+    };
+    let stats = switchd::stats::Stats::default();
+    let from = snapshot.ports[&1].clone();
+    let frame = craft::ipv4_udp(mac_for_ip(a), mac_for_ip(b), a, b, 64 - ETH_HDR_LEN - 28);
+    let mut bufs = Buffers::new();
+    let to = snapshot.ports[&2].clone();
+    bufs.frame[..frame.len()].copy_from_slice(&frame);
+    handle(&from, frame.len(), &mut bufs, &snapshot, 0, &stats, 0);
+    assert_eq!(
+        to.counters
+            .tx_packets
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the frame was written to pod B's port"
+    );
+    let mut group = c.benchmark_group("worker");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("pod_to_pod_64B_with_write", |bench| {
+        bench.iter(|| {
+            for _ in 0..BATCH {
+                bufs.frame[..frame.len()].copy_from_slice(&frame);
+                handle(&from, frame.len(), &mut bufs, &snapshot, 0, &stats, 0);
+            }
+        })
+    });
+    group.bench_function("floor_64_writes", |bench| {
+        bench.iter(|| {
+            for _ in 0..BATCH {
+                bufs.frame[..frame.len()].copy_from_slice(&frame);
+                let _ = black_box(to.tap.write(&bufs.frame[..frame.len()]));
+            }
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    worker_path,
     pod_to_pod,
     baseline_copy,
     tunnel_paths,

@@ -20,7 +20,7 @@
 //! the published snapshot.
 
 pub mod epoll;
-mod from_port;
+pub mod from_port;
 mod from_tunnel;
 
 use std::os::fd::AsRawFd;

@@ -15,6 +15,12 @@ pub struct Buffers {
     pub scratch: Vec<u8>,
 }
 
+impl Default for Buffers {
+    fn default() -> Buffers {
+        Buffers::new()
+    }
+}
+
 impl Buffers {
     pub fn new() -> Buffers {
         Buffers {

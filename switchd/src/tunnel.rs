@@ -150,10 +150,6 @@ impl Tunnel {
         &self.rx[k % self.rx.len()]
     }
 
-    pub fn sockets(&self) -> usize {
-        self.rx.len()
-    }
-
     /// Encapsulate `buf` (a port buffer whose frame the core already addressed to `peer`)
     /// and send it. A TSO super-frame is segmented into `scratch` with a VXLAN header in
     /// front of every segment and leaves in as few GSO sends as the kernel allows.

@@ -205,6 +205,13 @@ pub struct MembershipInfo {
     pub last_error: String,
     /// Peers currently learned from etcd.
     pub peers: usize,
+    /// Changes under `nodes/` received from etcd's watch since switchd started.
+    #[serde(default)]
+    pub events: u64,
+    /// Forwarding-table publications those changes caused: bursts are coalesced, so this
+    /// grows by at most one per coalescing window (100 ms) however many nodes change.
+    #[serde(default)]
+    pub publications: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -329,7 +336,8 @@ pub enum ErrorKind {
     NetnsUnavailable,
     /// CHECK found the pod's network differs from what was attached.
     CheckFailed,
-    /// The daemon is starting or shutting down.
+    /// The daemon is starting or shutting down, or serves as many control connections
+    /// as it takes: try again shortly.
     NotReady,
     /// Anything else: a kernel or I/O error.
     Internal,

@@ -272,6 +272,18 @@ pub fn render(sw: &Switch) -> String {
             "When the etcd state last changed, seconds since the Unix epoch",
             m.since_unix as usize,
         );
+        counter_family(
+            &mut r,
+            "switchd_etcd_events",
+            "Changes under nodes/ received from etcd's watch",
+            [(Labels::new(), m.events)],
+        );
+        counter_family(
+            &mut r,
+            "switchd_etcd_publications",
+            "Forwarding-table publications caused by etcd changes (coalesced: at most one per 100 ms)",
+            [(Labels::new(), m.publications)],
+        );
     }
     r.register(
         "switchd_build",

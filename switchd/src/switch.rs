@@ -715,10 +715,13 @@ impl Switch {
         let applied;
         {
             let mut peers = self.peers.lock().unwrap();
-            let (mut mine, mut others): (Vec<_>, Vec<_>) = std::mem::take(&mut *peers)
+            let (mine, mut others): (Vec<_>, Vec<_>) = std::mem::take(&mut *peers)
                 .into_iter()
                 .partition(|p| p.source == source);
-            let old_names: Vec<String> = mine.iter().map(|p| p.peer.name.clone()).collect();
+            // By name: thousands of etcd peers must not cost a scan each.
+            let mut mine: HashMap<String, Arc<PeerState>> =
+                mine.into_iter().map(|p| (p.peer.name.clone(), p)).collect();
+            let (mut added, mut changed) = (Vec::new(), Vec::new());
             let clash = |a: &Peer, b: &Peer| {
                 a.name == b.name
                     || crate::config::overlaps(a.pod_cidr, b.pod_cidr)
@@ -742,17 +745,46 @@ impl Switch {
                         continue;
                     }
                 }
-                let state = match mine.iter().position(|o| &o.peer == p) {
-                    Some(i) => mine.swap_remove(i),
-                    None => Arc::new(PeerState::new(p, source)),
+                let state = match mine.remove(&p.name) {
+                    Some(o) if o.peer == *p => o,
+                    Some(_) => {
+                        changed.push(p.name.as_str());
+                        Arc::new(PeerState::new(p, source))
+                    }
+                    None => {
+                        added.push(p.name.as_str());
+                        Arc::new(PeerState::new(p, source))
+                    }
                 };
                 next.push(state);
             }
             applied = next.len() - fixed;
-            let new_names: Vec<String> =
-                next[fixed..].iter().map(|p| p.peer.name.clone()).collect();
-            if old_names != new_names {
-                tracing::info!(source = source.as_str(), before = ?old_names, after = ?new_names, "peers changed");
+            let mut removed: Vec<&str> = mine.keys().map(String::as_str).collect();
+            removed.sort_unstable();
+            if !(added.is_empty() && changed.is_empty() && removed.is_empty()) {
+                let some = |v: &[&str]| {
+                    let mut s = v
+                        .iter()
+                        .take(LOG_NAMES)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    if v.len() > LOG_NAMES {
+                        s.push_str(&format!(",… ({} more)", v.len() - LOG_NAMES));
+                    }
+                    s
+                };
+                tracing::info!(
+                    source = source.as_str(),
+                    peers = applied,
+                    added = added.len(),
+                    changed = changed.len(),
+                    removed = removed.len(),
+                    added_names = %some(&added),
+                    changed_names = %some(&changed),
+                    removed_names = %some(&removed),
+                    "peers changed"
+                );
             }
             *peers = next;
         }
@@ -872,6 +904,8 @@ const WORKER_STALL_SECS: u32 = 5;
 
 /// Name of the host port's descriptor in the service manager's fd store.
 const HOST_FD_NAME: &str = "host";
+/// How many peer names one "peers changed" log line names per kind of change.
+const LOG_NAMES: usize = 10;
 
 /// Name of a pod port's descriptor in the fd store: printable, no `:`, at most 255 bytes.
 pub fn fd_name(key: &AttachmentKey) -> String {

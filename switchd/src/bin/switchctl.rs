@@ -235,13 +235,15 @@ fn main() -> ExitCode {
             }
             if let Some(m) = s.membership {
                 println!(
-                    "membership={} state={} since={} lease={:x} ttl={}s peers={} endpoints={}{}",
+                    "membership={} state={} since={} lease={:x} ttl={}s peers={} events={} publications={} endpoints={}{}",
                     m.mode,
                     m.state,
                     ago(m.since_unix),
                     m.lease_id,
                     m.lease_ttl,
                     m.peers,
+                    m.events,
+                    m.publications,
                     m.endpoints.join(","),
                     if m.last_error.is_empty() {
                         String::new()

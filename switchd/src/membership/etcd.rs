@@ -37,6 +37,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 const LOCAL_CLAIM: &str = "membership.json";
 const PEER_CACHE: &str = "etcd-peers.json";
+/// The longest a change to `nodes/` waits before it is published to the forwarding table:
+/// changes that arrive within this window of the last publication are published together.
+pub const COALESCE: Duration = Duration::from_millis(100);
+/// How often, at most, the peer cache in `state_dir` is rewritten while nodes change: the
+/// first change after a quiet second is written at once, a burst's tail a second later.
+const CACHE_EVERY: Duration = Duration::from_secs(1);
+/// How many refused records are named one by one in the log per publication.
+const LOG_NAMES: usize = 10;
 
 /// What this node remembers of its claim, so a restart asks for the same subnet.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -460,6 +468,15 @@ struct Session<'a> {
     records: HashMap<String, NodeRecord>,
     since_unix: u64,
     last_error: String,
+    /// Records changed since the last publication.
+    pending: bool,
+    last_apply: std::time::Instant,
+    /// Records changed since the peer cache was last written.
+    cache_dirty: bool,
+    cache_written: std::time::Instant,
+    /// Changes received from the watch, and the publications they caused.
+    events: u64,
+    publications: u64,
 }
 
 impl Session<'_> {
@@ -476,6 +493,8 @@ impl Session<'_> {
         info.lease_ttl = self.e.lease_ttl;
         info.subnet = self.sw.cfg.pod_cidr.to_string();
         info.last_error = self.last_error.clone();
+        info.events = self.events;
+        info.publications = self.publications;
         info.peers = self
             .records
             .keys()
@@ -483,40 +502,81 @@ impl Session<'_> {
             .count();
     }
 
-    /// Turn the records into the switch's etcd peers and remember them for a start
-    /// without etcd.
-    fn apply(&self) {
-        let cfg = &self.sw.cfg;
-        let mut records: Vec<&NodeRecord> = self
-            .records
-            .values()
-            .filter(|r| r.name != cfg.node_name)
-            .collect();
-        records.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut peers: Vec<crate::config::Peer> = Vec::new();
-        for r in records {
-            match r.to_peer(cfg) {
-                // The claim transaction makes this impossible unless someone wrote etcd by
-                // hand; the first name wins, the same on every node.
-                Ok(p)
-                    if peers
-                        .iter()
-                        .any(|q| crate::config::overlaps(q.pod_cidr, p.pod_cidr)) =>
-                {
-                    tracing::warn!(node = %r.name, subnet = %p.pod_cidr, "ignoring node from etcd: its subnet overlaps another node's");
-                }
-                Ok(p) => peers.push(p),
-                Err(why) => {
-                    tracing::warn!(node = %r.name, reason = %why, "ignoring node from etcd")
+    /// Turn the records into the switch's etcd peers: one table publication for however
+    /// many records changed since the last one. The cache for a start without etcd is
+    /// written at most every [`CACHE_EVERY`] ([`Session::flush_cache`]).
+    fn apply(&mut self) {
+        let (peers, refused) = super::peers_of(self.records.values(), &self.sw.cfg);
+        for (node, why) in refused.iter().take(LOG_NAMES) {
+            tracing::warn!(node = %node, reason = %why, "ignoring node from etcd");
+        }
+        if refused.len() > LOG_NAMES {
+            tracing::warn!(
+                more = refused.len() - LOG_NAMES,
+                "ignoring more nodes from etcd for the same kinds of reasons"
+            );
+        }
+        self.sw.set_peers(PeerSource::Etcd, &peers);
+        self.publications += 1;
+        self.last_apply = std::time::Instant::now();
+        self.pending = false;
+        self.cache_dirty = true;
+        self.flush_cache(false);
+    }
+
+    /// Write the records for a start without etcd, if they changed and `force` or the last
+    /// write is [`CACHE_EVERY`] old.
+    fn flush_cache(&mut self, force: bool) {
+        if !self.cache_dirty || !(force || self.cache_written.elapsed() >= CACHE_EVERY) {
+            return;
+        }
+        let mut cache: Vec<&NodeRecord> = self.records.values().collect();
+        cache.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Err(err) = write_json(&self.sw.cfg.state_dir.join(PEER_CACHE), &cache) {
+            tracing::warn!(error = %format!("{err:#}"), "cannot cache the peers from etcd");
+        }
+        self.cache_dirty = false;
+        self.cache_written = std::time::Instant::now();
+    }
+
+    /// Fold one watch response into the records; a change marks them pending.
+    fn fold(&mut self, resp: &etcd_client::WatchResponse) -> std::result::Result<(), ClaimError> {
+        let me = &self.sw.cfg.node_name;
+        self.events += resp.events().len() as u64;
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let name = String::from_utf8_lossy(kv.key())
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            match ev.event_type() {
+                EventType::Put => match serde_json::from_slice::<NodeRecord>(kv.value()) {
+                    Ok(r) => {
+                        if self.records.get(&r.name) != Some(&r) {
+                            tracing::debug!(node = %r.name, subnet = %r.pod_cidr, underlay = %r.underlay_addr, "node joined or changed");
+                            self.records.insert(r.name.clone(), r);
+                            self.pending = true;
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(node = %name, error = %err, "ignoring a node record that does not parse")
+                    }
+                },
+                EventType::Delete => {
+                    if name == *me {
+                        return Err(ClaimError::Etcd(anyhow!(
+                            "this node's own record was deleted"
+                        )));
+                    }
+                    if self.records.remove(&name).is_some() {
+                        tracing::debug!(node = %name, "node left (lease expired or removed)");
+                        self.pending = true;
+                    }
                 }
             }
         }
-        self.sw.set_peers(PeerSource::Etcd, &peers);
-        let mut cache: Vec<&NodeRecord> = self.records.values().collect();
-        cache.sort_by(|a, b| a.name.cmp(&b.name));
-        if let Err(err) = write_json(&cfg.state_dir.join(PEER_CACHE), &cache) {
-            tracing::warn!(error = %format!("{err:#}"), "cannot cache the peers from etcd");
-        }
+        Ok(())
     }
 
     async fn run(&mut self) -> std::result::Result<(), ClaimError> {
@@ -595,36 +655,17 @@ impl Session<'_> {
                     if resp.canceled() {
                         return Err(ClaimError::Etcd(anyhow!("etcd cancelled the watch: {}", resp.cancel_reason())));
                     }
-                    let mut changed = false;
-                    for ev in resp.events() {
-                        let Some(kv) = ev.kv() else { continue };
-                        let name = String::from_utf8_lossy(kv.key()).rsplit('/').next().unwrap_or("").to_string();
-                        match ev.event_type() {
-                            EventType::Put => match serde_json::from_slice::<NodeRecord>(kv.value()) {
-                                Ok(r) => {
-                                    if self.records.get(&r.name) != Some(&r) {
-                                        tracing::info!(node = %r.name, subnet = %r.pod_cidr, underlay = %r.underlay_addr, "node joined or changed");
-                                        self.records.insert(r.name.clone(), r);
-                                        changed = true;
-                                    }
-                                }
-                                Err(err) => tracing::warn!(node = %name, error = %err, "ignoring a node record that does not parse"),
-                            },
-                            EventType::Delete => {
-                                if name == cfg.node_name {
-                                    return Err(ClaimError::Etcd(anyhow!("this node's own record was deleted")));
-                                }
-                                if self.records.remove(&name).is_some() {
-                                    tracing::warn!(node = %name, "node left (lease expired or removed); traffic to its subnet is dropped as no_peer");
-                                    changed = true;
-                                }
-                            }
-                        }
-                    }
-                    if changed {
-                        self.apply();
-                        self.set_state("connected");
-                    }
+                    self.fold(&resp)?;
+                }
+                // A change is published at once when the last publication is older than
+                // COALESCE, else when it is: one publication per window however many
+                // records a burst brings.
+                _ = tokio::time::sleep_until((self.last_apply + COALESCE).into()), if self.pending => {
+                    self.apply();
+                    self.set_state("connected");
+                }
+                _ = tokio::time::sleep_until((self.cache_written + CACHE_EVERY).into()), if self.cache_dirty => {
+                    self.flush_cache(false);
                 }
             }
         }
@@ -645,6 +686,14 @@ pub async fn run(sw: Arc<Switch>, joined: Joined) {
         records: joined.records,
         since_unix: joined.since_unix,
         last_error: String::new(),
+        pending: false,
+        last_apply: std::time::Instant::now(),
+        cache_dirty: false,
+        cache_written: std::time::Instant::now()
+            .checked_sub(CACHE_EVERY)
+            .unwrap_or_else(std::time::Instant::now),
+        events: 0,
+        publications: 0,
     };
     s.apply();
     s.set_state(if s.client.is_some() {
@@ -663,6 +712,10 @@ pub async fn run(sw: Arc<Switch>, joined: Joined) {
             backoff = Duration::from_millis(500);
         }
         s.last_error = err.to_string();
+        if s.pending {
+            s.apply();
+        }
+        s.flush_cache(true);
         match &err {
             ClaimError::Taken { subnet, holder } => {
                 s.set_state("subnet_lost");

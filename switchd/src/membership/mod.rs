@@ -19,7 +19,7 @@
 
 pub mod etcd;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -80,6 +80,62 @@ impl NodeRecord {
             mac,
         })
     }
+}
+
+/// The peers `cfg`'s node takes from `records` (its own record left out), sorted by name,
+/// and the records it refuses with the reason. Two records whose subnets overlap cannot
+/// both be peers (the claim transaction makes that impossible unless someone wrote etcd
+/// by hand): the first name wins, the same on every node.
+///
+/// Costs O(n log n) for n records: the accepted subnets are kept in a map ordered by their
+/// first address, and prefixes either nest or are disjoint, so a new subnet overlaps an
+/// accepted one only if the nearest one starting at or before it reaches into it, or one
+/// starts inside it.
+pub fn peers_of<'a>(
+    records: impl IntoIterator<Item = &'a NodeRecord>,
+    cfg: &Config,
+) -> (Vec<Peer>, Vec<(String, String)>) {
+    let mut records: Vec<&NodeRecord> = records
+        .into_iter()
+        .filter(|r| r.name != cfg.node_name)
+        .collect();
+    records.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut taken: BTreeMap<u32, (u32, usize)> = BTreeMap::new();
+    let mut peers: Vec<Peer> = Vec::with_capacity(records.len());
+    let mut refused = Vec::new();
+    for r in records {
+        let p = match r.to_peer(cfg) {
+            Ok(p) => p,
+            Err(why) => {
+                refused.push((r.name.clone(), why));
+                continue;
+            }
+        };
+        let (start, end) = (
+            u32::from(p.pod_cidr.network()),
+            u32::from(p.pod_cidr.broadcast()),
+        );
+        let holder = taken
+            .range(..=start)
+            .next_back()
+            .filter(|(_, (e, _))| *e >= start)
+            .or_else(|| taken.range(start..=end).next())
+            .map(|(_, (_, i))| *i);
+        match holder {
+            Some(i) => refused.push((
+                r.name.clone(),
+                format!(
+                    "its subnet {} overlaps {}'s {}",
+                    p.pod_cidr, peers[i].name, peers[i].pod_cidr
+                ),
+            )),
+            None => {
+                taken.insert(start, (end, peers.len()));
+                peers.push(p);
+            }
+        }
+    }
+    (peers, refused)
 }
 
 /// `10.244.3.0/24` → `10.244.3.0-24` (a key segment without a second '/').
@@ -231,5 +287,73 @@ mod tests {
         }
         .to_peer(&cfg)
         .is_err());
+    }
+
+    #[test]
+    fn peers_of_refuses_overlaps_first_name_wins_nested_either_way() {
+        let cfg = Config::parse(
+            "node_name = \"a\"\npod_cidr = \"10.244.1.0/24\"\ncluster_cidr = \"10.244.0.0/16\"\nunderlay_addr = \"192.168.0.1\"\n",
+            Default::default(),
+        )
+        .unwrap();
+        let rec = |name: &str, cidr: &str| NodeRecord {
+            name: name.into(),
+            underlay_addr: "192.168.0.2".parse().unwrap(),
+            tunnel_port: 8472,
+            vni: 1,
+            router_mac: "0a:58:0a:f4:02:01".into(),
+            pod_cidr: net(cidr),
+            version: "0".into(),
+            since_unix: 0,
+        };
+        let records = [
+            rec("d", "10.244.8.0/22"),  // holds 10.244.8.0 – 10.244.11.255
+            rec("e", "10.244.9.0/24"),  // inside d's, but d is refused: e stays
+            rec("c", "10.244.10.0/24"), // sorts before d, so c wins and d is refused
+            rec("b", "10.244.2.0/24"),
+            rec("f", "10.244.12.0/23"),
+            rec("g", "10.244.13.0/24"), // inside f's
+            rec("h", "10.244.14.0/24"), // touches f's end, no overlap
+            rec("a", "10.244.3.0/24"),  // our own name: left out
+            rec("i", "10.244.1.0/24"),  // our subnet
+            rec("j", "10.244.0.0/23"),  // contains ours
+        ];
+        let (peers, refused) = peers_of(&records, &cfg);
+        let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["b", "c", "e", "f", "h"]);
+        let refused: Vec<&str> = refused.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(refused, ["d", "g", "i", "j"]);
+    }
+
+    #[test]
+    fn peers_of_keeps_the_first_of_each_duplicated_subnet_among_thousands() {
+        let cfg = Config::parse(
+            "node_name = \"me\"\npod_cidr = \"10.0.0.0/24\"\ncluster_cidr = \"10.0.0.0/8\"\nunderlay_addr = \"192.168.0.1\"\n",
+            Default::default(),
+        )
+        .unwrap();
+        let records: Vec<NodeRecord> = (1..=20_000u32)
+            .map(|i| NodeRecord {
+                name: format!("sim-{i:05}"),
+                underlay_addr: Ipv4Addr::from(0xc612_0000 + i),
+                tunnel_port: 8472,
+                vni: 1,
+                router_mac: "0a:58:0a:f4:02:01".into(),
+                // Every 10th record repeats the previous one's subnet.
+                pod_cidr: Ipv4Net::new(
+                    Ipv4Addr::from((10 << 24) + ((i - u32::from(i % 10 == 0)) << 8)),
+                    24,
+                )
+                .unwrap(),
+                version: "0".into(),
+                since_unix: 0,
+            })
+            .collect();
+        let (peers, refused) = peers_of(&records, &cfg);
+        assert_eq!(peers.len(), 18_000);
+        assert_eq!(refused.len(), 2_000);
+        assert!(refused
+            .iter()
+            .all(|(n, why)| n.ends_with('0') && why.contains("overlaps")));
     }
 }

@@ -5,8 +5,10 @@
 //! - The peer's credentials (`SO_PEERCRED`) are checked on accept: root, or the user
 //!   switchd runs as. The 0600 mode already keeps others out; the check still holds if
 //!   someone loosens the mode, and the refusal is logged with the peer's uid and pid.
-//! - At most [`MAX_CONNECTIONS`] connections at once; more are answered with an error and
-//!   closed, so a flood of idle clients cannot take the socket from CNI calls for long.
+//! - At most [`MAX_CONNECTIONS`] connections at once; more are answered "not ready" and
+//!   closed, so a flood of idle clients cannot take the socket from CNI calls for long,
+//!   and a burst of CNI calls wider than the limit (a node deleting 250 pods at once) is
+//!   retried by `switchd-cni` instead of failing.
 //! - A request may be at most [`MAX_REQUEST_LEN`] bytes (the largest real one, a GC with
 //!   every attachment of a full node, is tens of KiB), so a huge length prefix allocates
 //!   nothing.
@@ -67,7 +69,7 @@ pub async fn serve(sw: Arc<Switch>, listener: UnixListener) {
             Ok((mut stream, _)) => {
                 if let Err(why) = allowed(&stream) {
                     tracing::warn!(reason = %why, "refused a control connection");
-                    refuse(stream, why);
+                    refuse(stream, ErrorKind::BadRequest, why);
                     continue;
                 }
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -78,7 +80,8 @@ pub async fn serve(sw: Arc<Switch>, listener: UnixListener) {
                     let why = format!(
                         "switchd already serves {MAX_CONNECTIONS} control connections; try again shortly"
                     );
-                    refuse(stream, why);
+                    // NotReady: every switchd-cni retries it until its connect timeout.
+                    refuse(stream, ErrorKind::NotReady, why);
                     continue;
                 };
                 let sw = sw.clone();
@@ -117,7 +120,7 @@ fn allowed(stream: &UnixStream) -> Result<(), String> {
 /// Answer the client's first request with an error and close. The request is read (and
 /// discarded) first: a client whose request had not been read would get a broken pipe
 /// instead of the reason. Bounded by [`REQUEST_TIMEOUT`] and [`MAX_REQUEST_LEN`].
-fn refuse(mut stream: UnixStream, why: String) {
+fn refuse(mut stream: UnixStream, kind: ErrorKind, why: String) {
     tokio::spawn(async move {
         let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
             let mut prefix = [0u8; 4];
@@ -127,7 +130,7 @@ fn refuse(mut stream: UnixStream, why: String) {
             stream.read_exact(&mut sink).await
         })
         .await;
-        let reply = Response::Error(ErrorReply::new(ErrorKind::BadRequest, why));
+        let reply = Response::Error(ErrorReply::new(kind, why));
         if let Ok(frame) = proto::encode(&reply) {
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, stream.write_all(&frame)).await;
         }

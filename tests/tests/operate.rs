@@ -533,7 +533,21 @@ fn stalled_oversized_and_foreign_control_clients_cannot_block_the_socket() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("already serves 128"), "{stderr}");
-    drop(flood);
+    // A CNI ADD that arrives during the flood is told "not ready", retries, and lands
+    // once the flood is gone.
+    let pod = Netns::new("f");
+    let added = std::thread::scope(|s| {
+        let add = s.spawn(|| node.cni("ADD", &pod));
+        std::thread::sleep(Duration::from_millis(500));
+        drop(flood);
+        add.join().unwrap()
+    });
+    assert!(added.ok(), "ADD during the flood: {:?}", added.json);
+    assert!(
+        added.elapsed >= Duration::from_millis(400),
+        "it waited for the flood: {:?}",
+        added.elapsed
+    );
     let back = (0..50).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
         node.switchctl(&["status"]).status.success()

@@ -30,3 +30,6 @@ cargo bench -p switchd-benches -- --test
 # The end-to-end benchmark, once in its short mode, so it keeps working (its figures are
 # not checked: times are noisy on shared machines).
 target/release/e2e --quick
+# The scale harness in its short mode (300 simulated nodes): it asserts that every record
+# arrives, restart, join and leave work and pods keep reaching each other.
+target/release/scale --quick

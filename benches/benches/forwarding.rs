@@ -9,8 +9,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use switchd::datapath::frame::VNET_HDR_LEN;
 use switchd::datapath::frame::{mac_for_ip, ETH_HDR_LEN};
 use switchd::datapath::{
-    coalesce, craft, flows, forward, forward_from_tunnel, offload, vxlan, FlowTable, Timeouts,
-    Verdict, HOST_PORT,
+    coalesce, craft, flows, forward, forward_from_tunnel, offload, vxlan, FlowTable, PeerRoute,
+    Timeouts, Verdict, HOST_PORT,
 };
 
 const BATCH: usize = 64;
@@ -425,6 +425,65 @@ fn worker_path(c: &mut Criterion) {
     group.finish();
 }
 
+/// The cross-node paths with 5,000 peers in the table (a 5,000-node cluster) against 3:
+/// the peer lookup is a hash per prefix length, so the two should not differ.
+fn many_peers(c: &mut Criterion) {
+    let recorded: &FlowTable = &FLOWS;
+    let (a, remote) = (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 2, 7));
+    let mut group = c.benchmark_group("peers");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for peers in [3u32, 5000] {
+        let mut table = switchd::datapath::Table::new(
+            "10.244.1.0/24".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+            mac_for_ip(Ipv4Addr::new(10, 244, 1, 1)),
+            MTU,
+        );
+        table.tunnel_mtu = MTU;
+        table.insert_pod(1, a, mac_for_ip(a));
+        // The remote pod's node is the last one inserted, as a late joiner would be.
+        for i in 0..peers - 1 {
+            let net = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + (i << 8));
+            table.insert_peer(PeerRoute {
+                pod_cidr: ipnet::Ipv4Net::new(net, 24).unwrap(),
+                mac: mac_for_ip(net),
+            });
+        }
+        let last = table.insert_peer(PeerRoute {
+            pod_cidr: "10.244.2.0/24".parse().unwrap(),
+            mac: mac_for_ip(Ipv4Addr::new(10, 244, 2, 1)),
+        });
+        let mut reply = [0u8; 256];
+        let out = craft::ipv4_udp(mac_for_ip(a), table.router_mac, a, remote, 22);
+        assert_eq!(
+            forward(&mut out.clone(), 1, &table, recorded, 0, &mut reply),
+            Verdict::Encap(last)
+        );
+        let mut frames: Vec<Vec<u8>> = vec![out; BATCH];
+        group.bench_function(format!("encap_64B_{peers}_peers"), |bench| {
+            bench.iter(|| {
+                for f in frames.iter_mut() {
+                    black_box(forward(black_box(f), 1, &table, recorded, 0, &mut reply));
+                }
+            })
+        });
+        let inbound = craft::ipv4_udp(table.peers[last].mac, table.router_mac, remote, a, 22);
+        assert_eq!(
+            forward_from_tunnel(&mut inbound.clone(), last, &table, recorded, 0),
+            Verdict::Forward(1)
+        );
+        let mut frames: Vec<Vec<u8>> = vec![inbound; BATCH];
+        group.bench_function(format!("decap_64B_{peers}_peers"), |bench| {
+            bench.iter(|| {
+                for f in frames.iter_mut() {
+                    black_box(forward_from_tunnel(black_box(f), last, &table, recorded, 0));
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     worker_path,
@@ -432,6 +491,7 @@ criterion_group!(
     baseline_copy,
     tunnel_paths,
     arp_answer,
-    translated_flows
+    translated_flows,
+    many_peers
 );
 criterion_main!(benches);

@@ -1,1 +1,4 @@
-//! Shared helpers for the benchmarks live in `switchd::datapath::craft`.
+//! The end-to-end benchmarks' shared measurements ([`measure`]). The frames the criterion
+//! benchmarks forward are crafted by `switchd::datapath::craft`.
+
+pub mod measure;

@@ -142,6 +142,16 @@ impl Etcd {
         }
     }
 
+    /// The running etcd's PID (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// The namespace etcd runs in; it listens on `127.0.0.1:2379` there.
+    pub fn netns(&self) -> &str {
+        &self.ns
+    }
+
     /// Stop etcd (SIGTERM) and wait for it; the data stays for [`Etcd::resume`].
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

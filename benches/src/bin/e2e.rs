@@ -14,12 +14,12 @@
 //! Usage (root): `cargo run --release -p switchd-benches --bin e2e -- [--quick] [--runs N]
 //! [--seconds S] [--switchd-config 'datapath_threads = 1\ndatapath_spin_us = 0']`
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+use switchd_benches::measure::{cpu_seconds, rss_kib, tcp_rr};
 use switchd_e2e::cluster::{start_switchd, KernelNode, NodeInfo, Underlay};
 use switchd_e2e::kube_proxy::{self, Mode, Proto, Service};
 use switchd_e2e::{Netns, Node};
@@ -133,8 +133,8 @@ fn main() {
         let mut v = Vec::new();
         for _ in 0..runs {
             v.push((
-                rr(sw.0, sw.1, sw.2, opts.rr_count),
-                rr(k.0, k.1, k.2, opts.rr_count),
+                tcp_rr(sw.0, sw.1, sw.2, opts.rr_count),
+                tcp_rr(k.0, k.1, k.2, opts.rr_count),
             ));
         }
         let median = v.iter().map(|(s, k)| (s.0, k.0)).collect::<Vec<_>>();
@@ -463,73 +463,6 @@ fn iperf_udp(from: &Netns, to: &Netns, addr: Ipv4Addr, len: usize, seconds: u32)
         (Some(p), Some(l), Some(s)) if s > 0.0 => (p - l) / s / 1e3,
         _ => panic!("no UDP result: {}", v),
     }
-}
-
-/// 1-byte TCP ping-pong: (median, p99) round-trip time in microseconds.
-fn rr(from: &Netns, to: &Netns, addr: Ipv4Addr, count: usize) -> (f64, f64) {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let server = to.spawn(move || {
-        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 5302)).expect("bind rr server");
-        ready_tx.send(()).unwrap();
-        let (mut conn, _) = listener.accept().expect("accept");
-        conn.set_nodelay(true).unwrap();
-        let mut b = [0u8; 1];
-        while conn.read_exact(&mut b).is_ok() {
-            if conn.write_all(&b).is_err() {
-                break;
-            }
-        }
-    });
-    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    let client = from.spawn(move || {
-        let mut conn =
-            TcpStream::connect_timeout(&SocketAddr::from((addr, 5302)), Duration::from_secs(10))
-                .expect("connect rr");
-        conn.set_nodelay(true).unwrap();
-        let mut b = [0u8; 1];
-        let mut samples = Vec::with_capacity(count);
-        for i in 0..count + 100 {
-            let t = Instant::now();
-            conn.write_all(&b).unwrap();
-            conn.read_exact(&mut b).unwrap();
-            if i >= 100 {
-                samples.push(t.elapsed().as_secs_f64() * 1e6);
-            }
-        }
-        samples
-    });
-    let mut samples = client.join().unwrap();
-    server.join().unwrap();
-    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (
-        samples[samples.len() / 2],
-        samples[samples.len() * 99 / 100],
-    )
-}
-
-/// User + system CPU seconds of the given processes so far.
-fn cpu_seconds(pids: &[i32]) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    pids.iter()
-        .map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("switchd stat");
-            // Fields after the command name (which is in parentheses): utime is 14th, stime 15th.
-            let rest = &stat[stat.rfind(')').unwrap() + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks
-        })
-        .sum()
-}
-
-/// Resident set size of a process, KiB.
-fn rss_kib(pid: i32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("switchd status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// Bytes node 1 sent into the tunnel so far.

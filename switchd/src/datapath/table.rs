@@ -156,7 +156,10 @@ pub struct U32Hasher(u64);
 impl Hasher for U32Hasher {
     #[inline]
     fn finish(&self) -> u64 {
-        self.0
+        // A product's low bits depend only on the input's low bits, and hashbrown picks the
+        // bucket from the low bits: keys that differ only above them (subnets /24 apart)
+        // would share a few buckets. Fold the well-mixed high half down.
+        self.0 ^ (self.0 >> 32)
     }
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
@@ -171,5 +174,34 @@ impl Hasher for U32Hasher {
     #[inline]
     fn write_u32(&mut self, n: u32) {
         self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn subnets_a_slash_24_apart_spread_over_the_buckets() {
+        // 4,096 node subnets (10.0.0.0/24, 10.0.1.0/24, …) into 4,096 buckets, picked by the
+        // hash's low bits as hashbrown does: a uniform hash fills about 63 % of them.
+        let h = FastU32::default();
+        let buckets: std::collections::HashSet<u64> = (0..4096u32)
+            .map(|i| h.hash_one(peer_key(24, (10 << 24) + (i << 8))) & 4095)
+            .collect();
+        assert!(
+            buckets.len() > 2000,
+            "only {} of 4096 buckets used",
+            buckets.len()
+        );
+        let pods: std::collections::HashSet<u64> = (0..4096u32)
+            .map(|i| h.hash_one((10u32 << 24) + i) & 4095)
+            .collect();
+        assert!(
+            pods.len() > 2000,
+            "only {} of 4096 buckets used",
+            pods.len()
+        );
     }
 }

@@ -438,7 +438,10 @@ fn round(
 
 /// Set every thread of `pid` to `nice` (threads it makes later inherit it).
 fn renice_all(pid: i32, nice: i32) {
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("etcd's threads").flatten() {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("etcd's threads")
+        .flatten()
+    {
         if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
             // SAFETY: setpriority on a thread of a process this program started.
             unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };

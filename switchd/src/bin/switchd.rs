@@ -90,7 +90,14 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text if journald => builder.without_time().with_ansi(false).init(),
-        LogFormat::Text => builder.init(),
+        // Colours only for a person at a terminal: a log file or a pipe gets plain text
+        // (NO_COLOR, https://no-color.org, turns them off at a terminal too).
+        LogFormat::Text => builder
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none(),
+            )
+            .init(),
     }
 }
 

@@ -124,23 +124,113 @@ pub enum Request {
         count: u32,
     },
     Stats,
+    /// What the switch would do with a packet, decided by the live datapath on a
+    /// synthesized frame that is never sent.
+    Trace(TraceRequest),
+    /// Stream one `Event` per dropped frame (at most `rate` a second; the rest are counted
+    /// in `Suppressed`) until the client hangs up. `port`: only frames from that port (a
+    /// `Capture` selector).
+    Monitor {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<String>,
+        rate: u32,
+    },
+}
+
+/// The packet `switchctl trace` asks about.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TraceRequest {
+    /// Where the packet enters: a `Capture` selector (pod, namespace/name, container id
+    /// prefix, `switchd0`).
+    pub from: String,
+    pub dst: Ipv4Addr,
+    /// "icmp" (echo request), "tcp" (SYN) or "udp".
+    pub protocol: String,
+    /// Destination port for tcp and udp.
+    #[serde(default)]
+    pub port: u16,
+    /// The IP packet's total length; 0: the smallest packet of the protocol.
+    #[serde(default)]
+    pub size: u32,
+    /// Source address; `None`: the port's own (the node's gateway for `switchd0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<Ipv4Addr>,
+}
+
+/// One step of a trace: what was looked at and what it said.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TraceStep {
+    pub step: String,
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TraceInfo {
+    pub steps: Vec<TraceStep>,
+    /// "forward", "encap", "reply", "reject" or "drop".
+    pub verdict: String,
+    /// Where a forwarded frame is written (interface name), or the peer an encapsulated
+    /// one goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Why the frame was dropped or rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One dropped frame, as `switchctl monitor` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DropEvent {
+    /// Microseconds since the Unix epoch.
+    pub ts_micros: u64,
+    pub reason: String,
+    /// Where the frame came from: a port's interface name and pod, or `peer NAME`.
+    pub from: String,
+    /// What it was: "arp", "ipv4 tcp", "ipv6", "ethertype 0x88cc", …
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<String>,
+    pub len: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case", tag = "result")]
 pub enum Response {
     Attached(Attachment),
-    Detached { existed: bool },
+    Detached {
+        existed: bool,
+    },
     Checked(Attachment),
-    GcDone { removed: Vec<AttachmentKey> },
+    GcDone {
+        removed: Vec<AttachmentKey>,
+    },
     Status(StatusInfo),
-    Ports { ports: Vec<PortInfo> },
-    Table { entries: Vec<TableEntry> },
-    Peers { peers: Vec<PeerInfo> },
-    Reloaded { peers: usize },
+    Ports {
+        ports: Vec<PortInfo>,
+    },
+    Table {
+        entries: Vec<TableEntry>,
+    },
+    Peers {
+        peers: Vec<PeerInfo>,
+    },
+    Reloaded {
+        peers: usize,
+    },
     Frame(CapturedFrame),
-    CaptureDone { frames: u32 },
+    CaptureDone {
+        frames: u32,
+    },
     Stats(StatsInfo),
+    Trace(TraceInfo),
+    Event(DropEvent),
+    /// During a monitor: events not shown in the last second, over the rate or lost
+    /// because the client read too slowly.
+    Suppressed {
+        events: u64,
+    },
     Error(ErrorReply),
 }
 

@@ -171,6 +171,10 @@ async fn handle_connection(sw: Arc<Switch>, stream: &mut UnixStream) -> Result<(
                         capture(&sw, stream, &port, count).await?;
                         continue;
                     }
+                    Ok(Request::Monitor { port, rate }) => {
+                        monitor(&sw, stream, port.as_deref(), rate).await?;
+                        continue;
+                    }
                     Ok(req) => dispatch(&sw, req).await,
                     Err(e @ FrameError::Version { .. }) => {
                         Response::Error(ErrorReply::new(ErrorKind::VersionMismatch, e.to_string()))
@@ -248,9 +252,10 @@ async fn dispatch(sw: &Switch, req: Request) -> Response {
         Request::Stats => Ok(Response::Stats(sw.stats_info())),
         Request::ListPeers => Ok(Response::Peers { peers: sw.peers() }),
         Request::Reload => sw.reload_peers().map(|peers| Response::Reloaded { peers }),
-        Request::Capture { .. } => Err(ErrorReply::new(
+        Request::Trace(t) => crate::trace::run(sw, &t).map(Response::Trace),
+        Request::Capture { .. } | Request::Monitor { .. } => Err(ErrorReply::new(
             ErrorKind::BadRequest,
-            "capture is streamed, not dispatched",
+            "capture and monitor are streamed, not dispatched",
         )),
     };
     result.unwrap_or_else(Response::Error)
@@ -318,4 +323,83 @@ async fn capture(
         .await?;
     tracing::info!(port = port.id, frames = sent, "capture ended");
     Ok(())
+}
+
+/// Stream drop events (only those from the port `selector` names, if any) until the client
+/// hangs up: at most `rate` a second (0: no limit), and once a second a count of those
+/// over the rate or lost to a slow reader.
+async fn monitor(
+    sw: &Switch,
+    stream: &mut UnixStream,
+    selector: Option<&str>,
+    rate: u32,
+) -> Result<(), FrameError> {
+    let port = match selector.map(|s| sw.find_port(s)).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            stream
+                .write_all(&proto::encode(&Response::Error(e))?)
+                .await?;
+            return Ok(());
+        }
+    };
+    let mut sub = sw.stats.monitor.subscribe(port.as_ref().map(|p| p.id));
+    tracing::info!(port = ?port.as_ref().map(|p| p.label()), rate, "drop monitor started");
+    let (mut reader, mut writer) = stream.split();
+    let mut hangup = [0u8; 1];
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let (mut shown, mut over, mut lost_told, mut sent) = (0u32, 0u64, 0u64, 0u64);
+    loop {
+        tokio::select! {
+            event = sub.rx.recv() => match event {
+                Some(e) if rate == 0 || shown < rate => {
+                    let e = drop_event(sw, e);
+                    writer.write_all(&proto::encode(&Response::Event(e))?).await?;
+                    shown += 1;
+                    sent += 1;
+                }
+                Some(_) => over += 1,
+                None => break,
+            },
+            _ = tick.tick() => {
+                let lost = sub.lost.load(std::sync::atomic::Ordering::Relaxed);
+                let events = over + lost - lost_told;
+                if events > 0 {
+                    writer.write_all(&proto::encode(&Response::Suppressed { events })?).await?;
+                }
+                (shown, over, lost_told) = (0, 0, lost);
+            }
+            // The client never sends during a monitor: any read result means it hung up.
+            _ = reader.read(&mut hangup) => break,
+        }
+    }
+    tracing::info!(events = sent, "drop monitor ended");
+    Ok(())
+}
+
+fn drop_event(sw: &Switch, e: crate::monitor::Dropped) -> proto::DropEvent {
+    use crate::monitor::Source;
+    let snap = sw.snapshot();
+    let from = match e.source {
+        Source::Port(id) => snap
+            .ports
+            .get(&id)
+            .map(|p| p.label())
+            .unwrap_or_else(|| format!("port {id}")),
+        Source::Peer(n) => snap
+            .peers
+            .get(n)
+            .map(|p| format!("peer {}", p.peer.name))
+            .unwrap_or_else(|| format!("peer #{n}")),
+        Source::Underlay(addr) => format!("{addr} (not a peer)"),
+    };
+    proto::DropEvent {
+        ts_micros: e.ts_micros,
+        reason: e.reason.as_str().into(),
+        from,
+        kind: e.what.kind,
+        src: e.what.src,
+        dst: e.what.dst,
+        len: e.len,
+    }
 }

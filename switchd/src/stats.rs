@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use crate::datapath::DropReason;
+use crate::monitor::{DropMonitor, Source};
 
 /// A histogram of attach durations, from 1 ms to about 4 s (the switch records into it;
 /// `metrics` only encodes it).
@@ -26,12 +27,24 @@ pub struct Stats {
     drops: [AtomicU64; DropReason::ALL.len()],
     pub attaches: AtomicU64,
     pub detaches: AtomicU64,
+    /// `switchctl monitor`'s listeners.
+    pub monitor: DropMonitor,
 }
 
 impl Stats {
     #[inline]
     pub fn count_drop(&self, reason: DropReason) {
         self.drops[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Count a drop of `frame` (Ethernet, no virtio-net header) and show it to whoever
+    /// monitors drops.
+    #[inline]
+    pub fn drop_frame(&self, reason: DropReason, source: Source, frame: &[u8]) {
+        self.count_drop(reason);
+        if self.monitor.is_on() {
+            self.monitor.offer(reason, source, frame);
+        }
     }
 
     pub fn drops(&self) -> Vec<(String, u64)> {

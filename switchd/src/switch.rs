@@ -894,6 +894,11 @@ impl Switch {
         }
     }
 
+    /// The snapshot the datapath reads right now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.cell.load_full()
+    }
+
     pub fn port_count(&self) -> usize {
         self.slots.len()
     }

@@ -59,16 +59,13 @@ impl Underlay {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        for cmd in [vec![
-            "ip", "link", "set", &port, "mtu", &mtu, "master", "br0", "up",
-        ]] {
-            let out = self.ns.exec(&cmd);
-            assert!(
-                out.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let cmd = ["ip", "link", "set", &port, "mtu", &mtu, "master", "br0", "up"];
+        let out = self.ns.exec(&cmd);
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         addr
     }
 }

@@ -243,7 +243,7 @@ fn restarted_switchd_still_knows_every_allocation_and_keeps_forwarding() {
     node.restart();
 
     for pod in [&a, &b] {
-        let check = node.cni("CHECK", &pod);
+        let check = node.cni("CHECK", pod);
         assert!(check.ok(), "CHECK after restart failed: {:?}", check.json);
     }
     assert_eq!(node.pod_ports(), 2, "ports re-adopted");

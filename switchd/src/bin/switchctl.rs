@@ -53,6 +53,35 @@ enum Command {
     },
     /// Is switchd ready?
     Status,
+    /// What would the switch do with a packet from a pod (or switchd0) to an address, and
+    /// why? Decided by the live datapath on a probe frame that is never sent.
+    Trace {
+        /// Where the packet enters: pod name, namespace/name, container id prefix, switchd0.
+        from: String,
+        /// Destination address.
+        dst: std::net::Ipv4Addr,
+        /// icmp (echo request), tcp (SYN) or udp.
+        #[arg(long = "proto", default_value = "icmp", value_parser = ["icmp", "tcp", "udp"])]
+        protocol: String,
+        /// Destination port (tcp, udp).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Total IP length in bytes (default: the smallest packet; 84 for icmp like ping).
+        #[arg(long)]
+        size: Option<u32>,
+        /// Source address (default: the port's own), e.g. to see what spoofing gets.
+        #[arg(long)]
+        src: Option<std::net::Ipv4Addr>,
+    },
+    /// Stream one line per dropped frame: time, reason, where it came from, what it was.
+    Monitor {
+        /// Only frames from this pod (or switchd0), as for capture.
+        #[arg(long)]
+        pod: Option<String>,
+        /// At most this many lines a second (0: no limit); the rest are counted.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,13 +95,37 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Monitor { pod, rate } = &args.command {
+        return match monitor(&args.socket, pod.clone(), *rate, args.json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchctl: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let request = match args.command {
         Command::Ports => Request::ListPorts,
         Command::Table => Request::ListTable,
         Command::Stats => Request::Stats,
         Command::Peers => Request::ListPeers,
         Command::Reload => Request::Reload,
-        Command::Capture { .. } => unreachable!("handled above"),
+        Command::Capture { .. } | Command::Monitor { .. } => unreachable!("handled above"),
+        Command::Trace {
+            from,
+            dst,
+            protocol,
+            port,
+            size,
+            src,
+        } => Request::Trace(proto::TraceRequest {
+            size: size.unwrap_or(if protocol == "icmp" { 84 } else { 0 }),
+            from,
+            dst,
+            protocol,
+            port,
+            src,
+        }),
         Command::Status => Request::Status,
     };
     let response = UnixStream::connect(&args.socket)
@@ -217,6 +270,19 @@ fn main() -> ExitCode {
             }
         }
         Response::Reloaded { peers } => println!("reloaded: {peers} peers"),
+        Response::Trace(t) => {
+            for (i, step) in t.steps.iter().enumerate() {
+                println!("{:>2}. {:<14} {}", i + 1, step.step, step.result);
+            }
+            let mut line = format!("verdict: {}", t.verdict);
+            if let Some(to) = &t.to {
+                line += &format!(" to {to}");
+            }
+            if let Some(reason) = &t.reason {
+                line += &format!(" ({reason})");
+            }
+            println!("{line}");
+        }
         Response::Status(s) => {
             println!(
                 "{} node={} pod_cidr={} router_mac={} underlay={} mtu={} ports={}",
@@ -351,39 +417,67 @@ fn capture(
 
 /// One line per frame, tcpdump -n style: time, direction, length, what it is.
 fn summary(f: &switchd_proto::CapturedFrame) -> String {
-    let d = &f.data;
-    let secs = f.ts_micros / 1_000_000;
-    let time = format!(
+    let what = switchd::datapath::describe::describe(&f.data);
+    format!(
+        "{} {} {} bytes {what}",
+        clock(f.ts_micros),
+        f.direction,
+        f.data.len()
+    )
+}
+
+/// HH:MM:SS.micros (UTC) of a Unix time in microseconds.
+fn clock(ts_micros: u64) -> String {
+    let secs = ts_micros / 1_000_000;
+    format!(
         "{:02}:{:02}:{:02}.{:06}",
         (secs / 3600) % 24,
         (secs / 60) % 60,
         secs % 60,
-        f.ts_micros % 1_000_000
-    );
-    let what = match d.get(12..14) {
-        Some([0x08, 0x00]) if d.len() >= 34 => {
-            let ip = &d[14..];
-            let proto = match ip[9] {
-                1 => "ICMP".to_string(),
-                6 => "TCP".to_string(),
-                17 => "UDP".to_string(),
-                p => format!("proto {p}"),
-            };
-            format!(
-                "{}.{}.{}.{} > {}.{}.{}.{} {proto}",
-                ip[12], ip[13], ip[14], ip[15], ip[16], ip[17], ip[18], ip[19]
-            )
+        ts_micros % 1_000_000
+    )
+}
+
+/// Print drop events as they come, until interrupted.
+fn monitor(
+    socket: &std::path::Path,
+    port: Option<String>,
+    rate: u32,
+    json: bool,
+) -> Result<(), String> {
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|e| format!("cannot reach switchd at {}: {e}", socket.display()))?;
+    proto::write_message(&mut stream, &Request::Monitor { port, rate })
+        .map_err(|e| e.to_string())?;
+    loop {
+        match proto::read_message::<_, Response>(&mut stream).map_err(|e| e.to_string())? {
+            Response::Event(e) if json => println!(
+                "{}",
+                serde_json::to_string(&e).expect("an event serialises")
+            ),
+            Response::Event(e) => {
+                let ends = match (&e.src, &e.dst) {
+                    (Some(s), Some(d)) => format!(" {s} > {d}"),
+                    _ => String::new(),
+                };
+                println!(
+                    "{} drop {} from {}: {}{ends}, {} bytes",
+                    clock(e.ts_micros),
+                    e.reason,
+                    e.from,
+                    e.kind,
+                    e.len
+                );
+            }
+            Response::Suppressed { events } => {
+                eprintln!("switchctl: {events} more drops in the last second not shown (over --rate, or read too slowly)")
+            }
+            Response::Error(e) => {
+                return Err(format!("switchd says ({:?}): {}", e.kind, e.message))
+            }
+            other => return Err(format!("unexpected response {other:?}")),
         }
-        Some([0x08, 0x06]) if d.len() >= 42 => {
-            let a = &d[14..];
-            let op = if a[7] == 1 { "who-has" } else { "reply" };
-            format!(
-                "ARP {op} {}.{}.{}.{} tell {}.{}.{}.{}",
-                a[24], a[25], a[26], a[27], a[14], a[15], a[16], a[17]
-            )
-        }
-        Some([hi, lo]) => format!("ethertype 0x{hi:02x}{lo:02x}"),
-        _ => "runt".to_string(),
-    };
-    format!("{time} {} {} bytes {what}", f.direction, d.len())
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
 }

@@ -1,4 +1,5 @@
-//! Frames built by hand for unit tests and benchmarks: the bytes a TAP would hand us.
+//! Frames built by hand: the bytes a TAP would hand us. Unit tests and benchmarks use
+//! them, and so does `switchctl trace`, whose probe frame is decided by the live datapath.
 
 use std::net::Ipv4Addr;
 
@@ -47,6 +48,66 @@ pub fn ipv4_udp(
     out.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
     out.extend_from_slice(&[0, 0]);
     out.resize(out.len() + payload, 0);
+    out
+}
+
+/// virtio-net header + Ethernet + IPv4 (valid header checksum, DF set) + the first header of
+/// `protocol`: an ICMP echo request, a TCP SYN or a UDP header, to `dport` from port 40000
+/// (other protocols: no header). Zero-padded to `ip_len` bytes of IP packet, or as long as
+/// its headers if `ip_len` is smaller. The L4 checksum is left zero: the forwarding decision
+/// never reads it.
+#[allow(clippy::too_many_arguments)]
+pub fn ipv4_packet(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: u8,
+    dport: u16,
+    ip_len: usize,
+) -> Vec<u8> {
+    let l4: Vec<u8> = match protocol {
+        1 => vec![8, 0, 0, 0, 0x53, 0x57, 0, 1],
+        6 => {
+            let mut tcp = vec![0u8; 20];
+            tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+            tcp[12] = 5 << 4;
+            tcp[13] = 0x02; // SYN
+            tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+            tcp
+        }
+        17 => {
+            let mut udp = vec![0u8; 8];
+            udp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            udp[2..4].copy_from_slice(&dport.to_be_bytes());
+            udp
+        }
+        _ => Vec::new(),
+    };
+    let total = ip_len.max(20 + l4.len()).min(usize::from(u16::MAX));
+    let mut out = Vec::with_capacity(VNET_HDR_LEN + ETH_HDR_LEN + total);
+    eth(dst_mac, src_mac, ETHERTYPE_IPV4, &mut out);
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    ip[6] = 0x40; // DF
+    ip[8] = 64;
+    ip[9] = protocol;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    out.extend_from_slice(&ip);
+    if protocol == 17 {
+        let udp_len = (total - 20) as u16;
+        let at = out.len();
+        out.extend_from_slice(&l4);
+        out[at + 4..at + 6].copy_from_slice(&udp_len.to_be_bytes());
+    } else {
+        out.extend_from_slice(&l4);
+    }
+    out.resize(VNET_HDR_LEN + ETH_HDR_LEN + total, 0);
     out
 }
 

@@ -8,6 +8,7 @@ pub mod arp;
 pub mod checksum;
 pub mod coalesce;
 pub mod craft;
+pub mod describe;
 pub mod flows;
 pub mod forward;
 pub mod frame;
@@ -15,6 +16,7 @@ pub mod icmp;
 pub mod offload;
 pub mod ratelimit;
 pub mod table;
+pub mod trace;
 pub mod vxlan;
 
 pub use flows::{FlowTable, Timeouts};

@@ -134,6 +134,22 @@ impl AsRawFd for Port {
 }
 
 impl Port {
+    /// How operators know the port: `switchd0`, or the pod (`namespace/name`, else the
+    /// container id's first 12 characters) with its interface name.
+    pub fn label(&self) -> String {
+        match &self.owner {
+            PortOwner::Host => self.tap.name().to_string(),
+            PortOwner::Pod { key, pod, .. } => {
+                let who = match (pod.namespace.as_str(), pod.name.as_str()) {
+                    (_, "") => key.container_id.chars().take(12).collect(),
+                    ("", name) => name.to_string(),
+                    (ns, name) => format!("{ns}/{name}"),
+                };
+                format!("pod {who} ({})", key.ifname)
+            }
+        }
+    }
+
     /// Number of queues (descriptors) this port has.
     pub fn queues(&self) -> usize {
         1 + self.more_queues.len()
@@ -153,7 +169,7 @@ impl Port {
     pub fn capture_frame(&self, buf: &[u8], direction: &str) {
         if let Some(tx) = self.capture.lock().unwrap().as_ref() {
             let frame = CapturedFrame {
-                ts_micros: now_micros(),
+                ts_micros: crate::monitor::now_micros(),
                 direction: direction.into(),
                 data: buf.get(VNET_HDR_LEN..).unwrap_or(&[]).to_vec(),
             };
@@ -198,11 +214,4 @@ impl Port {
             }
         }
     }
-}
-
-fn now_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }

@@ -3,7 +3,9 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::datapath::frame::VNET_HDR_LEN;
 use crate::datapath::{self, DropReason, Verdict};
+use crate::monitor::Source;
 use crate::port::Port;
 use crate::snapshot::Snapshot;
 use crate::stats::Stats;
@@ -49,12 +51,13 @@ pub fn handle(
         port.capture_frame(buf, "rx");
     }
     let reply = &mut bufs.reply;
+    let from = Source::Port(port.id);
     match datapath::forward(buf, port.id, &snapshot.table, &snapshot.flows, now, reply) {
         Verdict::Forward(to) => match snapshot.ports.get(&to) {
             Some(out) => out.transmit(buf, stats, worker),
             None => {
                 port.counters.drops.fetch_add(1, Relaxed);
-                stats.count_drop(DropReason::NoRoute);
+                stats.drop_frame(DropReason::NoRoute, from, &buf[VNET_HDR_LEN..]);
             }
         },
         Verdict::Reply(n) => port.transmit(&reply[..n], stats, worker),
@@ -64,17 +67,17 @@ pub fn handle(
             }
             _ => {
                 port.counters.drops.fetch_add(1, Relaxed);
-                stats.count_drop(DropReason::NoPeer);
+                stats.drop_frame(DropReason::NoPeer, from, &buf[VNET_HDR_LEN..]);
             }
         },
         Verdict::Reject { len, reason } => {
             port.counters.drops.fetch_add(1, Relaxed);
-            stats.count_drop(reason);
+            stats.drop_frame(reason, from, &buf[VNET_HDR_LEN..]);
             port.transmit(&reply[..len], stats, worker);
         }
         Verdict::Drop(reason) => {
             port.counters.drops.fetch_add(1, Relaxed);
-            stats.count_drop(reason);
+            stats.drop_frame(reason, from, &buf[VNET_HDR_LEN..]);
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::datapath::coalesce::Coalescer;
 use crate::datapath::frame::VNET_HDR_LEN;
 use crate::datapath::vxlan::{self, DATAGRAM_OFFSET};
 use crate::datapath::{forward_from_tunnel, DropReason, Verdict};
+use crate::monitor::Source;
 use crate::snapshot::Snapshot;
 use crate::stats::Stats;
 use crate::tunnel::{PeerState, Tunnel, RECV_BUF_LEN};
@@ -65,13 +66,19 @@ impl Receiver {
                 Err(e) => return (Outcome::Failed(e), datagrams),
             }
             let m = self.meta[0];
+            let stranger = |buf: &[u8]| {
+                // What the datagram carries, if it is VXLAN: the frame after its 8 bytes.
+                let inner = buf.get(DATAGRAM_OFFSET + 8..DATAGRAM_OFFSET + m.len);
+                let source = Source::Underlay(m.addr);
+                stats.drop_frame(DropReason::UnknownPeer, source, inner.unwrap_or(&[]));
+            };
             let SocketAddr::V4(from) = m.addr else {
-                stats.count_drop(DropReason::UnknownPeer);
+                stranger(&self.buf);
                 continue;
             };
             // Kernel VXLAN devices send from varying source ports: match the address only.
             let Some(&idx) = snapshot.peer_by_addr.get(&u32::from(*from.ip())) else {
-                stats.count_drop(DropReason::UnknownPeer);
+                stranger(&self.buf);
                 tracing::trace!(%from, "datagram from an unknown sender dropped");
                 continue;
             };
@@ -129,7 +136,8 @@ fn deliver(
 ) {
     if let Err(reason) = vxlan::decap_in_place(frame, tunnel.vni) {
         peer.counters.drops.fetch_add(1, Relaxed);
-        stats.count_drop(reason);
+        let inner = frame.get(DATAGRAM_OFFSET + 8..).unwrap_or(&[]);
+        stats.drop_frame(reason, Source::Peer(idx), inner);
         return;
     }
     peer.counters.rx_packets.fetch_add(1, Relaxed);
@@ -152,7 +160,7 @@ fn deliver(
         }
         Verdict::Drop(reason) => {
             peer.counters.drops.fetch_add(1, Relaxed);
-            stats.count_drop(reason);
+            stats.drop_frame(reason, Source::Peer(idx), &frame[VNET_HDR_LEN..]);
         }
         other => {
             tracing::debug!(verdict = ?other, "unexpected verdict for a tunnel frame");

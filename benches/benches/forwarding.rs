@@ -389,6 +389,7 @@ fn worker_path(c: &mut Criterion) {
         peers: Vec::new(),
         peer_by_addr: Default::default(),
         flows: std::sync::Arc::new(flows),
+        health: std::sync::Arc::new(switchd::health::Health::new(None, 1)),
     };
     let stats = switchd::stats::Stats::default();
     let from = snapshot.ports[&1].clone();

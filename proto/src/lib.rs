@@ -350,6 +350,24 @@ pub struct PeerInfo {
     pub since_unix: u64,
     /// rx/tx are tunnel datagrams from/to this peer.
     pub counters: Counters,
+    /// What the health probes measured; `None` before the first probe (or probing off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<PeerHealth>,
+}
+
+/// A peer's health, from switchd's probes through the tunnel.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeerHealth {
+    /// Smoothed round-trip time; `None` until a probe came back.
+    pub rtt_micros: Option<u64>,
+    pub last_rtt_micros: Option<u64>,
+    /// Share of the recent small probes that were lost; `None` before any was decided.
+    pub loss_ratio: Option<f64>,
+    /// The largest IP packet known to cross the path (DF set); `None` until one did.
+    pub path_mtu: Option<u32>,
+    pub probes_sent: u64,
+    pub probes_answered: u64,
+    pub last_answer_unix: Option<u64>,
 }
 
 /// One frame seen on a port, without the virtio-net header.

@@ -78,6 +78,10 @@ pub struct FileConfig {
     pub datapath_threads: Option<u32>,
     /// Microseconds a datapath worker keeps polling after its last frame (default 50).
     pub datapath_spin_us: Option<u32>,
+    /// Milliseconds between health probes of each peer (default 1000; 0 turns them off).
+    pub probe_interval_ms: Option<u32>,
+    /// Health probes per second in all, whatever the number of peers (default 100).
+    pub probe_budget: Option<u32>,
 }
 
 /// One `[[peers]]` table, in the config file or in the peers file.
@@ -137,6 +141,10 @@ pub struct Config {
     pub flow_table_size: usize,
     /// Datapath worker threads (`crate::worker`).
     pub datapath_threads: usize,
+    /// Between health probes of each peer; `None`: off (`crate::health`).
+    pub probe_interval: Option<std::time::Duration>,
+    /// Health probes per second in all.
+    pub probe_budget: u32,
     /// How long a worker polls after its last frame before it sleeps, in microseconds.
     pub datapath_spin_us: u32,
     pub peers_file: Option<PathBuf>,
@@ -408,6 +416,17 @@ impl Config {
                 None => DEFAULT_SPIN_US,
                 Some(n) if n <= 10_000 => n,
                 Some(n) => bail!("datapath_spin_us: {n} must be at most 10000 (10 ms; 0 turns polling off)"),
+            },
+            probe_interval: match o.probe_interval_ms.or(file.probe_interval_ms) {
+                None => Some(std::time::Duration::from_millis(1000)),
+                Some(0) => None,
+                Some(n) if (10..=3_600_000).contains(&n) => Some(std::time::Duration::from_millis(n.into())),
+                Some(n) => bail!("probe_interval_ms: {n} must be between 10 and 3600000 (0 turns probing off)"),
+            },
+            probe_budget: match o.probe_budget.or(file.probe_budget) {
+                None => 100,
+                Some(n) if (1..=100_000).contains(&n) => n,
+                Some(n) => bail!("probe_budget: {n} must be between 1 and 100000 probes a second"),
             },
             peers_file,
             peers: Vec::new(),

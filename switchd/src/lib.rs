@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod flow_store;
+pub mod health;
 pub mod ipam;
 pub mod masquerade;
 pub mod membership;

@@ -63,6 +63,67 @@ fn counter_families(
     }
 }
 
+/// One float gauge family with a sample per labelled value.
+fn gauge_family(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (Labels, f64)>,
+) {
+    let family = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    for (labels, v) in values {
+        family.get_or_create(&labels).set(v);
+    }
+    registry.register(name, help, family);
+}
+
+/// The health probes' figures per peer; a peer appears once it has a figure.
+fn peer_health(r: &mut Registry, peers: &[switchd_proto::PeerInfo], pod_mtu: u32) {
+    let labelled = |f: fn(&switchd_proto::PeerHealth) -> Option<f64>| {
+        peers
+            .iter()
+            .filter_map(|p| {
+                let v = f(p.health.as_ref()?)?;
+                Some((vec![("peer".to_string(), p.name.clone())], v))
+            })
+            .collect::<Vec<_>>()
+    };
+    gauge_family(
+        r,
+        "switchd_peer_rtt_seconds",
+        "Smoothed round-trip time of health probes through the tunnel to the peer",
+        labelled(|h| h.rtt_micros.map(|us| us as f64 / 1e6)),
+    );
+    gauge_family(
+        r,
+        "switchd_peer_loss_ratio",
+        "Share of the last 30 health probes to the peer that were not answered within 1 s",
+        labelled(|h| h.loss_ratio),
+    );
+    gauge_family(
+        r,
+        "switchd_peer_path_mtu_bytes",
+        "Largest IP packet (DF set) known to cross the tunnel to the peer",
+        labelled(|h| h.path_mtu.map(f64::from)),
+    );
+    let below: Vec<(Labels, f64)> = peers
+        .iter()
+        .filter_map(|p| {
+            let mtu = p.health.as_ref()?.path_mtu?;
+            Some((
+                vec![("peer".to_string(), p.name.clone())],
+                if mtu < pod_mtu { 1.0 } else { 0.0 },
+            ))
+        })
+        .collect();
+    gauge_family(
+        r,
+        "switchd_peer_path_mtu_below_pod_mtu",
+        "1 when the path to the peer carries less than the MTU pods are told: their larger packets are lost",
+        below,
+    );
+}
+
 pub fn render(sw: &Switch) -> String {
     let mut r = Registry::default();
     let ports = sw.ports();
@@ -216,6 +277,8 @@ pub fn render(sw: &Switch) -> String {
         "Time to attach a pod",
         sw.attach_seconds.clone(),
     );
+
+    peer_health(&mut r, &peers, sw.mtu);
 
     let gauge = |r: &mut Registry, name: &str, help: &str, v: usize| {
         let g = Gauge::<i64>::default();

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 
 use crate::datapath::table::FastU32;
 use crate::datapath::{FlowTable, PortId, Table};
+use crate::health::Health;
 use crate::port::Port;
 use crate::tunnel::{PeerState, Tunnel};
 
@@ -29,6 +30,8 @@ pub struct Snapshot {
     /// Flows the node translated; one table for the switch's whole life, shared by every
     /// snapshot.
     pub flows: Arc<FlowTable>,
+    /// Where the workers hand replies to the health probes.
+    pub health: Arc<Health>,
 }
 
 pub type SnapshotCell = ArcSwap<Snapshot>;

@@ -23,6 +23,7 @@ use switchd_proto::{
 use crate::config::{Config, Peer, HOST_PORT_NAME, TUNNEL_OVERHEAD};
 use crate::datapath::frame::{format_mac, mac_for_ip};
 use crate::datapath::{FlowTable, PeerRoute, PortId, Table, HOST_PORT};
+use crate::health::Health;
 use crate::ipam::{Ipam, IpamError};
 use crate::netns::{self, NetnsError, PodIface};
 use crate::port::tap::Tap;
@@ -71,6 +72,8 @@ pub struct Switch {
     pub masquerade: Arc<crate::masquerade::Masquerade>,
     /// The datapath threads that read and write the ports and the tunnel.
     pub workers: Workers,
+    /// RTT, loss and path MTU of every peer, from probes through the tunnel.
+    pub health: Arc<Health>,
 }
 
 type OpResult<T> = std::result::Result<T, ErrorReply>;
@@ -172,6 +175,7 @@ impl Switch {
         // Ports whose device disappeared are reported here (see `Switch::reap_vanished`).
         let (gone, gone_rx) = tokio::sync::mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
+        let health = Arc::new(Health::new(cfg.probe_interval, cfg.probe_budget));
         let cell = Arc::new(ArcSwap::from_pointee(Snapshot {
             table,
             ports: HashMap::default(),
@@ -179,6 +183,7 @@ impl Switch {
             peers: Vec::new(),
             peer_by_addr: HashMap::default(),
             flows: flows.clone(),
+            health: health.clone(),
         }));
         let workers = Workers::start(
             settings,
@@ -209,9 +214,11 @@ impl Switch {
             flows,
             masquerade: masquerade.clone(),
             workers,
+            health,
         });
         tokio::spawn(masquerade.run());
         tokio::spawn(sweep_flows(sw.flows.clone(), flow_file));
+        tokio::spawn(sw.health.clone().run(Arc::downgrade(&sw)));
         sw.add_port(
             HOST_PORT,
             host_tap,
@@ -366,6 +373,7 @@ impl Switch {
             peers,
             peer_by_addr,
             flows: self.flows.clone(),
+            health: self.health.clone(),
         }));
         for mut slot in self.slots.iter_mut() {
             if slot.registered {
@@ -809,6 +817,7 @@ impl Switch {
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
                 counters: p.counters.snapshot(),
+                health: self.health.of(&p.peer.name),
             })
             .collect()
     }

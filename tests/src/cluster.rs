@@ -59,7 +59,9 @@ impl Underlay {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let cmd = ["ip", "link", "set", &port, "mtu", &mtu, "master", "br0", "up"];
+        let cmd = [
+            "ip", "link", "set", &port, "mtu", &mtu, "master", "br0", "up",
+        ];
         let out = self.ns.exec(&cmd);
         assert!(
             out.status.success(),

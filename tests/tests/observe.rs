@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use switchd_e2e::cluster::{start_switchd, NodeInfo, Underlay};
+use switchd_e2e::cluster::{start_switchd, KernelNode, NodeInfo, Underlay};
 use switchd_e2e::*;
 
 /// `switchctl --json trace FROM DST ARGS…`, parsed.
@@ -65,8 +65,13 @@ fn ping(pod: &Netns, args: &[&str], dst: Ipv4Addr) {
 }
 
 /// Wait up to 3 s for `f` to hold.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(3);
+fn eventually(what: &str, f: impl FnMut() -> bool) {
+    within(Duration::from_secs(3), what, f)
+}
+
+/// Wait up to `limit` for `f` to hold.
+fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !f() {
         assert!(Instant::now() < deadline, "{what}");
         std::thread::sleep(Duration::from_millis(50));
@@ -316,5 +321,111 @@ fn logs_written_to_a_file_carry_no_colour_codes() {
     assert!(
         !log.contains('\x1b'),
         "escape sequences in the log file: {log:?}"
+    );
+}
+
+/// A peer's `health` in `switchctl peers`.
+fn health(node: &Node, peer: &str) -> Value {
+    node.query("peers")["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == peer)
+        .map(|p| p["health"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn probes_measure_rtt_loss_and_path_mtu_to_every_peer_kernel_vxlan_too() {
+    let mut underlay = Underlay::new();
+    let (s1, s2) = (Netns::new("n"), Netns::new("n"));
+    let mut infos = vec![
+        NodeInfo::numbered(1, underlay.attach(&s1, 1500)),
+        NodeInfo::numbered(2, underlay.attach(&s2, 1500)),
+    ];
+    let kernel = KernelNode::new(&mut underlay, 9);
+    infos.push(kernel.info.clone());
+    kernel.add_remote(&infos[0]);
+    let fast = "probe_interval_ms = 100\n";
+    let n1 = start_switchd(s1, &infos[0], &infos, fast);
+    let n2 = start_switchd(s2, &infos[1], &infos, fast);
+
+    // Both peers answer: switchd's node stack and the kernel node's bridge address alike.
+    within(
+        Duration::from_secs(10),
+        "RTT and path MTU for both peers",
+        || {
+            ["node2", "node9"].iter().all(|p| {
+                let h = health(&n1, p);
+                h["rtt_micros"].is_u64() && h["path_mtu"] == 1450 && h["loss_ratio"] == 0.0
+            })
+        },
+    );
+    let (_, metrics) = metrics_get(&n1.ns, "/metrics");
+    for name in [
+        "switchd_peer_rtt_seconds{peer=\"node2\"}",
+        "switchd_peer_loss_ratio{peer=\"node9\"} 0.0",
+        "switchd_peer_path_mtu_bytes{peer=\"node2\"} 1450.0",
+        "switchd_peer_path_mtu_below_pod_mtu{peer=\"node2\"} 0",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} not in the scrape:\n{metrics}"
+        );
+    }
+    let table = String::from_utf8_lossy(&n1.switchctl(&["peers"]).stdout).to_string();
+    assert!(table.contains("RTT") && table.contains("PMTU"), "{table}");
+
+    // Half of node2's incoming tunnel datagrams dropped: its loss rises, node9's does not.
+    let drop_rule = [
+        "INPUT",
+        "-p",
+        "udp",
+        "--dport",
+        "8472",
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        "0.5",
+        "-j",
+        "DROP",
+    ];
+    let mut add = vec!["iptables", "-I"];
+    add.extend_from_slice(&drop_rule);
+    assert!(n2.ns.exec(&add).status.success(), "the random-drop rule");
+    within(Duration::from_secs(10), "loss to node2 seen", || {
+        health(&n1, "node2")["loss_ratio"].as_f64().unwrap_or(0.0) >= 0.2
+    });
+    assert_eq!(health(&n1, "node9")["loss_ratio"], 0.0);
+    let mut del = vec!["iptables", "-D"];
+    del.extend_from_slice(&drop_rule);
+    assert!(n2.ns.exec(&del).status.success());
+
+    // node2's underlay now carries 1300-byte datagrams: 1250 bytes inside the tunnel, less
+    // than the 1450 pods are told.
+    assert!(n2
+        .ns
+        .exec(&["ip", "link", "set", "u0", "mtu", "1300"])
+        .status
+        .success());
+    within(Duration::from_secs(20), "path MTU 1250 to node2", || {
+        health(&n1, "node2")["path_mtu"] == 1250
+    });
+    assert!(
+        n1.log()
+            .contains("carries only 1250-byte packets, but pods are told 1450"),
+        "the log says so"
+    );
+    let (_, metrics) = metrics_get(&n1.ns, "/metrics");
+    assert!(
+        metrics.contains("switchd_peer_path_mtu_below_pod_mtu{peer=\"node2\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        health(&n1, "node9")["path_mtu"],
+        1450,
+        "the other path is unchanged"
     );
 }

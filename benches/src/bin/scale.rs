@@ -486,7 +486,9 @@ fn wait_peers(node: &Node, want: usize, limit: Duration) -> Instant {
 }
 
 /// `n` simulated nodes like `template`, each with its own subnet (none of `held`) and
-/// underlay address (198.18.0.0/15, the benchmarking range: nothing is sent there).
+/// underlay address (198.18.0.0/15, the benchmarking range; the nodes' namespaces have no
+/// route there, so the health probes switchd sends them, 100 a second in all by default,
+/// fail at the sender and nothing leaves).
 fn simulated(template: &NodeRecord, held: &HashSet<Ipv4Net>, n: usize) -> Vec<NodeRecord> {
     let cluster: Ipv4Net = CLUSTER_CIDR.parse().unwrap();
     cluster

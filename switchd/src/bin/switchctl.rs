@@ -238,13 +238,16 @@ fn main() -> ExitCode {
         }
         Response::Peers { peers } => {
             println!(
-                "{:<16} {:<21} {:<18} {:<17} {:<7} {:<9} {:>10} {:>12} {:>10} {:>12} {:>7}",
+                "{:<16} {:<21} {:<18} {:<17} {:<7} {:<9} {:>9} {:>6} {:>5} {:>10} {:>12} {:>10} {:>12} {:>7}",
                 "PEER",
                 "ADDR",
                 "POD_CIDR",
                 "MAC",
                 "SOURCE",
                 "SINCE",
+                "RTT",
+                "LOSS",
+                "PMTU",
                 "RX_PKTS",
                 "RX_BYTES",
                 "TX_PKTS",
@@ -253,14 +256,23 @@ fn main() -> ExitCode {
             );
             for p in peers {
                 let c = p.counters;
+                let h = p.health.clone().unwrap_or_default();
+                let dash = || "-".to_string();
                 println!(
-                    "{:<16} {:<21} {:<18} {:<17} {:<7} {:<9} {:>10} {:>12} {:>10} {:>12} {:>7}",
+                    "{:<16} {:<21} {:<18} {:<17} {:<7} {:<9} {:>9} {:>6} {:>5} {:>10} {:>12} {:>10} {:>12} {:>7}",
                     p.name,
                     p.addr,
                     p.pod_cidr,
                     p.mac,
                     p.source,
                     ago(p.since_unix),
+                    h.rtt_micros
+                        .map(|us| format!("{:.2}ms", us as f64 / 1000.0))
+                        .unwrap_or_else(dash),
+                    h.loss_ratio
+                        .map(|l| format!("{:.0}%", l * 100.0))
+                        .unwrap_or_else(dash),
+                    h.path_mtu.map(|m| m.to_string()).unwrap_or_else(dash),
                     c.rx_packets,
                     c.rx_bytes,
                     c.tx_packets,

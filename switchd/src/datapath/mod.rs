@@ -14,6 +14,7 @@ pub mod forward;
 pub mod frame;
 pub mod icmp;
 pub mod offload;
+pub mod probe;
 pub mod ratelimit;
 pub mod table;
 pub mod trace;

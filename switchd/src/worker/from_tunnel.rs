@@ -10,7 +10,7 @@ use quinn_udp::RecvMeta;
 use crate::datapath::coalesce::Coalescer;
 use crate::datapath::frame::VNET_HDR_LEN;
 use crate::datapath::vxlan::{self, DATAGRAM_OFFSET};
-use crate::datapath::{forward_from_tunnel, DropReason, Verdict};
+use crate::datapath::{forward_from_tunnel, probe, DropReason, Verdict, HOST_PORT};
 use crate::monitor::Source;
 use crate::snapshot::Snapshot;
 use crate::stats::Stats;
@@ -144,6 +144,13 @@ fn deliver(
     peer.counters.rx_bytes.fetch_add(n as u64, Relaxed);
     match forward_from_tunnel(frame, idx, &snapshot.table, &snapshot.flows, now) {
         Verdict::Forward(port) => {
+            // A reply to one of our health probes is for the prober, not for the node.
+            if port == HOST_PORT {
+                if let Some((seq, _)) = probe::echo_reply(&frame[VNET_HDR_LEN..]) {
+                    snapshot.health.answer(seq);
+                    return;
+                }
+            }
             // TCP segments of one flow are merged back into a super-frame (one TAP write);
             // anything else is written as it is, after whatever was pending.
             if coalescer.push(&frame[VNET_HDR_LEN..], port) {

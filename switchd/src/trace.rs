@@ -57,11 +57,7 @@ pub fn run(sw: &Switch, req: &TraceRequest) -> Result<TraceInfo, ErrorReply> {
         Verdict::Forward(p) => ("forward", Some(port_name(&snap, p)), None),
         Verdict::Encap(n) => ("encap", Some(peer_name(&snap, n)), None),
         Verdict::Reply(_) => ("reply", Some(port.label()), None),
-        Verdict::Reject { reason, .. } => (
-            "reject",
-            Some(format!("{} (an ICMP error back)", port.label())),
-            Some(reason),
-        ),
+        Verdict::Reject { reason, .. } => ("reject", Some(port.label()), Some(reason)),
         Verdict::Drop(reason) => ("drop", None, Some(reason)),
     };
     if let Verdict::Encap(n) = t.verdict {

@@ -429,3 +429,67 @@ fn probes_measure_rtt_loss_and_path_mtu_to_every_peer_kernel_vxlan_too() {
         "the other path is unchanged"
     );
 }
+
+#[test]
+fn the_dashboard_queries_only_metrics_a_real_scrape_has() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/grafana/switchd-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .expect("the dashboard is JSON");
+    let mut wanted = std::collections::BTreeSet::new();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8, "{} panels", panels.len());
+    for p in panels {
+        assert!(
+            p["gridPos"]["w"].is_u64(),
+            "panel {} has a place",
+            p["title"]
+        );
+        for t in p["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("switchd_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                wanted.insert(name);
+            }
+        }
+    }
+    assert!(wanted.len() >= 10, "{wanted:?}");
+
+    // A real scrape of a node with etcd membership, a peer it probes and a pod.
+    let mut underlay = Underlay::new();
+    let etcd = switchd_e2e::etcd::Etcd::start(&underlay);
+    let mut nodes: Vec<Node> = ["ea", "eb"]
+        .iter()
+        .map(|tag| {
+            let ns = Netns::new(tag);
+            let addr = underlay.attach(&ns, 1500);
+            etcd.node(ns, addr, "10.244.0.0/16", "probe_interval_ms = 100\n")
+        })
+        .collect();
+    for n in &mut nodes {
+        n.launch();
+    }
+    let (pa, pb) = (Netns::new("p"), Netns::new("p"));
+    nodes[0].add_k8s_pod(&pa, "shop", "a");
+    let b = nodes[1].add_k8s_pod(&pb, "shop", "b").address();
+    within(Duration::from_secs(20), "the nodes peer and probe", || {
+        pa.ping(b) && nodes[0].query("peers")["peers"][0]["health"]["path_mtu"].is_u64()
+    });
+    let (_, scrape) = metrics_get(&nodes[0].ns, "/metrics");
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|name| {
+            !scrape.lines().any(|l| {
+                l.strip_prefix(name.as_str())
+                    .is_some_and(|r| r.starts_with(['{', ' ']))
+            })
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "queried but not in the scrape: {missing:?}\n{scrape}"
+    );
+}

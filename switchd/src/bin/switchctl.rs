@@ -286,14 +286,14 @@ fn main() -> ExitCode {
             for (i, step) in t.steps.iter().enumerate() {
                 println!("{:>2}. {:<14} {}", i + 1, step.step, step.result);
             }
-            let mut line = format!("verdict: {}", t.verdict);
-            if let Some(to) = &t.to {
-                line += &format!(" to {to}");
+            let to = t.to.as_deref().unwrap_or("-");
+            let reason = t.reason.as_deref().unwrap_or("-");
+            match t.verdict.as_str() {
+                "reject" => println!("verdict: reject ({reason}); an ICMP error goes back to {to}"),
+                "drop" => println!("verdict: drop ({reason})"),
+                "reply" => println!("verdict: reply, answered by the switch to {to}"),
+                v => println!("verdict: {v} to {to}"),
             }
-            if let Some(reason) = &t.reason {
-                line += &format!(" ({reason})");
-            }
-            println!("{line}");
         }
         Response::Status(s) => {
             println!(

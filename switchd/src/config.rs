@@ -633,6 +633,11 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.gateway(), Ipv4Addr::new(10, 244, 1, 1));
         assert_eq!(c.mtu, None);
+        assert_eq!(c.probe_interval, Some(std::time::Duration::from_secs(1)));
+        assert_eq!(c.probe_budget, 100);
+        let off =
+            parse("node_name = \"n1\"\npod_cidr = \"10.244.1.0/24\"\nprobe_interval_ms = 0\n");
+        assert_eq!(off.unwrap().probe_interval, None, "0 turns probing off");
     }
 
     #[test]
@@ -666,6 +671,14 @@ mod tests {
             (
                 "node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nsocket = \"rel.sock\"\n",
                 "socket",
+            ),
+            (
+                "node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nprobe_interval_ms = 5\n",
+                "probe_interval_ms: 5 must be between 10",
+            ),
+            (
+                "node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nprobe_budget = 0\n",
+                "probe_budget",
             ),
         ];
         for (text, needle) in cases {

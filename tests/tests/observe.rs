@@ -235,7 +235,7 @@ impl Monitor {
             .arg("--socket")
             .arg(node.socket())
             .arg("--json")
-            .arg("monitor")
+            .args(["monitor", "--drops"])
             .args(args)
             .stdout(Stdio::piped())
             .spawn()

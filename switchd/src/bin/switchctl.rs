@@ -75,6 +75,10 @@ enum Command {
     },
     /// Stream one line per dropped frame: time, reason, where it came from, what it was.
     Monitor {
+        /// Drop events: the default, and so far the only kind (new-flow events are not
+        /// streamed yet).
+        #[arg(long, default_value_t = true)]
+        drops: bool,
         /// Only frames from this pod (or switchd0), as for capture.
         #[arg(long)]
         pod: Option<String>,
@@ -95,7 +99,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Command::Monitor { pod, rate } = &args.command {
+    if let Command::Monitor { pod, rate, .. } = &args.command {
         return match monitor(&args.socket, pod.clone(), *rate, args.json) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -51,6 +51,8 @@ pub struct FileConfig {
     pub pod_cidr: Option<String>,
     pub cluster_cidr: Option<String>,
     pub socket: Option<PathBuf>,
+    /// A group (name or number) whose members may use the control socket besides root.
+    pub socket_group: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub mtu: Option<u32>,
     pub underlay_addr: Option<String>,
@@ -125,6 +127,9 @@ pub struct Config {
     pub pod_cidr: Ipv4Net,
     pub cluster_cidr: Ipv4Net,
     pub socket: PathBuf,
+    /// Members of this group (name, gid) may use the control socket too; it is then
+    /// mode 0660 and owned by the group.
+    pub socket_group: Option<(String, u32)>,
     pub state_dir: PathBuf,
     /// `None`: derive from the underlay (or default-route) interface at start.
     pub mtu: Option<u32>,
@@ -391,6 +396,10 @@ impl Config {
             pod_cidr,
             cluster_cidr,
             socket,
+            socket_group: match o.socket_group.or(file.socket_group) {
+                None => None,
+                Some(g) => Some((g.clone(), resolve_group(&g).with_context(|| format!("socket_group: {g:?}"))?)),
+            },
             state_dir,
             mtu,
             underlay_addr,
@@ -615,6 +624,40 @@ fn hostname() -> Result<String> {
     Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?
         .trim()
         .to_string())
+}
+
+/// A group's id from its number or its name (through the C library, so NSS groups work).
+fn resolve_group(group: &str) -> Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(group).context("a group name cannot hold a NUL byte")?;
+    // SAFETY: `struct group` is plain C data (integers and pointers); all zeroes is a
+    // valid value of it, overwritten by getgrnam_r.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is to memory we own and that outlives the call; `buf.len()` is
+    // its true size; getgrnam_r writes only into `grp`, `buf` and `found`.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "cannot look the group up: {}",
+            std::io::Error::from_raw_os_error(rc)
+        );
+    }
+    if found.is_null() {
+        bail!("no such group on this host (see `getent group {group}`; create it with groupadd)");
+    }
+    Ok(grp.gr_gid)
 }
 
 #[cfg(test)]

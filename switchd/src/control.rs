@@ -30,8 +30,9 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::switch::Switch;
 
-/// Bind the control socket, refusing to steal it from a live daemon.
-pub fn bind(path: &Path) -> Result<UnixListener> {
+/// Bind the control socket, refusing to steal it from a live daemon. Mode 0600, or 0660
+/// and owned by `group` when members of a group may use it.
+pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating socket directory {}", dir.display()))?;
@@ -48,8 +49,16 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)
         .with_context(|| format!("binding control socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    let mode = match group {
+        Some(gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .with_context(|| format!("chown :{gid} {}", path.display()))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))?;
     Ok(listener)
 }
 
@@ -67,7 +76,7 @@ pub async fn serve(sw: Arc<Switch>, listener: UnixListener) {
     loop {
         match listener.accept().await {
             Ok((mut stream, _)) => {
-                if let Err(why) = allowed(&stream) {
+                if let Err(why) = allowed(&stream, sw.cfg.socket_group.as_ref()) {
                     tracing::warn!(reason = %why, "refused a control connection");
                     refuse(stream, ErrorKind::BadRequest, why);
                     continue;
@@ -100,8 +109,10 @@ pub async fn serve(sw: Arc<Switch>, listener: UnixListener) {
     }
 }
 
-/// Root, or the user switchd runs as, may use the socket.
-fn allowed(stream: &UnixStream) -> Result<(), String> {
+/// Root, the user switchd runs as, and members of `group` (primary or supplementary, as
+/// the kernel saw them at connect time) may use the socket. The socket's mode says the
+/// same; this holds even if someone loosens the mode or bind-mounts the socket elsewhere.
+fn allowed(stream: &UnixStream, group: Option<&(String, u32)>) -> Result<(), String> {
     let cred = stream
         .peer_cred()
         .map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
@@ -110,11 +121,46 @@ fn allowed(stream: &UnixStream) -> Result<(), String> {
     if cred.uid() == 0 || cred.uid() == me {
         return Ok(());
     }
+    if let Some((_, gid)) = group {
+        if cred.gid() == *gid || peer_groups(stream).contains(gid) {
+            return Ok(());
+        }
+    }
+    let others = match group {
+        Some((name, gid)) => format!(", uid {me} or members of group {name} (gid {gid})"),
+        None => format!(" or uid {me} (set socket_group to let a group in)"),
+    };
     Err(format!(
-        "uid {} (pid {}) may not use the control socket: only root or uid {me} may",
+        "uid {} gid {} (pid {}) may not use the control socket: only root{others} may",
         cred.uid(),
+        cred.gid(),
         cred.pid().map_or("?".into(), |p| p.to_string()),
     ))
+}
+
+/// The peer's supplementary groups when it connected (`SO_PEERGROUPS`); empty if unknown.
+fn peer_groups(stream: &UnixStream) -> Vec<u32> {
+    use std::os::fd::AsRawFd;
+    /// `SO_PEERGROUPS` from include/uapi/asm-generic/socket.h (Linux 4.13).
+    const SO_PEERGROUPS: libc::c_int = 59;
+    let mut groups = vec![0 as libc::gid_t; 256];
+    let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `groups`, which holds that many,
+    // and stores the length it wrote in `len`; the descriptor is the stream's own.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERGROUPS,
+            groups.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Vec::new();
+    }
+    groups.truncate(len as usize / std::mem::size_of::<libc::gid_t>());
+    groups
 }
 
 /// Answer the client's first request with an error and close. The request is read (and

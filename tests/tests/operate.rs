@@ -576,3 +576,71 @@ fn stalled_oversized_and_foreign_control_clients_cannot_block_the_socket() {
         "root still is"
     );
 }
+
+#[test]
+fn members_of_the_socket_group_may_use_the_socket_and_nobody_else() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let node = Node::start_with(
+        Netns::new("n"),
+        "10.244.1.0/24",
+        "socket_group = \"nogroup\"\n",
+        None,
+    );
+    let sock = node.socket();
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660, "group may read and write");
+    assert_eq!(meta.gid(), 65534, "owned by nogroup");
+    let as_user = |ids: &[&str]| {
+        run(std::process::Command::new("setpriv")
+            .args(ids)
+            .arg(bin_dir().join("switchctl"))
+            .arg("--socket")
+            .arg(&sock)
+            .arg("status"))
+    };
+    let primary = as_user(&["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    assert!(
+        primary.status.success(),
+        "a member by its primary group: {}",
+        String::from_utf8_lossy(&primary.stderr)
+    );
+    let supplementary = as_user(&["--reuid=65534", "--regid=1", "--groups=65534"]);
+    assert!(
+        supplementary.status.success(),
+        "a member by a supplementary group: {}",
+        String::from_utf8_lossy(&supplementary.stderr)
+    );
+    // Not a member, with the mode opened up so only switchd's own check stands between.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let stranger = as_user(&["--reuid=65534", "--regid=1", "--clear-groups"]);
+    assert!(!stranger.status.success(), "a non-member was served");
+    let stderr = String::from_utf8_lossy(&stranger.stderr);
+    assert!(
+        stderr.contains("members of group nogroup (gid 65534)"),
+        "{stderr}"
+    );
+
+    // A group that does not exist stops switchd at start, naming the key.
+    let config = write_config(
+        "node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nsocket_group = \"swt-no-such-group\"\n",
+    );
+    let out = run(std::process::Command::new(bin_dir().join("switchd"))
+        .args(["--check", "--config"])
+        .arg(&config));
+    std::fs::remove_dir_all(config.parent().unwrap()).unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("socket_group") && stderr.contains("no such group"),
+        "{stderr}"
+    );
+}
+
+/// A config file in a fresh temporary directory.
+fn write_config(body: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique("cfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("switchd.toml");
+    std::fs::write(&path, body).unwrap();
+    path
+}

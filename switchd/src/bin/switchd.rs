@@ -179,6 +179,7 @@ async fn run(
     inherited: std::collections::HashMap<String, std::os::fd::OwnedFd>,
 ) -> anyhow::Result<()> {
     let socket = cfg.socket.clone();
+    let cfg_socket_group = cfg.socket_group.as_ref().map(|(_, gid)| *gid);
     let adopted = inherited.len();
     // The health endpoints come up first: /healthz answers and /readyz says "starting"
     // while ports are re-adopted.
@@ -209,7 +210,7 @@ async fn run(
             "adopted port descriptors kept by the service manager"
         );
     }
-    let listener = control::bind(&socket)?;
+    let listener = control::bind(&socket, cfg_socket_group)?;
     tokio::spawn(sw.clone().run_heartbeat());
     sw.set_ready();
     if let Err(e) = switchd::notify::notify("READY=1") {

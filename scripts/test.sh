@@ -33,3 +33,6 @@ target/release/e2e --quick
 # The scale harness in its short mode (300 simulated nodes): it asserts that every record
 # arrives, restart, join and leave work and pods keep reaching each other.
 target/release/scale --quick
+# The churn soak in its short mode (200 attach/detach cycles beside a long-lived stream):
+# it asserts that no address, port, link, namespace or descriptor leaks.
+target/release/soak --quick

@@ -620,7 +620,10 @@ pub fn tcp_transfer_while(
             .unwrap();
         let (mut n, mut h, mut buf) = (0usize, FNV_START, vec![0u8; 1 << 16]);
         loop {
-            let k = conn.read(&mut buf).expect("server read");
+            let k = match conn.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => r.expect("server read"),
+            };
             if k == 0 {
                 break;
             }

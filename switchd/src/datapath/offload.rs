@@ -22,7 +22,7 @@ const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
 
 /// The parts of the virtio-net header we use (little-endian, as on every host we run on).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VnetHdr {
     pub flags: u8,
     pub gso_type: u8,
@@ -32,8 +32,13 @@ pub struct VnetHdr {
 }
 
 impl VnetHdr {
+    /// The header at the start of `buf`; a buffer too short to hold one reads as a plain
+    /// frame (all zeroes), which every consumer then refuses as too short.
     #[inline]
     pub fn read(buf: &[u8]) -> VnetHdr {
+        let Some(buf) = buf.get(..10) else {
+            return VnetHdr::default();
+        };
         let u16_at = |i: usize| u16::from_le_bytes([buf[i], buf[i + 1]]);
         VnetHdr {
             flags: buf[0],
@@ -183,7 +188,7 @@ pub fn segment_udp4(
     out: &mut [u8],
     headroom: usize,
 ) -> Result<Segments, DropReason> {
-    let frame = &buf[VNET_HDR_LEN..];
+    let frame = buf.get(VNET_HDR_LEN..).ok_or(DropReason::Malformed)?;
     let ip_len = udp4_ip_len(frame)?;
     let headers = ETH_HDR_LEN + ip_len + 8;
     let mss = usize::from(hdr.gso_size);
@@ -229,7 +234,7 @@ pub fn segment_tcp4(
     out: &mut [u8],
     headroom: usize,
 ) -> Result<Segments, DropReason> {
-    let frame = &buf[VNET_HDR_LEN..];
+    let frame = buf.get(VNET_HDR_LEN..).ok_or(DropReason::Malformed)?;
     let l = tcp4_layout(frame)?;
     let headers = ETH_HDR_LEN + l.ip_len + l.tcp_len;
     let mss = usize::from(hdr.gso_size);
@@ -371,6 +376,15 @@ mod tests {
         let hdr = VnetHdr::read(&buf);
         finish_checksum(&mut buf, hdr).unwrap();
         verify_tcp4(&buf[VNET_HDR_LEN..]);
+    }
+
+    #[test]
+    fn a_buffer_shorter_than_the_header_reads_as_a_plain_frame() {
+        // Found by the `segment` fuzz target (fuzz/artifacts: 8 bytes, 0x01 0x01 0x01 ...).
+        let crasher = [0x01, 0x01, 0x01, 0x00, 0x00, 0x78, 0x05, 0x22];
+        assert_eq!(VnetHdr::read(&crasher), VnetHdr::default());
+        assert!(segment_tcp4(&crasher, VnetHdr::read(&crasher), &mut [0u8; 64], 8).is_err());
+        assert!(segment_udp4(&crasher, VnetHdr::read(&crasher), &mut [0u8; 64], 8).is_err());
     }
 
     #[test]

@@ -10,9 +10,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 # Everything the tests use, from Debian; installed here when missing, so this one command
 # sets up a fresh machine.
-PACKAGES="iproute2 iputils-ping ethtool iperf3 systemd jq python3-yaml python3-prometheus-client tcpdump podman runc conmon containernetworking-plugins busybox-static containerd iptables nftables conntrack dnsmasq-base bind9-dnsutils etcd-server etcd-client protobuf-compiler libprotobuf-dev"
+PACKAGES="iproute2 iputils-ping ethtool iperf3 systemd jq python3-yaml python3-prometheus-client tcpdump podman runc conmon containernetworking-plugins busybox-static containerd iptables nftables conntrack dnsmasq-base bind9-dnsutils etcd-server etcd-client protobuf-compiler libprotobuf-dev g++"
 missing=0
-for tool in ip ping ethtool bridge iperf3 systemd-analyze jq tcpdump podman runc containerd ctr iptables nft conntrack dnsmasq dig nsenter etcd etcdctl protoc; do
+for tool in ip ping ethtool bridge iperf3 systemd-analyze jq tcpdump podman runc containerd ctr iptables nft conntrack dnsmasq dig nsenter etcd etcdctl protoc g++; do
     command -v "$tool" >/dev/null || missing=1
 done
 if [ "$missing" -ne 0 ]; then
@@ -36,3 +36,6 @@ target/release/scale --quick
 # The churn soak in its short mode (200 attach/detach cycles beside a long-lived stream):
 # it asserts that no address, port, link, namespace or descriptor leaks.
 target/release/soak --quick
+# Every fuzz target for a few seconds (coverage-guided, libFuzzer), so they never rot;
+# long runs and their figures: docs/reliability.md.
+scripts/fuzz.sh 5

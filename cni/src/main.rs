@@ -4,10 +4,7 @@
 //! reads the network configuration from stdin and the `CNI_*` variables, asks switchd over
 //! its Unix socket to do the work, and prints the result or the spec's error JSON.
 
-mod client;
-mod error;
-mod netconf;
-mod result;
+use switchd_cni::{client, error, netconf, result};
 
 use std::io::Read;
 use std::process::ExitCode;

@@ -1,0 +1,61 @@
+//! TSO segmentation and receive-side merging. Mode 0: a super-frame built from the input
+//! (payload, MSS), segmented as the sending switch does and merged as the receiving switch
+//! does, must give back the original payload. Mode 1: any bytes, as a super-frame to
+//! segment (TCP and UDP) and as frames to merge, must be refused or handled, never panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use switchd::datapath::coalesce::Coalescer;
+use switchd::datapath::craft;
+use switchd::datapath::frame::{ETH_HDR_LEN, VNET_HDR_LEN};
+use switchd::datapath::offload::{segment_tcp4, segment_udp4, VnetHdr};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let mut out = vec![0u8; 300_000];
+    if mode % 2 == 0 {
+        let Some((mss, payload)) = rest.split_first_chunk::<2>() else {
+            return;
+        };
+        let mss = u16::from_be_bytes(*mss).clamp(64, 9000);
+        if payload.is_empty() {
+            return;
+        }
+        let sf = craft::tcp4_super_frame(payload, 1000, mss);
+        let s = segment_tcp4(&sf, VnetHdr::read(&sf), &mut out, 0)
+            .expect("our own super-frame segments");
+        assert_eq!(s.count, payload.len().div_ceil(usize::from(mss)));
+        let mut c = Coalescer::new();
+        let mut merged = Vec::new();
+        for i in 0..s.count {
+            let seg = &out[i * s.stride..((i + 1) * s.stride).min(s.len)];
+            assert_eq!(
+                seg.len() - ETH_HDR_LEN - 40,
+                (payload.len() - i * usize::from(mss)).min(usize::from(mss))
+            );
+            if !c.push(seg, 1) {
+                if let Some((_, m)) = c.take() {
+                    merged.extend_from_slice(&m[VNET_HDR_LEN + ETH_HDR_LEN + 40..]);
+                }
+                assert!(c.push(seg, 1), "a segment always starts a new super-frame");
+            }
+        }
+        if let Some((_, m)) = c.take() {
+            merged.extend_from_slice(&m[VNET_HDR_LEN + ETH_HDR_LEN + 40..]);
+        }
+        assert_eq!(merged, payload, "segment then merge gives back the payload");
+    } else {
+        let hdr = VnetHdr::read(rest);
+        let _ = segment_tcp4(rest, hdr, &mut out, 8);
+        let _ = segment_udp4(rest, hdr, &mut out, 8);
+        let mut c = Coalescer::new();
+        for chunk in rest.chunks(1514.min(rest.len().max(1))) {
+            if !c.push(chunk, 2) {
+                let _ = c.take();
+            }
+        }
+        let _ = c.take();
+    }
+});

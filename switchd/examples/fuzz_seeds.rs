@@ -1,0 +1,133 @@
+//! Seed corpora for the fuzz targets in `fuzz/`, from the frames the unit tests craft:
+//! `cargo run --release -p switchd --example fuzz_seeds -- DIR` writes `DIR/TARGET/NAME`.
+//! (scripts/fuzz.sh runs it before fuzzing.)
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use switchd::datapath::craft;
+use switchd::datapath::frame::{mac_for_ip, VNET_HDR_LEN};
+use switchd::datapath::vxlan::{self, DATAGRAM_OFFSET};
+
+fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
+    let d = dir.join(target);
+    std::fs::create_dir_all(&d).expect("create the seed directory");
+    std::fs::write(d.join(name), bytes).expect("write a seed");
+}
+
+fn with(sel: u8, frame: &[u8]) -> Vec<u8> {
+    let mut v = vec![sel];
+    v.extend_from_slice(frame);
+    v
+}
+
+fn main() {
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "fuzz/seeds".into());
+    let dir = Path::new(&dir);
+    let ip = |c: u8, d: u8| Ipv4Addr::new(10, 244, c, d);
+    let gw = mac_for_ip(ip(1, 1));
+
+    // forward: selector byte (port) + virtio-net header + frame.
+    let local = craft::ipv4_udp(
+        mac_for_ip(ip(1, 2)),
+        mac_for_ip(ip(1, 3)),
+        ip(1, 2),
+        ip(1, 3),
+        32,
+    );
+    let remote = craft::ipv4_packet(mac_for_ip(ip(1, 2)), gw, ip(1, 2), ip(2, 9), 6, 80, 0);
+    let big = craft::ipv4_packet(mac_for_ip(ip(1, 2)), gw, ip(1, 2), ip(2, 9), 1, 0, 1480);
+    let outside = craft::ipv4_packet(
+        mac_for_ip(ip(1, 2)),
+        gw,
+        ip(1, 2),
+        Ipv4Addr::new(10, 96, 0, 10),
+        17,
+        53,
+        0,
+    );
+    let from_node = craft::ipv4_packet(gw, mac_for_ip(ip(1, 3)), ip(1, 2), ip(1, 3), 6, 8080, 0);
+    let arp = craft::arp_request(mac_for_ip(ip(1, 2)), ip(1, 2), ip(1, 1));
+    let tso = craft::tcp4_super_frame(&[7u8; 6000], 1, 1400);
+    for (name, sel, frame) in [
+        ("local", 1, &local),
+        ("remote", 1, &remote),
+        ("too-big", 2, &big),
+        ("outside", 3, &outside),
+        ("from-node", 0, &from_node),
+        ("arp", 1, &arp),
+        ("tso", 1, &tso),
+        ("ipv6", 1, &craft::ethertype(0x86dd, 60)),
+        ("runt", 1, &craft::truncate(local.clone(), 20)),
+    ] {
+        write(dir, "forward", name, &with(sel, frame));
+    }
+
+    // tunnel: selector byte (peer) + VXLAN datagram.
+    for (name, frame) in [
+        (
+            "from-peer",
+            craft::ipv4_udp(mac_for_ip(ip(2, 1)), gw, ip(2, 2), ip(1, 2), 32),
+        ),
+        (
+            "tso-seg",
+            craft::ipv4_packet(mac_for_ip(ip(2, 1)), gw, ip(2, 2), ip(1, 3), 6, 5201, 1400),
+        ),
+    ] {
+        let mut f = frame;
+        vxlan::encap_in_place(&mut f, 1);
+        write(dir, "tunnel", name, &with(0, &f[DATAGRAM_OFFSET..]));
+    }
+
+    // segment: mode 0 + MSS + payload; mode 1 + raw super-frame.
+    let mut rt = vec![0u8, 0x05, 0x78];
+    rt.extend((0..5000u32).map(|i| (i % 251) as u8));
+    write(dir, "segment", "round-trip", &rt);
+    write(dir, "segment", "raw-tso", &with(1, &tso));
+    write(
+        dir,
+        "segment",
+        "raw-frame",
+        &with(1, &local[VNET_HDR_LEN..]),
+    );
+
+    // control: payloads as switchd-cni and switchctl send them.
+    for (name, json) in [
+        ("status", r#"{"version":1,"body":{"op":"status"}}"#),
+        (
+            "attach",
+            r#"{"version":1,"body":{"op":"attach","key":{"container_id":"c1","ifname":"eth0"},"network":"n","netns":"/var/run/netns/x","pod":{"namespace":"ns","name":"p","uid":"u"},"bandwidth":{"ingressRate":1000000}}}"#,
+        ),
+        (
+            "trace",
+            r#"{"version":1,"body":{"op":"trace","from":"shop/a","dst":"10.244.2.2","protocol":"tcp","port":80,"size":0}}"#,
+        ),
+        (
+            "monitor",
+            r#"{"version":1,"body":{"op":"monitor","port":"switchd0","rate":100}}"#,
+        ),
+        (
+            "peers",
+            r#"{"version":1,"body":{"result":"peers","peers":[{"name":"n2","addr":"1.2.3.4:8472","pod_cidr":"10.244.2.0/24","mac":"0a:58:0a:f4:02:01","source":"static","since_unix":1,"counters":{"rx_packets":1,"rx_bytes":2,"tx_packets":3,"tx_bytes":4,"drops":0},"health":{"rtt_micros":300,"last_rtt_micros":310,"loss_ratio":0.25,"path_mtu":1450,"probes_sent":9,"probes_answered":8,"last_answer_unix":5}}]}}"#,
+        ),
+    ] {
+        write(dir, "control", name, json.as_bytes());
+    }
+
+    // cni: a network configuration, CNI_ARGS, environment lines.
+    write(dir, "cni", "netconf", br#"{"cniVersion":"1.1.0","name":"k8s","type":"switchd-cni","socket":"/run/switchd/switchd.sock","connectTimeoutMs":3000,"runtimeConfig":{"bandwidth":{"ingressRate":1000000,"ingressBurst":100000}},"prevResult":{"cniVersion":"1.1.0","interfaces":[],"ips":[]}}"#);
+    write(
+        dir,
+        "cni",
+        "args",
+        b"IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=abc",
+    );
+    write(dir, "cni", "env", b"CNI_COMMAND=ADD\nCNI_CONTAINERID=abc\nCNI_NETNS=/var/run/netns/x\nCNI_IFNAME=eth0\nCNI_PATH=/opt/cni/bin\n");
+
+    // config: the shapes the docs show.
+    write(dir, "config", "static", b"node_name = \"n1\"\npod_cidr = \"10.244.1.0/24\"\nunderlay_addr = \"192.168.7.1\"\n[[peers]]\nname = \"n2\"\naddr = \"192.168.7.2\"\npod_cidr = \"10.244.2.0/24\"\nmac = \"0a:58:0a:f4:02:01\"\n");
+    write(dir, "config", "etcd", b"cluster_cidr = \"10.244.0.0/16\"\nmembership = \"etcd\"\netcd_endpoints = [\"http://127.0.0.1:2379\"]\nunderlay_addr = \"192.168.7.1\"\nnode_subnet_len = 24\nprobe_interval_ms = 100\n");
+    println!("seeds written under {}", dir.display());
+}

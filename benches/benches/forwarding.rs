@@ -364,6 +364,7 @@ fn null_port(id: u32, ip: Ipv4Addr) -> std::sync::Arc<switchd::port::Port> {
         counters: Default::default(),
         alive: AtomicBool::new(true),
         capturing: AtomicBool::new(false),
+        capture_lost: Default::default(),
         capture: std::sync::Mutex::new(None),
         limits: Default::default(),
     })

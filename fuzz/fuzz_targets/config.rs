@@ -1,5 +1,6 @@
-//! switchd.toml (and its [[peers]] tables): any text is a valid configuration or an
-//! error naming what is wrong; a valid static one has its gateway inside its pod CIDR.
+//! switchd.toml (and its [[peers]] tables), and the same text as a peers file: any text
+//! is a valid configuration or an error naming what is wrong; a valid static one has its
+//! gateway inside its pod CIDR, and valid peers lie in the cluster CIDR.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,4 +15,22 @@ fuzz_target!(|data: &[u8]| {
             assert!(cfg.pod_cidr.contains(&cfg.gateway()));
         }
     }
+    let base = base();
+    if let Ok(peers) = base.parse_peers_file(text) {
+        for p in peers {
+            assert!(base.cluster_cidr.contains(&p.pod_cidr.network()), "{p:?}");
+        }
+    }
 });
+
+/// A node's configuration to read peers files against, parsed once.
+fn base() -> &'static Config {
+    static BASE: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+    BASE.get_or_init(|| {
+        Config::parse(
+            "node_name = \"n1\"\npod_cidr = \"10.244.1.0/24\"\nunderlay_addr = \"192.168.7.1\"\n",
+            Overrides::default(),
+        )
+        .expect("the base config")
+    })
+}

@@ -1,21 +1,51 @@
-//! TSO segmentation and receive-side merging. Mode 0: a super-frame built from the input
-//! (payload, MSS), segmented as the sending switch does and merged as the receiving switch
-//! does, must give back the original payload. Mode 1: any bytes, as a super-frame to
-//! segment (TCP and UDP) and as frames to merge, must be refused or handled, never panic.
+//! TSO/USO segmentation and receive-side merging. Mode 0: a TCP super-frame built from the
+//! input (payload, MSS), segmented as the sending switch does and merged as the receiving
+//! switch does, must give back the original payload. Mode 2: a UDP super-frame segmented
+//! into datagrams that carry the payload in order. Mode 1: any bytes, as a super-frame to
+//! segment (TCP and UDP) and as frames to merge, are refused or handled, never a panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use switchd::datapath::coalesce::Coalescer;
 use switchd::datapath::craft;
 use switchd::datapath::frame::{ETH_HDR_LEN, VNET_HDR_LEN};
-use switchd::datapath::offload::{segment_tcp4, segment_udp4, VnetHdr};
+use switchd::datapath::offload::{segment_tcp4, segment_udp4, VnetHdr, GSO_UDP_L4};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
     let mut out = vec![0u8; 300_000];
-    if mode % 2 == 0 {
+    if mode % 3 == 2 {
+        // A UDP super-frame (USO) segmented: the datagrams carry the payload in order.
+        let Some((mss, payload)) = rest.split_first_chunk::<2>() else {
+            return;
+        };
+        let mss = u16::from_be_bytes(*mss).clamp(64, 9000);
+        if payload.is_empty() || payload.len() > 60_000 {
+            return;
+        }
+        let (a, b) = ("10.244.1.2".parse().unwrap(), "10.244.2.2".parse().unwrap());
+        let mut sf = craft::ipv4_udp([2; 6], [4; 6], a, b, payload.len());
+        sf[VNET_HDR_LEN + ETH_HDR_LEN + 28..].copy_from_slice(payload);
+        sf[1] = GSO_UDP_L4;
+        sf[4..6].copy_from_slice(&mss.to_le_bytes());
+        let s =
+            segment_udp4(&sf, VnetHdr::read(&sf), &mut out, 8).expect("our own USO frame segments");
+        assert_eq!(s.count, payload.len().div_ceil(usize::from(mss)));
+        let mut joined = Vec::new();
+        for i in 0..s.count {
+            let d = &out[i * s.stride + 8..((i + 1) * s.stride).min(s.len)];
+            let udp = &d[ETH_HDR_LEN + 20..];
+            assert_eq!(
+                usize::from(u16::from_be_bytes([udp[4], udp[5]])),
+                udp.len(),
+                "UDP length"
+            );
+            joined.extend_from_slice(&udp[8..]);
+        }
+        assert_eq!(joined, payload, "the datagrams carry the payload in order");
+    } else if mode % 3 == 0 {
         let Some((mss, payload)) = rest.split_first_chunk::<2>() else {
             return;
         };

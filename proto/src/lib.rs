@@ -222,6 +222,9 @@ pub enum Response {
     Frame(CapturedFrame),
     CaptureDone {
         frames: u32,
+        /// Frames that crossed the port but were not sent: the reader was too slow.
+        #[serde(default)]
+        lost: u64,
     },
     Stats(StatsInfo),
     Trace(TraceInfo),

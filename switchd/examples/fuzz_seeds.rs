@@ -85,6 +85,9 @@ fn main() {
     let mut rt = vec![0u8, 0x05, 0x78];
     rt.extend((0..5000u32).map(|i| (i % 251) as u8));
     write(dir, "segment", "round-trip", &rt);
+    let mut uso = rt.clone();
+    uso[0] = 2;
+    write(dir, "segment", "uso", &uso);
     write(dir, "segment", "raw-tso", &with(1, &tso));
     write(
         dir,

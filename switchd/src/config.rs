@@ -198,16 +198,8 @@ impl Config {
         if let Some(pf) = cfg.peers_file.clone() {
             let text = std::fs::read_to_string(&pf)
                 .with_context(|| format!("cannot read peers_file {}", pf.display()))?;
-            let file: PeersFile = toml::from_str(&text).map_err(|e| {
-                anyhow::anyhow!(
-                    "invalid peers_file {}: {}{}",
-                    pf.display(),
-                    e.message(),
-                    span_hint(&text, e.span())
-                )
-            })?;
             let extra = cfg
-                .parse_peers(&file.peers)
+                .parse_peers_file(&text)
                 .with_context(|| format!("invalid peers_file {}", pf.display()))?;
             cfg.peers.extend(extra);
             cfg.check_peers().with_context(|| {
@@ -216,6 +208,13 @@ impl Config {
         }
         cfg.loaded_from = Some((path.to_path_buf(), overrides));
         Ok(cfg)
+    }
+
+    /// The peers in a peers file's text (nothing but `[[peers]]` tables), validated.
+    pub fn parse_peers_file(&self, text: &str) -> Result<Vec<Peer>> {
+        let file: PeersFile = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{}{}", e.message(), span_hint(text, e.span())))?;
+        self.parse_peers(&file.peers)
     }
 
     fn parse_peers(&self, entries: &[PeerEntry]) -> Result<Vec<Peer>> {

@@ -365,7 +365,10 @@ async fn capture(
         }
     }
     writer
-        .write_all(&proto::encode(&Response::CaptureDone { frames: sent })?)
+        .write_all(&proto::encode(&Response::CaptureDone {
+            frames: sent,
+            lost: port.capture_lost.load(std::sync::atomic::Ordering::Relaxed),
+        })?)
         .await?;
     tracing::info!(port = port.id, frames = sent, "capture ended");
     Ok(())

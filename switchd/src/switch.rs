@@ -218,7 +218,7 @@ impl Switch {
         });
         tokio::spawn(masquerade.run());
         tokio::spawn(sweep_flows(sw.flows.clone(), flow_file));
-        tokio::spawn(sw.health.clone().run(Arc::downgrade(&sw)));
+        tokio::spawn(run_probes(Arc::downgrade(&sw)));
         sw.add_port(
             HOST_PORT,
             host_tap,
@@ -320,6 +320,7 @@ impl Switch {
             counters: PortCounters::default(),
             alive: AtomicBool::new(true),
             capturing: AtomicBool::new(false),
+            capture_lost: Default::default(),
             capture: Mutex::new(None),
             limits: Limits::new(bandwidth),
         });
@@ -1064,6 +1065,41 @@ async fn sweep_flows(flows: Arc<FlowTable>, file: Option<crate::flow_store::Flow
                 }
                 Err(_) => {}
             }
+        }
+    }
+}
+
+/// Send the health probes [`Health::plan`] picks, every interval, through the tunnel, until
+/// the switch is gone (see `crate::health`).
+async fn run_probes(sw: std::sync::Weak<Switch>) {
+    let Some(interval) = sw.upgrade().and_then(|s| s.health.interval()) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut scratch = vec![0u8; crate::port::SEGMENT_BUF_LEN];
+    loop {
+        tick.tick().await;
+        let Some(sw) = sw.upgrade() else { return };
+        let snap = sw.snapshot();
+        let Some(tunnel) = snap.tunnel.clone() else {
+            continue;
+        };
+        let names: Vec<&str> = snap.peers.iter().map(|p| p.peer.name.as_str()).collect();
+        let table = &snap.table;
+        for (i, seq, size) in sw.health.plan(&names, table.tunnel_mtu, sw.mtu) {
+            let (Some(route), Some(peer)) = (table.peers.get(i), snap.peers.get(i)) else {
+                continue;
+            };
+            let mut frame = crate::datapath::probe::echo_request(
+                table.router_mac,
+                route.mac,
+                table.gateway,
+                crate::datapath::table::gateway_of(route.pod_cidr),
+                seq,
+                size as usize,
+            );
+            tunnel.send_frame(&mut frame, peer, &mut scratch, &sw.stats, 0);
         }
     }
 }

@@ -644,3 +644,53 @@ fn write_config(body: &str) -> std::path::PathBuf {
     std::fs::write(&path, body).unwrap();
     path
 }
+
+#[test]
+fn a_capture_reader_too_slow_to_keep_up_is_told_how_many_frames_it_lost() {
+    use std::io::Read as _;
+    let node = Node::start("10.244.1.0/24");
+    let pod = Netns::new("c");
+    node.add_k8s_pod(&pod, "shop", "web");
+    let gateway = "10.244.1.1";
+    // Nobody reads switchctl's stdout while the pod floods: its pipe, the socket and then
+    // the capture's queue fill up, and the datapath drops copies instead of waiting.
+    let mut capture = std::process::Command::new(bin_dir().join("switchctl"))
+        .arg("--socket")
+        .arg(node.socket())
+        .args(["capture", "shop/web", "-c", "12000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    pod.exec(&["ping", "-f", "-q", "-c", "8000", gateway]);
+    // Now read, and top the count up so the capture ends.
+    let mut stdout = capture.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        out.lines().count()
+    });
+    for _ in 0..20 {
+        if capture.try_wait().unwrap().is_some() {
+            break;
+        }
+        pod.exec(&["ping", "-f", "-q", "-c", "2000", gateway]);
+    }
+    let status = capture.wait().unwrap();
+    let lines = reader.join().unwrap();
+    let mut stderr = String::new();
+    capture
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(lines, 12000, "the frames it did get are all printed");
+    assert!(
+        stderr.contains("12000 frames captured")
+            && stderr.contains("were lost: this reader was too slow"),
+        "{stderr}"
+    );
+}

@@ -416,11 +416,14 @@ fn capture(
                 }
                 None => println!("{}", summary(&f)),
             },
-            Response::CaptureDone { frames } => {
+            Response::CaptureDone { frames, lost } => {
                 if let Some(mut w) = out {
                     w.flush().map_err(|e| e.to_string())?;
                 }
                 eprintln!("switchctl: {frames} frames captured");
+                if lost > 0 {
+                    eprintln!("switchctl: {lost} more crossed the port but were lost: this reader was too slow (write with -w to a file)");
+                }
                 return Ok(());
             }
             Response::Error(e) => {

@@ -10,18 +10,19 @@
 //! `interval` each peer gets one small probe (RTT and loss); every `MTU_EVERY` intervals a
 //! round of probes of several sizes with DF set ([`mtu::MtuSearch`]). At most `budget`
 //! probes a second go out in all: with more peers than that, each is probed less often.
+//!
+//! This module keeps the state and decides; `crate::switch::run_probes` sends what it
+//! plans, each tick, through the tunnel.
 
 pub mod mtu;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use switchd_proto::PeerHealth;
 
 use crate::datapath::probe;
-use crate::datapath::table::gateway_of;
-use crate::switch::Switch;
 use mtu::MtuSearch;
 
 /// A probe not answered within this long is lost.
@@ -123,7 +124,7 @@ impl PeerState {
 }
 
 /// A probe to send: peer index in the snapshot, sequence number, IP length.
-type Send = (usize, u32, u32);
+pub type Send = (usize, u32, u32);
 
 impl Health {
     pub fn new(interval: Option<Duration>, budget: u32) -> Health {
@@ -168,43 +169,22 @@ impl Health {
         st.peers.get(name).map(PeerState::report)
     }
 
-    /// Probe the peers until the switch is gone.
-    pub async fn run(self: Arc<Self>, sw: std::sync::Weak<Switch>) {
-        let Some(interval) = self.interval else {
-            return;
-        };
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let per_tick = ((f64::from(self.budget) * interval.as_secs_f64()).ceil() as usize).max(1);
-        let mut scratch = vec![0u8; crate::port::SEGMENT_BUF_LEN];
-        loop {
-            tick.tick().await;
-            let Some(sw) = sw.upgrade() else { return };
-            let snap = sw.snapshot();
-            let Some(tunnel) = snap.tunnel.clone() else {
-                continue;
-            };
-            let sends = self.plan(&sw, &snap, per_tick);
-            let table = &snap.table;
-            for (i, seq, size) in sends {
-                let (Some(route), Some(peer)) = (table.peers.get(i), snap.peers.get(i)) else {
-                    continue;
-                };
-                let mut frame = probe::echo_request(
-                    table.router_mac,
-                    route.mac,
-                    table.gateway,
-                    gateway_of(route.pod_cidr),
-                    seq,
-                    size as usize,
-                );
-                tunnel.send_frame(&mut frame, peer, &mut scratch, &sw.stats, 0);
-            }
-        }
+    /// Between two rounds of probes; `None`: probing is off.
+    pub fn interval(&self) -> Option<Duration> {
+        self.interval
+    }
+
+    /// Probes per round that keep within the budget.
+    pub fn per_tick(&self) -> usize {
+        let secs = self.interval.map_or(1.0, |i| i.as_secs_f64());
+        ((f64::from(self.budget) * secs).ceil() as usize).max(1)
     }
 
     /// Expire what timed out, close finished MTU rounds, and pick this tick's probes.
-    fn plan(&self, sw: &Switch, snap: &crate::snapshot::Snapshot, per_tick: usize) -> Vec<Send> {
+    /// `peers`: the peers' names in the snapshot's order (a [`Send`] names its peer by that
+    /// index).
+    pub fn plan(&self, peers: &[&str], tunnel_mtu: u32, pod_mtu: u32) -> Vec<Send> {
+        let per_tick = self.per_tick();
         let mut st = self.state.lock().unwrap();
         let st = &mut *st;
         let now = Instant::now();
@@ -227,26 +207,24 @@ impl Health {
                 }
             }
         }
-        let tunnel_mtu = snap.table.tunnel_mtu;
         // Forget peers that left (through a set: linear in the peers, 5,000 stay cheap).
-        let names: std::collections::HashSet<&str> =
-            snap.peers.iter().map(|p| p.peer.name.as_str()).collect();
+        let names: std::collections::HashSet<&str> = peers.iter().copied().collect();
         st.peers.retain(|name, _| names.contains(name.as_str()));
         for (name, peer) in st.peers.iter_mut() {
             if peer.round.as_ref().is_some_and(|r| r.outstanding == 0) {
                 let r = peer.round.take().unwrap();
                 peer.search.update(&r.answered, &r.lost);
-                tell_mtu(name, peer, sw.mtu, tunnel_mtu);
+                tell_mtu(name, peer, pod_mtu, tunnel_mtu);
             }
         }
-        let n = snap.peers.len();
+        let n = peers.len();
         let mut sends = Vec::new();
         for k in 0..n.min(per_tick) {
             let i = (st.cursor + k) % n;
-            let name = &snap.peers[i].peer.name;
+            let name = peers[i];
             let peer = st
                 .peers
-                .entry(name.clone())
+                .entry(name.to_string())
                 .or_insert_with(|| PeerState::new(tunnel_mtu));
             let mut sizes = vec![(probe::MIN_IP_LEN as u32, false)];
             peer.since_mtu += 1;
@@ -266,7 +244,7 @@ impl Health {
                 st.pending.insert(
                     seq,
                     Pending {
-                        peer: name.clone(),
+                        peer: name.to_string(),
                         sent: now,
                         size,
                         mtu_round,
@@ -306,5 +284,55 @@ fn tell_mtu(name: &str, peer: &mut PeerState, pod_mtu: u32, tunnel_mtu: u32) {
             pod_mtu,
             "the path to this peer carries the pods' MTU again"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_holds_however_many_peers_and_answers_and_leavers_are_accounted() {
+        let h = Health::new(Some(Duration::from_secs(1)), 100);
+        let names: Vec<String> = (0..500).map(|i| format!("n{i}")).collect();
+        let all: Vec<&str> = names.iter().map(String::as_str).collect();
+        let small = |sends: &[Send]| -> Vec<usize> {
+            sends
+                .iter()
+                .filter(|s| s.2 == probe::MIN_IP_LEN as u32)
+                .map(|s| s.0)
+                .collect()
+        };
+        let first = h.plan(&all, 1450, 1450);
+        let second = h.plan(&all, 1450, 1450);
+        assert_eq!(
+            small(&first).len(),
+            100,
+            "one small probe each for 100 peers"
+        );
+        assert_eq!(small(&second).len(), 100);
+        assert!(
+            small(&first).iter().all(|p| !small(&second).contains(p)),
+            "the next tick probes the next peers"
+        );
+        // First contact also starts an MTU round: the full size, a ladder and the floor.
+        assert!(
+            first.len() > 100 && first.len() <= 100 * 10,
+            "{}",
+            first.len()
+        );
+
+        // A small probe answered: RTT and the answer count show.
+        let (i, seq, _) = first[0];
+        h.answer(seq);
+        let report = h.of(all[i]).unwrap();
+        assert!(report.rtt_micros.is_some());
+        assert_eq!(report.probes_answered, 1);
+        assert_eq!(h.of("n499"), None, "not probed yet");
+
+        // Only ten peers are left: the others are forgotten.
+        h.plan(&all[..10], 1450, 1450);
+        assert!(h.of(all[200]).is_none());
+        assert_eq!(h.state.lock().unwrap().peers.len(), 10);
     }
 }

@@ -78,6 +78,8 @@ pub struct Port {
     /// only while a capture runs.
     pub capturing: AtomicBool,
     pub capture: Mutex<Option<mpsc::Sender<CapturedFrame>>>,
+    /// Frames the running capture lost because its reader was too slow.
+    pub capture_lost: std::sync::atomic::AtomicU64,
     /// Rate limits: into the pod (queued on transmit while over the rate) and out of it
     /// (charged as frames are read; reading pauses while over the rate).
     pub limits: Limits,
@@ -173,13 +175,19 @@ impl Port {
                 direction: direction.into(),
                 data: buf.get(VNET_HDR_LEN..).unwrap_or(&[]).to_vec(),
             };
-            let _ = tx.try_send(frame); // a slow reader loses frames, never the datapath
+            // A slow reader loses frames, counted; the datapath never waits.
+            if tx.try_send(frame).is_err() {
+                self.capture_lost.fetch_add(1, Relaxed);
+            }
         }
     }
 
     /// Start (`Some`) or stop (`None`) capturing this port's frames.
     pub fn set_capture(&self, tx: Option<mpsc::Sender<CapturedFrame>>) {
         let on = tx.is_some();
+        if on {
+            self.capture_lost.store(0, Relaxed);
+        }
         *self.capture.lock().unwrap() = tx;
         self.capturing.store(on, Relaxed);
     }

@@ -210,11 +210,17 @@ impl Config {
         Ok(cfg)
     }
 
-    /// The peers in a peers file's text (nothing but `[[peers]]` tables), validated.
+    /// The peers in a peers file's text (nothing but `[[peers]]` tables), each parsed and
+    /// all of them checked together with this configuration's own peers: in the cluster
+    /// CIDR, not overlapping this node or each other, no name twice.
     pub fn parse_peers_file(&self, text: &str) -> Result<Vec<Peer>> {
         let file: PeersFile = toml::from_str(text)
             .map_err(|e| anyhow::anyhow!("{}{}", e.message(), span_hint(text, e.span())))?;
-        self.parse_peers(&file.peers)
+        let extra = self.parse_peers(&file.peers)?;
+        let mut all = self.clone();
+        all.peers.extend(extra.iter().cloned());
+        all.check_peers()?;
+        Ok(extra)
     }
 
     fn parse_peers(&self, entries: &[PeerEntry]) -> Result<Vec<Peer>> {
@@ -800,6 +806,21 @@ mod tests {
             let err = format!("{:#}", parse(&text).unwrap_err());
             assert!(err.contains(needle), "{needle:?} not in {err:?}");
         }
+    }
+
+    #[test]
+    fn a_peers_file_is_checked_with_the_node_it_is_read_for() {
+        // Found by the `config` fuzz target: a peer outside the cluster CIDR passed
+        // parse_peers_file alone (load() checked it afterwards; now the function does).
+        let cfg = parse(PEERED).unwrap();
+        let text = "[[peers]]\nname = \"n2\"\naddr = \"193.168.7.2\"\npod_cidr = \"2.104.42.0/24\"\nmac = \"0a:58:0a:f4:02:01\"\n";
+        let err = format!("{:#}", cfg.parse_peers_file(text).unwrap_err());
+        assert!(err.contains("not inside cluster_cidr"), "{err}");
+        let own = text.replace("2.104.42.0/24", "10.244.1.0/24");
+        let err = format!("{:#}", cfg.parse_peers_file(&own).unwrap_err());
+        assert!(err.contains("overlaps this node"), "{err}");
+        let good = text.replace("2.104.42.0/24", "10.244.2.0/24");
+        assert_eq!(cfg.parse_peers_file(&good).unwrap().len(), 1);
     }
 
     #[test]

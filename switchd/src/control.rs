@@ -307,6 +307,14 @@ async fn dispatch(sw: &Switch, req: Request) -> Response {
     result.unwrap_or_else(Response::Error)
 }
 
+/// Answer a streamed request with an error instead of its stream.
+async fn answer_error(stream: &mut UnixStream, e: ErrorReply) -> Result<(), FrameError> {
+    stream
+        .write_all(&proto::encode(&Response::Error(e))?)
+        .await?;
+    Ok(())
+}
+
 /// Stream `count` frames (0: until the client hangs up) crossing the port `selector` names.
 async fn capture(
     sw: &Switch,
@@ -316,22 +324,14 @@ async fn capture(
 ) -> Result<(), FrameError> {
     let port = match sw.find_port(selector) {
         Ok(p) => p,
-        Err(e) => {
-            stream
-                .write_all(&proto::encode(&Response::Error(e))?)
-                .await?;
-            return Ok(());
-        }
+        Err(e) => return answer_error(stream, e).await,
     };
     if port.capturing.load(std::sync::atomic::Ordering::Relaxed) {
         let e = ErrorReply::new(
             ErrorKind::AlreadyExists,
             format!("port {} is already being captured", port.tap.name()),
         );
-        stream
-            .write_all(&proto::encode(&Response::Error(e))?)
-            .await?;
-        return Ok(());
+        return answer_error(stream, e).await;
     }
     let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
     port.set_capture(Some(tx));
@@ -385,12 +385,7 @@ async fn monitor(
 ) -> Result<(), FrameError> {
     let port = match selector.map(|s| sw.find_port(s)).transpose() {
         Ok(p) => p,
-        Err(e) => {
-            stream
-                .write_all(&proto::encode(&Response::Error(e))?)
-                .await?;
-            return Ok(());
-        }
+        Err(e) => return answer_error(stream, e).await,
     };
     let mut sub = sw.stats.monitor.subscribe(port.as_ref().map(|p| p.id));
     tracing::info!(port = ?port.as_ref().map(|p| p.label()), rate, "drop monitor started");

@@ -365,3 +365,52 @@ impl KernelNode {
         }
     }
 }
+
+/// An iptables rule in `ns` that drops a random share of the tunnel datagrams arriving
+/// there (this kernel has no `netem`: the `statistic` match stands in). Removed on drop.
+pub struct TunnelLoss<'a> {
+    ns: &'a Netns,
+    probability: String,
+}
+
+impl<'a> TunnelLoss<'a> {
+    pub fn new(ns: &'a Netns, probability: f64) -> TunnelLoss<'a> {
+        let loss = TunnelLoss {
+            ns,
+            probability: probability.to_string(),
+        };
+        let out = ns.exec(&loss.rule("-I"));
+        assert!(
+            out.status.success(),
+            "iptables: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        loss
+    }
+
+    fn rule<'s>(&'s self, verb: &'s str) -> Vec<&'s str> {
+        vec![
+            "iptables",
+            verb,
+            "INPUT",
+            "-p",
+            "udp",
+            "--dport",
+            "8472",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &self.probability,
+            "-j",
+            "DROP",
+        ]
+    }
+}
+
+impl Drop for TunnelLoss<'_> {
+    fn drop(&mut self) {
+        let _ = self.ns.exec(&self.rule("-D"));
+    }
+}

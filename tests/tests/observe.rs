@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use switchd_e2e::cluster::{start_switchd, KernelNode, NodeInfo, Underlay};
+use switchd_e2e::cluster::{start_switchd, KernelNode, NodeInfo, TunnelLoss, Underlay};
 use switchd_e2e::*;
 
 /// `switchctl --json trace FROM DST ARGS…`, parsed.
@@ -377,31 +377,12 @@ fn probes_measure_rtt_loss_and_path_mtu_to_every_peer_kernel_vxlan_too() {
     assert!(table.contains("RTT") && table.contains("PMTU"), "{table}");
 
     // Half of node2's incoming tunnel datagrams dropped: its loss rises, node9's does not.
-    let drop_rule = [
-        "INPUT",
-        "-p",
-        "udp",
-        "--dport",
-        "8472",
-        "-m",
-        "statistic",
-        "--mode",
-        "random",
-        "--probability",
-        "0.5",
-        "-j",
-        "DROP",
-    ];
-    let mut add = vec!["iptables", "-I"];
-    add.extend_from_slice(&drop_rule);
-    assert!(n2.ns.exec(&add).status.success(), "the random-drop rule");
+    let loss = TunnelLoss::new(&n2.ns, 0.5);
     within(Duration::from_secs(10), "loss to node2 seen", || {
         health(&n1, "node2")["loss_ratio"].as_f64().unwrap_or(0.0) >= 0.2
     });
     assert_eq!(health(&n1, "node9")["loss_ratio"], 0.0);
-    let mut del = vec!["iptables", "-D"];
-    del.extend_from_slice(&drop_rule);
-    assert!(n2.ns.exec(&del).status.success());
+    drop(loss);
 
     // node2's underlay now carries 1300-byte datagrams: 1250 bytes inside the tunnel, less
     // than the 1450 pods are told.

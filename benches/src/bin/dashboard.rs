@@ -168,29 +168,9 @@ fn main() {
     });
 
     say("node-b's underlay loses 30% of tunnel datagrams");
-    let rule = [
-        "INPUT",
-        "-p",
-        "udp",
-        "--dport",
-        "8472",
-        "-m",
-        "statistic",
-        "--mode",
-        "random",
-        "--probability",
-        "0.3",
-        "-j",
-        "DROP",
-    ];
-    let with = |verb: &str| {
-        let mut v = vec!["iptables", verb];
-        v.extend_from_slice(&rule);
-        assert!(b.ns.exec(&v).status.success(), "iptables {verb}");
-    };
-    with("-I");
+    let loss = switchd_e2e::cluster::TunnelLoss::new(&b.ns, 0.3);
     std::thread::sleep(phase(0.18));
-    with("-D");
+    drop(loss);
 
     say("node-b's underlay MTU lowered to 1300 (pods are told 1400)");
     b.ns.exec(&["ip", "link", "set", "u0", "mtu", "1300"]);

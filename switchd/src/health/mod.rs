@@ -260,9 +260,10 @@ impl Health {
     }
 }
 
-/// Say once per change whether pods' packets fit the path to `name`.
+/// Say once per change whether pods' packets fit the path to `name`, once the search has
+/// settled (mid-search the figure is only a lower bound).
 fn tell_mtu(name: &str, peer: &mut PeerState, pod_mtu: u32, tunnel_mtu: u32) {
-    let Some(path) = peer.search.path_mtu() else {
+    let Some(path) = peer.search.path_mtu().filter(|_| peer.search.settled()) else {
         return;
     };
     if peer.told == Some(path) {

@@ -34,6 +34,12 @@ impl MtuSearch {
         (self.lo > 0).then_some(self.lo)
     }
 
+    /// Is the search done: the full size crosses, or the next size up is known lost?
+    /// While it is not, [`MtuSearch::path_mtu`] is a lower bound still rising.
+    pub fn settled(&self) -> bool {
+        self.lo > 0 && (self.lo == self.max || self.hi == self.lo + 1)
+    }
+
     /// The sizes to probe in the next round, largest first.
     pub fn sizes(&self) -> Vec<u32> {
         let mut v = vec![self.max];
@@ -112,9 +118,14 @@ mod tests {
             "settled: the full size and the floor"
         );
 
-        // The underlay shrinks under us.
+        assert!(s.settled());
+        // The underlay shrinks under us: the first round after it knows only the floor.
+        let (ok, lost): (Vec<u32>, Vec<u32>) = s.sizes().iter().partition(|&&x| x <= 1250);
+        s.update(&ok, &lost);
+        assert_eq!((s.path_mtu(), s.settled()), (Some(FLOOR), false));
         let rounds = settle(&mut s, 1250);
         assert_eq!(s.path_mtu(), Some(1250));
+        assert!(s.settled());
         assert!(rounds <= 6, "{rounds} rounds");
         assert_eq!(
             s.sizes(),

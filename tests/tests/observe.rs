@@ -45,15 +45,19 @@ fn port_tx(node: &Node, label_pod: &str) -> u64 {
         .unwrap()
 }
 
-fn peer_tx(node: &Node, name: &str) -> u64 {
+/// Peer `name` as `switchctl peers --json` shows it (`null` if it is not listed).
+fn peer(node: &Node, name: &str) -> Value {
     node.query("peers")["peers"]
         .as_array()
         .unwrap()
         .iter()
         .find(|p| p["name"] == name)
-        .unwrap()["counters"]["tx_packets"]
-        .as_u64()
-        .unwrap()
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn peer_tx(node: &Node, name: &str) -> u64 {
+    peer(node, name)["counters"]["tx_packets"].as_u64().unwrap()
 }
 
 fn ping(pod: &Netns, args: &[&str], dst: Ipv4Addr) {
@@ -325,14 +329,8 @@ fn logs_written_to_a_file_carry_no_colour_codes() {
 }
 
 /// A peer's `health` in `switchctl peers`.
-fn health(node: &Node, peer: &str) -> Value {
-    node.query("peers")["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == peer)
-        .map(|p| p["health"].clone())
-        .unwrap_or(Value::Null)
+fn health(node: &Node, name: &str) -> Value {
+    peer(node, name)["health"].clone()
 }
 
 #[test]

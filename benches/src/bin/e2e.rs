@@ -4,7 +4,9 @@
 //! - switchd: two nodes on a veth + bridge underlay, two pods on node 1, one on node 2;
 //! - kernel: two nodes configured like flannel's vxlan backend (kernel VXLAN, pods on a
 //!   Linux bridge over veth), two pods on the first, one on the second, same underlay kind;
-//! - ceiling: plain routing node to node over the underlay, no overlay.
+//! - ceiling: plain routing node to node over the underlay, no overlay;
+//! - floor: the least work a TAP-and-UDP-socket switch must do (`switchd_benches::floor`):
+//!   TAP to TAP on one node, TAP to UDP to TAP across two, no forwarding logic at all.
 //!
 //! Measures iperf3 TCP (1 and 4 streams), UDP packets/s (64 and 1400-byte payloads), TCP
 //! request/response latency (1-byte ping-pong: median and p99), the same TCP and latency
@@ -15,11 +17,11 @@
 //! [--seconds S] [--switchd-config 'datapath_threads = 1\ndatapath_spin_us = 0']`
 
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-
-use serde_json::Value;
-use switchd_benches::measure::{cpu_seconds, rss_kib, tcp_rr};
+use switchd_benches::floor::{self, Floor};
+use switchd_benches::iperf::{iperf_tcp, iperf_udp};
+use switchd_benches::measure::{cpu_seconds, rss_kib, tcp_rr, thread_cpu_seconds};
 use switchd_e2e::cluster::{start_switchd, KernelNode, NodeInfo, Underlay};
 use switchd_e2e::kube_proxy::{self, Mode, Proto, Service};
 use switchd_e2e::{Netns, Node};
@@ -97,11 +99,16 @@ fn main() {
     k9.add_remote(&k8.info);
     let (kb, addr_kb) = k8.add_pod(3);
 
+    // floor: the same two shapes with nothing but the unavoidable copies.
+    let (f_same, f_cross) = (Floor::same_node(), Floor::cross_node());
+
     for (from, to) in [
         (&a, addr_b),
         (&a, addr_c),
         (&k8.pod, addr_kb),
         (&k8.pod, k9.pod_addr),
+        (&f_same.client, f_same.server_addr),
+        (&f_cross.client, f_cross.server_addr),
     ] {
         assert!(from.ping(to), "setup: {} cannot reach {to}", from.name);
     }
@@ -110,49 +117,52 @@ fn main() {
     let mut rows: Vec<Row> = Vec::new();
     let runs = opts.runs;
     let secs = opts.seconds;
-    // Each round measures switchd and then the kernel, so slow drifts of a shared machine
-    // hit both columns alike.
-    let tcp = |sw: (&Netns, &Netns, Ipv4Addr), k: (&Netns, &Netns, Ipv4Addr), streams| {
-        rounds(runs, || {
-            (
-                iperf_tcp(sw.0, sw.1, sw.2, streams, secs).0,
-                iperf_tcp(k.0, k.1, k.2, streams, secs).0,
-            )
+    // Each round measures switchd, then the kernel, then the floor where a line has one,
+    // so slow drifts of a shared machine hit every column alike.
+    type Path<'a> = (&'a Netns, &'a Netns, Ipv4Addr);
+    let tcp = |sw: Path, k: Path, fl: Option<Path>, streams| {
+        rounds(runs, fl.is_some(), |who| {
+            let p = [sw, k, fl.unwrap_or(sw)][who];
+            iperf_tcp(p.0, p.1, p.2, streams, secs).0
         })
     };
-    let udp = |sw: (&Netns, &Netns, Ipv4Addr), k: (&Netns, &Netns, Ipv4Addr), len| {
-        rounds(runs, || {
-            (
-                iperf_udp(sw.0, sw.1, sw.2, len, secs),
-                iperf_udp(k.0, k.1, k.2, len, secs),
-            )
+    let udp = |sw: Path, k: Path, fl: Path, len| {
+        rounds(runs, true, |who| {
+            let p = [sw, k, fl][who];
+            iperf_udp(p.0, p.1, p.2, len, secs)
         })
     };
     // Latency: (medians, p99s) of each round.
-    let latency = |sw: (&Netns, &Netns, Ipv4Addr), k: (&Netns, &Netns, Ipv4Addr)| {
-        let mut v = Vec::new();
+    let latency = |sw: Path, k: Path, fl: Option<Path>| {
+        let mut v: [Vec<(f64, f64)>; 3] = Default::default();
         for _ in 0..runs {
-            v.push((
-                tcp_rr(sw.0, sw.1, sw.2, opts.rr_count),
-                tcp_rr(k.0, k.1, k.2, opts.rr_count),
-            ));
+            for (who, p) in [Some(sw), Some(k), fl].into_iter().enumerate() {
+                if let Some(p) = p {
+                    v[who].push(tcp_rr(p.0, p.1, p.2, opts.rr_count));
+                }
+            }
         }
-        let median = v.iter().map(|(s, k)| (s.0, k.0)).collect::<Vec<_>>();
-        let p99 = v.iter().map(|(s, k)| (s.1, k.1)).collect::<Vec<_>>();
-        (split(median), split(p99))
+        let pick = |i: usize, f: fn(&(f64, f64)) -> f64| Samples(v[i].iter().map(f).collect());
+        let floor = |f: fn(&(f64, f64)) -> f64| fl.map(|_| pick(2, f));
+        (
+            (pick(0, |r| r.0), pick(1, |r| r.0), floor(|r| r.0)),
+            (pick(0, |r| r.1), pick(1, |r| r.1), floor(|r| r.1)),
+        )
     };
     let same = (&a, &b, addr_b);
     let k_same = (&k8.pod, &kb, addr_kb);
     let cross = (&a, &c, addr_c);
     let k_cross = (&k8.pod, &k9.pod, k9.pod_addr);
+    let fl_same = (&f_same.client, &f_same.server, f_same.server_addr);
+    let fl_cross = (&f_cross.client, &f_cross.server, f_cross.server_addr);
 
     rows.push(Row::new(
         "same node, TCP 1 stream (Gbit/s)",
-        tcp(same, k_same, 1),
+        tcp(same, k_same, Some(fl_same), 1),
     ));
     rows.push(Row::new(
         "same node, TCP 4 streams (Gbit/s)",
-        tcp(same, k_same, 4),
+        tcp(same, k_same, Some(fl_same), 4),
     ));
     // CPU per GB on each node, over switchd-only runs of the cross-node single stream.
     let cpu_before = [cpu_seconds(&pids[..1]), cpu_seconds(&pids[1..])];
@@ -167,37 +177,49 @@ fn main() {
     ];
     rows.push(Row::new(
         "cross node, TCP 1 stream (Gbit/s)",
-        tcp(cross, k_cross, 1),
+        tcp(cross, k_cross, Some(fl_cross), 1),
     ));
-    let mut retrans = (Vec::new(), Vec::new());
-    let cross4 = rounds(runs, || {
-        let (sw, sw_re) = iperf_tcp(&a, &c, addr_c, 4, secs);
-        let (k, k_re) = iperf_tcp(&k8.pod, &k9.pod, k9.pod_addr, 4, secs);
-        retrans.0.push(sw_re);
-        retrans.1.push(k_re);
-        (sw, k)
+    // The floor's CPU per GB, over floor-only runs of the same stream.
+    let floor_cpu_before =
+        thread_cpu_seconds(std::process::id() as i32, floor::THREAD_PREFIX, true);
+    let mut floor_gb = 0.0;
+    for _ in 0..runs {
+        floor_gb +=
+            iperf_tcp(fl_cross.0, fl_cross.1, fl_cross.2, 1, secs).0 * f64::from(secs) / 8.0;
+    }
+    let floor_cpu_per_gb =
+        (thread_cpu_seconds(std::process::id() as i32, floor::THREAD_PREFIX, true)
+            - floor_cpu_before)
+            / floor_gb.max(1e-9);
+    let mut retrans: [Vec<f64>; 3] = Default::default();
+    let cross4 = rounds(runs, true, |who| {
+        let p = [cross, k_cross, fl_cross][who];
+        let (gbps, re) = iperf_tcp(p.0, p.1, p.2, 4, secs);
+        retrans[who].push(re);
+        gbps
     });
     rows.push(Row::new("cross node, TCP 4 streams (Gbit/s)", cross4));
+    let [re_sw, re_k, re_fl] = retrans;
     rows.push(Row::info(
         "cross node, TCP 4 streams: segments retransmitted per run",
-        (Samples(retrans.0), Samples(retrans.1)),
+        (Samples(re_sw), Samples(re_k), Some(Samples(re_fl))),
     ));
     rows.push(Row::new(
         "cross node, UDP 64 B (kpps)",
-        udp(cross, k_cross, 64),
+        udp(cross, k_cross, fl_cross, 64),
     ));
     rows.push(Row::new(
         "cross node, UDP 1400 B (kpps)",
-        udp(cross, k_cross, 1400),
+        udp(cross, k_cross, fl_cross, 1400),
     ));
-    let (median, p99) = latency(same, k_same);
+    let (median, p99) = latency(same, k_same, Some(fl_same));
     rows.push(Row::lower("same node, RR latency median (µs)", median));
     rows.push(Row::lower("same node, RR latency p99 (µs)", p99));
     let workers_before = [
         n1.query("stats")["workers"].clone(),
         n2.query("stats")["workers"].clone(),
     ];
-    let (median, p99) = latency(cross, k_cross);
+    let (median, p99) = latency(cross, k_cross, Some(fl_cross));
     let workers_after = [
         n1.query("stats")["workers"].clone(),
         n2.query("stats")["workers"].clone(),
@@ -231,22 +253,32 @@ fn main() {
     }
     rows.push(Row::new(
         "same node, pod→ClusterIP TCP 1 stream (Gbit/s)",
-        tcp((&a, &b, SAME_SERVICE), (&k8.pod, &kb, SAME_SERVICE), 1),
+        tcp(
+            (&a, &b, SAME_SERVICE),
+            (&k8.pod, &kb, SAME_SERVICE),
+            None,
+            1,
+        ),
     ));
     rows.push(Row::new(
         "cross node, pod→ClusterIP TCP 1 stream (Gbit/s)",
         tcp(
             (&a, &c, CROSS_SERVICE),
             (&k8.pod, &k9.pod, CROSS_SERVICE),
+            None,
             1,
         ),
     ));
-    let (median, _) = latency((&a, &b, SAME_SERVICE), (&k8.pod, &kb, SAME_SERVICE));
+    let (median, _) = latency((&a, &b, SAME_SERVICE), (&k8.pod, &kb, SAME_SERVICE), None);
     rows.push(Row::lower(
         "same node, pod→ClusterIP RR latency median (µs)",
         median,
     ));
-    let (median, _) = latency((&a, &c, CROSS_SERVICE), (&k8.pod, &k9.pod, CROSS_SERVICE));
+    let (median, _) = latency(
+        (&a, &c, CROSS_SERVICE),
+        (&k8.pod, &k9.pod, CROSS_SERVICE),
+        None,
+    );
     rows.push(Row::lower(
         "cross node, pod→ClusterIP RR latency median (µs)",
         median,
@@ -277,28 +309,41 @@ fn main() {
         "runs per line: {} (median, min–max), iperf3 -t {}, RR round trips: {}",
         opts.runs, opts.seconds, opts.rr_count
     );
-    println!("| measurement | switchd | kernel | switchd/kernel (medians) |");
-    println!("|---|---|---|---|");
+    println!("| measurement | switchd | kernel | switchd/kernel | floor | floor/kernel |");
+    println!("|---|---|---|---|---|---|");
     for r in &rows {
-        let ratio = match r.kind {
+        let ratio = |x: &Samples| match r.kind {
             Kind::Info => "—".to_string(),
-            Kind::Higher => format!("{:.2}", r.switchd.median() / r.kernel.median()),
-            Kind::Lower => format!(
-                "{:.2} (lower is better)",
-                r.switchd.median() / r.kernel.median()
-            ),
+            Kind::Higher => format!("{:.2}", x.median() / r.kernel.median()),
+            Kind::Lower => format!("{:.2} (lower is better)", x.median() / r.kernel.median()),
         };
-        println!("| {} | {} | {} | {ratio} |", r.name, r.switchd, r.kernel);
+        let (floor, floor_ratio) = match &r.floor {
+            Some(f) => (f.to_string(), ratio(f)),
+            None => ("—".into(), "—".into()),
+        };
+        println!(
+            "| {} | {} | {} | {} | {floor} | {floor_ratio} |",
+            r.name,
+            r.switchd,
+            r.kernel,
+            ratio(&r.switchd)
+        );
     }
-    println!("| ceiling: plain routing node→node, TCP 1 stream (Gbit/s) | — | {ceiling} | — |");
     println!(
-        "| switchd CPU seconds per GB, cross node TCP 1 stream: node 1 (sender) + node 2 (receiver) | {:.2} + {:.2} = {:.2} | — | — |",
+        "| ceiling: plain routing node→node, TCP 1 stream (Gbit/s) | — | {ceiling} | — | — | — |"
+    );
+    println!(
+        "| CPU seconds per GB, cross node TCP 1 stream: node 1 (sender) + node 2 (receiver) | {:.2} + {:.2} = {:.2} | — | — | {floor_cpu_per_gb:.2} (both nodes) | — |",
         cpu_per_gb[0],
         cpu_per_gb[1],
         cpu_per_gb[0] + cpu_per_gb[1]
     );
     println!(
-        "| node 1 translated flows: tracked / frames returned to the node / evicted | {} / {} / {} | — | — |",
+        "| floor: frames split over two receive batches (copied) | — | — | — | {} | — |",
+        f_cross.spilled.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    println!(
+        "| node 1 translated flows: tracked / frames returned to the node / evicted | {} / {} / {} | — | — | — | — |",
         flows["tracked"], flows["returned"], flows["evicted"]
     );
     for (node, (before, after)) in workers_before.iter().zip(&workers_after).enumerate() {
@@ -309,13 +354,13 @@ fn main() {
             .map(|i| format!("{}/{}/{}", d(i, "frames"), d(i, "wakeups"), d(i, "polled")))
             .collect();
         println!(
-            "| node {} workers during the cross-node RR runs: frames / wake-ups / found by polling, per worker | {} | — | — |",
+            "| node {} workers during the cross-node RR runs: frames / wake-ups / found by polling, per worker | {} | — | — | — | — |",
             node + 1,
             per.join(", ")
         );
     }
-    println!("| switchd RSS with 110 pods attached (MiB) | {rss_mib:.1} | — | — |");
-    println!("| switchd CPU while idle with 110 pods (% of a core, {idle_secs:.0} s) | {idle_pct:.2} | — | — |");
+    println!("| switchd RSS with 110 pods attached (MiB) | {rss_mib:.1} | — | — | — | — |");
+    println!("| switchd CPU while idle with 110 pods (% of a core, {idle_secs:.0} s) | {idle_pct:.2} | — | — | — | — |");
     // Namespaces, switchd processes and files are removed by the guards' Drop.
 }
 
@@ -342,14 +387,20 @@ impl std::fmt::Display for Samples {
     }
 }
 
-/// `runs` rounds of (switchd, kernel) measurements.
-fn rounds(runs: usize, mut f: impl FnMut() -> (f64, f64)) -> (Samples, Samples) {
-    split((0..runs).map(|_| f()).collect())
-}
+/// Measurements of one line: switchd, kernel and, where the line has one, the floor.
+type Columns = (Samples, Samples, Option<Samples>);
 
-fn split(v: Vec<(f64, f64)>) -> (Samples, Samples) {
-    let (a, b) = v.into_iter().unzip();
-    (Samples(a), Samples(b))
+/// `runs` rounds, each measuring `f(0)` (switchd), `f(1)` (kernel) and, with `floor`,
+/// `f(2)`, in that order.
+fn rounds(runs: usize, floor: bool, mut f: impl FnMut(usize) -> f64) -> Columns {
+    let mut v: [Vec<f64>; 3] = Default::default();
+    for _ in 0..runs {
+        for (who, column) in v.iter_mut().enumerate().take(if floor { 3 } else { 2 }) {
+            column.push(f(who));
+        }
+    }
+    let [s, k, fl] = v;
+    (Samples(s), Samples(k), floor.then_some(Samples(fl)))
 }
 
 enum Kind {
@@ -362,106 +413,28 @@ struct Row {
     name: &'static str,
     switchd: Samples,
     kernel: Samples,
+    floor: Option<Samples>,
     kind: Kind,
 }
 
 impl Row {
-    fn new(name: &'static str, (switchd, kernel): (Samples, Samples)) -> Row {
+    fn of(name: &'static str, (switchd, kernel, floor): Columns, kind: Kind) -> Row {
         Row {
             name,
             switchd,
             kernel,
-            kind: Kind::Higher,
+            floor,
+            kind,
         }
     }
-    fn lower(name: &'static str, (switchd, kernel): (Samples, Samples)) -> Row {
-        Row {
-            name,
-            switchd,
-            kernel,
-            kind: Kind::Lower,
-        }
+    fn new(name: &'static str, columns: Columns) -> Row {
+        Row::of(name, columns, Kind::Higher)
     }
-    fn info(name: &'static str, (switchd, kernel): (Samples, Samples)) -> Row {
-        Row {
-            name,
-            switchd,
-            kernel,
-            kind: Kind::Info,
-        }
+    fn lower(name: &'static str, columns: Columns) -> Row {
+        Row::of(name, columns, Kind::Lower)
     }
-}
-
-/// An iperf3 server for exactly one test, in `ns`.
-fn iperf_server(ns: &Netns) -> Child {
-    let child = Command::new("ip")
-        .args([
-            "netns", "exec", &ns.name, "iperf3", "-s", "-1", "-p", "5301",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn iperf3 server");
-    std::thread::sleep(Duration::from_millis(200));
-    child
-}
-
-fn iperf_client(ns: &Netns, addr: Ipv4Addr, extra: &[&str], seconds: u32) -> Value {
-    let secs = seconds.to_string();
-    let addr = addr.to_string();
-    let out = Command::new("ip")
-        .args([
-            "netns", "exec", &ns.name, "iperf3", "-c", &addr, "-p", "5301", "-J", "-t", &secs,
-        ])
-        .args(extra)
-        .output()
-        .expect("run iperf3 client");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "iperf3 output ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
-fn finish(mut server: Child) {
-    // SAFETY: signalling the iperf3 server this program started, by its PID.
-    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-    let _ = server.wait();
-}
-
-/// (Gbit/s received, segments the sender retransmitted).
-fn iperf_tcp(from: &Netns, to: &Netns, addr: Ipv4Addr, streams: usize, seconds: u32) -> (f64, f64) {
-    let server = iperf_server(to);
-    let v = iperf_client(from, addr, &["-P", &streams.to_string()], seconds);
-    finish(server);
-    let gbps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no TCP result: {}", v["error"]))
-        / 1e9;
-    let retransmits = v["end"]["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0);
-    (gbps, retransmits)
-}
-
-/// Received packets per second (thousands) with `len`-byte UDP payloads, unlimited rate.
-fn iperf_udp(from: &Netns, to: &Netns, addr: Ipv4Addr, len: usize, seconds: u32) -> f64 {
-    let server = iperf_server(to);
-    let v = iperf_client(
-        from,
-        addr,
-        &["-u", "-b", "0", "-l", &len.to_string()],
-        seconds,
-    );
-    finish(server);
-    let sum = &v["end"]["sum"];
-    let (packets, lost, secs) = (
-        sum["packets"].as_f64(),
-        sum["lost_packets"].as_f64(),
-        sum["seconds"].as_f64(),
-    );
-    match (packets, lost, secs) {
-        (Some(p), Some(l), Some(s)) if s > 0.0 => (p - l) / s / 1e3,
-        _ => panic!("no UDP result: {}", v),
+    fn info(name: &'static str, columns: Columns) -> Row {
+        Row::of(name, columns, Kind::Info)
     }
 }
 

@@ -10,9 +10,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 # Everything the tests use, from Debian; installed here when missing, so this one command
 # sets up a fresh machine.
-PACKAGES="iproute2 iputils-ping ethtool iperf3 systemd jq python3-yaml python3-prometheus-client tcpdump podman runc conmon containernetworking-plugins busybox-static containerd iptables nftables conntrack dnsmasq-base bind9-dnsutils etcd-server etcd-client protobuf-compiler libprotobuf-dev g++"
+PACKAGES="iproute2 iputils-ping ethtool iperf3 systemd jq python3-yaml python3-prometheus-client tcpdump podman runc conmon containernetworking-plugins busybox-static containerd iptables nftables conntrack dnsmasq-base bind9-dnsutils etcd-server etcd-client protobuf-compiler libprotobuf-dev g++ wireguard-go wireguard-tools"
 missing=0
-for tool in ip ping ethtool bridge iperf3 systemd-analyze jq tcpdump podman runc containerd ctr iptables nft conntrack dnsmasq dig nsenter etcd etcdctl protoc g++; do
+for tool in ip ping ethtool bridge iperf3 systemd-analyze jq tcpdump podman runc containerd ctr iptables nft conntrack dnsmasq dig nsenter etcd etcdctl protoc g++ wireguard-go wg; do
     command -v "$tool" >/dev/null || missing=1
 done
 if [ "$missing" -ne 0 ]; then

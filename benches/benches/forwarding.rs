@@ -387,6 +387,7 @@ fn worker_path(c: &mut Criterion) {
         table,
         ports,
         tunnel: None,
+        wireguard: None,
         peers: Vec::new(),
         peer_by_addr: Default::default(),
         flows: std::sync::Arc::new(flows),

@@ -277,6 +277,21 @@ pub struct StatusInfo {
     pub masquerade: String,
     #[serde(default)]
     pub masquerade_detail: String,
+    /// "none" or "wireguard".
+    #[serde(default)]
+    pub encryption: String,
+    /// This node's WireGuard public key and port (`wg` calls it the listen port), when it
+    /// encrypts: what a peer's `public_key` must be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireGuardInfo>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WireGuardInfo {
+    pub public_key: String,
+    pub listen: String,
+    /// Rollout mode: plain VXLAN is still sent to peers without a key and accepted.
+    pub allow_plain: bool,
 }
 
 /// The etcd membership's state, for `switchctl status`.

@@ -16,6 +16,12 @@ use crate::datapath::table::gateway_of;
 /// Bytes a VXLAN tunnel adds to every frame over IPv4 (outer IP 20 + UDP 8 + VXLAN 8 +
 /// inner Ethernet 14), kept off the pod MTU so pod traffic fits the underlay.
 pub const TUNNEL_OVERHEAD: u32 = 50;
+/// Bytes a WireGuard transport message adds over IPv4 (outer IP 20 + UDP 8 + WireGuard's
+/// header 16 and tag 16). WireGuard also pads the inner packet to a multiple of 16, so the
+/// largest inner packet is this much less than the underlay MTU, rounded down to 16.
+pub const WIREGUARD_OVERHEAD: u32 = 60;
+/// WireGuard's customary port, also wireguard-go's and wg-quick's default.
+pub const DEFAULT_WIREGUARD_PORT: u16 = 51820;
 pub const DEFAULT_SOCKET: &str = "/run/switchd/switchd.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/switchd";
 pub const DEFAULT_CLUSTER_CIDR: &str = "10.244.0.0/16";
@@ -84,6 +90,14 @@ pub struct FileConfig {
     pub probe_interval_ms: Option<u32>,
     /// Health probes per second in all, whatever the number of peers (default 100).
     pub probe_budget: Option<u32>,
+    /// "none" (default) or "wireguard": every datagram to a peer with a public key is a
+    /// WireGuard transport message (`docs/encryption.md`).
+    pub encryption: Option<String>,
+    /// The UDP port WireGuard listens on (default 51820).
+    pub wireguard_port: Option<u16>,
+    /// During a rollout: with encryption on, still send plain VXLAN to peers that publish no
+    /// key and accept plain VXLAN from any peer (default false).
+    pub encryption_allow_plain: Option<bool>,
 }
 
 /// One `[[peers]]` table, in the config file or in the peers file.
@@ -99,6 +113,10 @@ pub struct PeerEntry {
     pub mac: String,
     /// The peer's VXLAN port, if it differs from ours.
     pub port: Option<u16>,
+    /// The peer's WireGuard public key (base64, as `wg pubkey` prints it).
+    pub public_key: Option<String>,
+    /// The peer's WireGuard port, if it differs from ours.
+    pub wireguard_port: Option<u16>,
 }
 
 /// The peers file: nothing but `[[peers]]` tables.
@@ -116,6 +134,61 @@ pub struct Peer {
     pub addr: SocketAddrV4,
     pub pod_cidr: Ipv4Net,
     pub mac: [u8; 6],
+    /// How to reach the peer over WireGuard, if it has a key.
+    pub wireguard: Option<WireGuardPeer>,
+}
+
+/// A peer's WireGuard identity and where it listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireGuardPeer {
+    pub public_key: [u8; 32],
+    pub addr: SocketAddrV4,
+}
+
+/// Whether, and how, the tunnel to peers is encrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Encryption {
+    None,
+    WireGuard(WireGuardConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireGuardConfig {
+    pub port: u16,
+    /// Rollout mode: plain VXLAN to peers without a key, and accepted from any peer.
+    pub allow_plain: bool,
+    /// This node's public key; read from the key file in `state_dir` at start.
+    pub public_key: Option<[u8; 32]>,
+}
+
+impl Encryption {
+    pub fn wireguard(&self) -> Option<&WireGuardConfig> {
+        match self {
+            Encryption::WireGuard(w) => Some(w),
+            Encryption::None => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Encryption::None => "none",
+            Encryption::WireGuard(_) => "wireguard",
+        }
+    }
+}
+
+/// A base64 WireGuard key (32 bytes), as `wg genkey` and `wg pubkey` print them.
+pub fn parse_wireguard_key(s: &str) -> Option<[u8; 32]> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()?;
+    bytes.try_into().ok()
+}
+
+pub fn format_wireguard_key(key: &[u8; 32]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(key)
 }
 
 /// Values given on the command line; each replaces the file's. Same keys as the file.
@@ -152,6 +225,7 @@ pub struct Config {
     pub probe_budget: u32,
     /// How long a worker polls after its last frame before it sleeps, in microseconds.
     pub datapath_spin_us: u32,
+    pub encryption: Encryption,
     pub peers_file: Option<PathBuf>,
     /// Peers from the config file and the peers file together.
     pub peers: Vec<Peer>,
@@ -244,11 +318,30 @@ impl Config {
                 if p.name.is_empty() {
                     bail!("{}: must not be empty", key("name"));
                 }
+                let wg_port = self.encryption.wireguard().map_or(DEFAULT_WIREGUARD_PORT, |w| w.port);
+                let wireguard = match &p.public_key {
+                    Some(k) => Some(WireGuardPeer {
+                        public_key: parse_wireguard_key(k).with_context(|| {
+                            format!("{}: {k:?} is not a WireGuard key (32 bytes in base64, as `wg pubkey` prints)", key("public_key"))
+                        })?,
+                        addr: SocketAddrV4::new(addr, p.wireguard_port.unwrap_or(wg_port)),
+                    }),
+                    None if p.wireguard_port.is_some() => {
+                        bail!("{}: set, but the peer has no public_key", key("wireguard_port"))
+                    }
+                    None => None,
+                };
+                if let Some(w) = self.encryption.wireguard() {
+                    if wireguard.is_none() && !w.allow_plain {
+                        bail!("{}: required with encryption = \"wireguard\" (the peer's `wg pubkey`, or `switchd --keygen` on a switchd node); set encryption_allow_plain = true to reach peers without a key in clear during a rollout", key("public_key"));
+                    }
+                }
                 Ok(Peer {
                     name: p.name.clone(),
                     addr: SocketAddrV4::new(addr, p.port.unwrap_or(self.tunnel_port)),
                     pod_cidr: parse_cidr(&key("pod_cidr"), &p.pod_cidr)?,
                     mac,
+                    wireguard,
                 })
             })
             .collect()
@@ -332,6 +425,7 @@ impl Config {
             None => None,
         };
         let membership = parse_membership(&file, &o, cluster_cidr, given_pod_cidr)?;
+        let encryption = parse_encryption(&file, &o)?;
         let (pod_cidr, pod_cidr_pending) = match (given_pod_cidr, &membership) {
             (Some(p), _) => (p, false),
             (None, Membership::Etcd(e)) => (
@@ -442,6 +536,7 @@ impl Config {
                 Some(n) if (1..=100_000).contains(&n) => n,
                 Some(n) => bail!("probe_budget: {n} must be between 1 and 100000 probes a second"),
             },
+            encryption,
             peers_file,
             peers: Vec::new(),
             metrics_addr: match o.metrics_addr.or(file.metrics_addr).as_deref() {
@@ -454,6 +549,17 @@ impl Config {
             pod_cidr_pending,
             router_mac_explicit,
         };
+        if let Some(w) = cfg.encryption.wireguard() {
+            if cfg.underlay_addr.is_none() {
+                bail!("encryption: \"wireguard\" needs underlay_addr (the WireGuard socket binds to it)");
+            }
+            if w.port == cfg.tunnel_port {
+                bail!(
+                    "wireguard_port: {} is also tunnel_port; WireGuard and VXLAN need a port each",
+                    w.port
+                );
+            }
+        }
         if matches!(cfg.membership, Membership::Etcd(_)) && cfg.underlay_addr.is_none() {
             bail!("underlay_addr: required with membership = \"etcd\" (peers reach this node's pods through it)");
         }
@@ -487,6 +593,34 @@ impl Config {
 
     pub fn gateway(&self) -> Ipv4Addr {
         gateway_of(self.pod_cidr)
+    }
+}
+
+fn parse_encryption(file: &FileConfig, o: &Overrides) -> Result<Encryption> {
+    let port = pick(&o.wireguard_port, &file.wireguard_port);
+    let allow_plain = pick(&o.encryption_allow_plain, &file.encryption_allow_plain);
+    match pick(&o.encryption, &file.encryption)
+        .as_deref()
+        .unwrap_or("none")
+    {
+        "none" => {
+            if port.is_some() || allow_plain.is_some() {
+                bail!("encryption: wireguard_port or encryption_allow_plain is set but encryption is \"none\"; add encryption = \"wireguard\" to use them");
+            }
+            Ok(Encryption::None)
+        }
+        "wireguard" => {
+            let port = port.unwrap_or(DEFAULT_WIREGUARD_PORT);
+            if port == 0 {
+                bail!("wireguard_port: must not be 0");
+            }
+            Ok(Encryption::WireGuard(WireGuardConfig {
+                port,
+                allow_plain: allow_plain.unwrap_or(false),
+                public_key: None,
+            }))
+        }
+        other => bail!("encryption: {other:?} is not \"none\" or \"wireguard\""),
     }
 }
 
@@ -686,6 +820,58 @@ mod tests {
         let off =
             parse("node_name = \"n1\"\npod_cidr = \"10.244.1.0/24\"\nprobe_interval_ms = 0\n");
         assert_eq!(off.unwrap().probe_interval, None, "0 turns probing off");
+    }
+
+    #[test]
+    fn wireguard_peers_carry_their_key_and_port() {
+        let base = "node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nunderlay_addr = \"192.168.0.1\"\nencryption = \"wireguard\"\n";
+        let key = format_wireguard_key(&[9u8; 32]);
+        let peer = |extra: &str| {
+            format!("{base}[[peers]]\nname = \"b\"\naddr = \"192.168.0.2\"\npod_cidr = \"10.244.2.0/24\"\nmac = \"0a:58:0a:f4:02:01\"\n{extra}")
+        };
+        let c = parse(&peer(&format!("public_key = \"{key}\"\n"))).unwrap();
+        let w = c.encryption.wireguard().unwrap();
+        assert_eq!((w.port, w.allow_plain), (DEFAULT_WIREGUARD_PORT, false));
+        let wg = c.peers[0].wireguard.unwrap();
+        assert_eq!(wg.public_key, [9u8; 32]);
+        assert_eq!(wg.addr.to_string(), "192.168.0.2:51820");
+        let c = parse(&peer(&format!(
+            "public_key = \"{key}\"\nwireguard_port = 7000\n"
+        )))
+        .unwrap();
+        assert_eq!(c.peers[0].wireguard.unwrap().addr.port(), 7000);
+        // Without a key the peer is refused, unless the rollout flag is on.
+        let e = format!("{:#}", parse(&peer("")).unwrap_err());
+        assert!(e.contains("peers[0].public_key: required"), "{e}");
+        let c = parse(&peer("").replace(
+            "encryption = \"wireguard\"\n",
+            "encryption = \"wireguard\"\nencryption_allow_plain = true\n",
+        ))
+        .unwrap();
+        assert_eq!(c.peers[0].wireguard, None);
+        for (text, key) in [
+            (peer("public_key = \"c2hvcnQ=\"\n"), "peers[0].public_key"),
+            (
+                peer("wireguard_port = 7000\n").replace(
+                    "encryption = \"wireguard\"\n",
+                    "encryption = \"wireguard\"\nencryption_allow_plain = true\n",
+                ),
+                "peers[0].wireguard_port",
+            ),
+            (format!("{base}wireguard_port = 8472\n"), "wireguard_port"),
+            (base.replace("wireguard\"", "ipsec\""), "encryption"),
+            (
+                base.replace("encryption = \"wireguard\"\n", "wireguard_port = 1\n"),
+                "encryption",
+            ),
+            (
+                base.replace("underlay_addr = \"192.168.0.1\"\n", ""),
+                "encryption",
+            ),
+        ] {
+            let e = format!("{:#}", parse(&text).unwrap_err());
+            assert!(e.starts_with(key), "{key}: {e}");
+        }
     }
 
     #[test]

@@ -290,6 +290,12 @@ async fn dispatch(sw: &Switch, req: Request) -> Response {
             membership: sw.membership.lock().unwrap().clone(),
             masquerade: sw.masquerade.state().0,
             masquerade_detail: sw.masquerade.state().1,
+            encryption: sw.cfg.encryption.as_str().into(),
+            wireguard: sw.wireguard.as_ref().map(|w| switchd_proto::WireGuardInfo {
+                public_key: crate::config::format_wireguard_key(&w.public_key()),
+                listen: w.local.to_string(),
+                allow_plain: w.allow_plain,
+            }),
         })),
         Request::ListPorts => Ok(Response::Ports { ports: sw.ports() }),
         Request::ListTable => Ok(Response::Table {

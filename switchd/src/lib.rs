@@ -31,4 +31,5 @@ pub mod switch;
 pub mod trace;
 pub mod tunnel;
 pub mod udp_socket;
+pub mod wireguard;
 pub mod worker;

@@ -16,6 +16,7 @@ use crate::datapath::{FlowTable, PortId, Table};
 use crate::health::Health;
 use crate::port::Port;
 use crate::tunnel::{PeerState, Tunnel};
+use crate::wireguard::WireGuard;
 
 /// Everything a worker needs for one batch: the core's table and the ports to write to.
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub struct Snapshot {
     pub table: Table,
     pub ports: HashMap<PortId, Arc<Port>, FastU32>,
     pub tunnel: Option<Arc<Tunnel>>,
+    /// The WireGuard socket and key, when the node encrypts.
+    pub wireguard: Option<Arc<WireGuard>>,
     /// Same order as `table.peers`.
     pub peers: Vec<Arc<PeerState>>,
     /// Underlay address → index into `peers`, for checking tunnel senders.

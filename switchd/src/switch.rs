@@ -20,7 +20,7 @@ use switchd_proto::{
     RouteInfo, StatsInfo, TableEntry,
 };
 
-use crate::config::{Config, Peer, HOST_PORT_NAME, TUNNEL_OVERHEAD};
+use crate::config::{Config, Peer, HOST_PORT_NAME, TUNNEL_OVERHEAD, WIREGUARD_OVERHEAD};
 use crate::datapath::frame::{format_mac, mac_for_ip};
 use crate::datapath::{FlowTable, PeerRoute, PortId, Table, HOST_PORT};
 use crate::health::Health;
@@ -49,6 +49,8 @@ pub struct Switch {
     /// Largest IP packet the tunnel carries.
     pub tunnel_mtu: u32,
     tunnel: Option<Arc<Tunnel>>,
+    /// The WireGuard socket and key, when the node encrypts.
+    pub wireguard: Option<Arc<crate::wireguard::WireGuard>>,
     peers: Mutex<Vec<Arc<PeerState>>>,
     slots: DashMap<PortId, Slot>,
     by_key: DashMap<AttachmentKey, PortId>,
@@ -99,17 +101,22 @@ impl Switch {
     /// `inherited`: TAP descriptors the service manager kept across a restart, by name
     /// (see [`fd_name`]); ports found there are adopted without their link ever going down.
     pub async fn start(
-        cfg: Config,
+        mut cfg: Config,
         mut inherited: HashMap<String, OwnedFd>,
     ) -> Result<Arc<Switch>> {
         let underlay_addr = cfg.underlay_addr;
-        let tunnel_mtu = match blocking(move || netns::underlay_mtu(underlay_addr)).await? {
-            Some(underlay) => underlay.saturating_sub(TUNNEL_OVERHEAD),
+        let underlay_mtu = match blocking(move || netns::underlay_mtu(underlay_addr)).await? {
+            Some(underlay) => underlay,
             None => {
                 tracing::warn!("no underlay interface or default route to derive the MTU from; assuming a 1500-byte underlay");
-                1500 - TUNNEL_OVERHEAD
+                1500
             }
         };
+        let mut tunnel_mtu = underlay_mtu.saturating_sub(TUNNEL_OVERHEAD);
+        if cfg.encryption.wireguard().is_some() {
+            // WireGuard pads the inner packet to a multiple of 16 bytes.
+            tunnel_mtu = tunnel_mtu.min(underlay_mtu.saturating_sub(WIREGUARD_OVERHEAD) & !15);
+        }
         let mtu = cfg.mtu.unwrap_or(tunnel_mtu);
         let ipam = Ipam::open(&cfg.state_dir, cfg.pod_cidr)?;
         let state_lock = lock_state_dir(&cfg.state_dir)?;
@@ -127,6 +134,26 @@ impl Switch {
                 Some(t)
             }
             None => None,
+        };
+        let wireguard = match (cfg.encryption.wireguard(), cfg.underlay_addr) {
+            (Some(w), Some(addr)) => {
+                let (secret, made) = crate::wireguard::keys::load_or_create(&cfg.state_dir)?;
+                let public = crate::wireguard::keys::public_of(&secret);
+                let path = crate::wireguard::keys::key_path(&cfg.state_dir);
+                if made {
+                    tracing::info!(path = %path.display(), public_key = %crate::config::format_wireguard_key(&public), "made this node's WireGuard key; peers need its public key");
+                }
+                let wg = crate::wireguard::WireGuard::bind(
+                    SocketAddrV4::new(addr, w.port),
+                    secret,
+                    w.allow_plain,
+                )?;
+                if let crate::config::Encryption::WireGuard(w) = &mut cfg.encryption {
+                    w.public_key = Some(public);
+                }
+                Some(Arc::new(wg))
+            }
+            _ => None,
         };
         let router_mac = cfg.router_mac;
         let (gateway, pod_cidr, cluster_cidr) = (cfg.gateway(), cfg.pod_cidr, cfg.cluster_cidr);
@@ -180,6 +207,7 @@ impl Switch {
             table,
             ports: HashMap::default(),
             tunnel: None,
+            wireguard: None,
             peers: Vec::new(),
             peer_by_addr: HashMap::default(),
             flows: flows.clone(),
@@ -191,6 +219,7 @@ impl Switch {
             stats.clone(),
             gone.clone(),
             tunnel.as_deref(),
+            wireguard.as_deref(),
         )
         .context("starting the datapath workers")?;
         let sw = Arc::new(Switch {
@@ -198,6 +227,7 @@ impl Switch {
             mtu,
             tunnel_mtu,
             tunnel: tunnel.clone(),
+            wireguard: wireguard.clone(),
             peers: Mutex::new(peers),
             slots: DashMap::new(),
             by_key: DashMap::new(),
@@ -219,6 +249,9 @@ impl Switch {
         tokio::spawn(masquerade.run());
         tokio::spawn(sweep_flows(sw.flows.clone(), flow_file));
         tokio::spawn(run_probes(Arc::downgrade(&sw)));
+        if sw.wireguard.is_some() {
+            tokio::spawn(run_wireguard_timers(Arc::downgrade(&sw)));
+        }
         sw.add_port(
             HOST_PORT,
             host_tap,
@@ -371,6 +404,7 @@ impl Switch {
             table,
             ports,
             tunnel: self.tunnel.clone(),
+            wireguard: self.wireguard.clone(),
             peers,
             peer_by_addr,
             flows: self.flows.clone(),
@@ -1078,13 +1112,14 @@ async fn run_probes(sw: std::sync::Weak<Switch>) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut scratch = vec![0u8; crate::port::SEGMENT_BUF_LEN];
+    let mut sealed = vec![0u8; crate::port::SEGMENT_BUF_LEN];
     loop {
         tick.tick().await;
         let Some(sw) = sw.upgrade() else { return };
         let snap = sw.snapshot();
-        let Some(tunnel) = snap.tunnel.clone() else {
+        if snap.tunnel.is_none() {
             continue;
-        };
+        }
         let names: Vec<&str> = snap.peers.iter().map(|p| p.peer.name.as_str()).collect();
         let table = &snap.table;
         for (i, seq, size) in sw.health.plan(&names, table.tunnel_mtu, sw.mtu) {
@@ -1099,7 +1134,33 @@ async fn run_probes(sw: std::sync::Weak<Switch>) {
                 seq,
                 size as usize,
             );
-            tunnel.send_frame(&mut frame, peer, &mut scratch, &sw.stats, 0);
+            crate::worker::to_peer::send(
+                &snap,
+                &mut frame,
+                i,
+                peer,
+                &mut scratch,
+                &mut sealed,
+                &sw.stats,
+                0,
+            );
         }
+    }
+}
+
+/// Drive every WireGuard session's timers: handshake retries, rekeying, keepalives and
+/// expiry, as the protocol times them (it wants a look about every 100-250 ms).
+async fn run_wireguard_timers(sw: std::sync::Weak<Switch>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = vec![0u8; 256];
+    for n in 0u64.. {
+        tick.tick().await;
+        let Some(sw) = sw.upgrade() else { return };
+        let Some(wg) = sw.wireguard.clone() else {
+            return;
+        };
+        let snap = sw.snapshot();
+        wg.tick(&snap.peers, &mut buf, &sw.stats, n % 4 == 0);
     }
 }

@@ -7,6 +7,7 @@
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Mutex, OnceLock};
 use std::time::SystemTime;
 
 use crate::config::Peer;
@@ -29,6 +30,18 @@ pub struct PeerState {
     pub counters: PortCounters,
     pub since: SystemTime,
     pub source: PeerSource,
+    /// The WireGuard session with this peer (`crate::wireguard`), made on first use when
+    /// the peer has a key and we encrypt.
+    pub wireguard: OnceLock<WireGuardSession>,
+}
+
+/// A peer's WireGuard session, opaque here (`crate::wireguard` drives it).
+pub struct WireGuardSession(pub Mutex<boringtun::noise::Tunn>);
+
+impl std::fmt::Debug for WireGuardSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WireGuardSession")
+    }
 }
 
 /// Where a peer came from; each source replaces only its own peers.
@@ -56,6 +69,7 @@ impl PeerState {
             counters: PortCounters::default(),
             since: SystemTime::now(),
             source,
+            wireguard: OnceLock::new(),
         }
     }
 }
@@ -68,7 +82,7 @@ pub struct TunnelSocket {
 }
 
 impl TunnelSocket {
-    fn new(socket: std::net::UdpSocket) -> anyhow::Result<TunnelSocket> {
+    pub fn new(socket: std::net::UdpSocket) -> anyhow::Result<TunnelSocket> {
         use anyhow::Context;
         let state = UdpSocketState::new((&socket).into())
             .context("configuring GSO/GRO on a tunnel socket")?;
@@ -166,7 +180,15 @@ impl Tunnel {
         let result = match hdr.gso_type {
             GSO_NONE => offload::finish_checksum(buf, hdr).map(|()| {
                 vxlan::encap_in_place(buf, self.vni);
-                transmit(tx, &buf[DATAGRAM_OFFSET..], None, 1, peer, stats);
+                transmit(
+                    tx,
+                    peer.peer.addr,
+                    &buf[DATAGRAM_OFFSET..],
+                    None,
+                    1,
+                    peer,
+                    stats,
+                );
             }),
             GSO_TCPV4 => offload::segment_tcp4(buf, hdr, scratch, VXLAN_HDR_LEN)
                 .map(|segs| self.send_segments(tx, scratch, segs, peer, stats)),
@@ -197,26 +219,48 @@ impl Tunnel {
         for i in 0..segs.count {
             vxlan::write_header(&mut out[i * segs.stride..], self.vni);
         }
-        let per_send = tx
-            .state
-            .max_gso_segments()
-            .min(MAX_GSO_PAYLOAD / segs.stride)
-            .max(1);
-        let mut first = 0;
-        while first < segs.count {
-            let n = per_send.min(segs.count - first);
-            let end = ((first + n) * segs.stride).min(segs.len);
-            let contents = &out[first * segs.stride..end];
-            transmit(tx, contents, (n > 1).then_some(segs.stride), n, peer, stats);
-            first += n;
-        }
+        send_gso(tx, peer.peer.addr, &out[..segs.len], segs, peer, stats);
+    }
+}
+
+/// Send `segs` (datagrams of `segs.stride` bytes back to back in `out`, the last one
+/// possibly shorter) to `to` in as few GSO sends as the socket allows.
+pub fn send_gso(
+    tx: &TunnelSocket,
+    to: SocketAddrV4,
+    out: &[u8],
+    segs: Segments,
+    peer: &PeerState,
+    stats: &Stats,
+) {
+    let per_send = tx
+        .state
+        .max_gso_segments()
+        .min(MAX_GSO_PAYLOAD / segs.stride.max(1))
+        .max(1);
+    let mut first = 0;
+    while first < segs.count {
+        let n = per_send.min(segs.count - first);
+        let end = ((first + n) * segs.stride).min(segs.len);
+        let contents = &out[first * segs.stride..end];
+        transmit(
+            tx,
+            to,
+            contents,
+            (n > 1).then_some(segs.stride),
+            n,
+            peer,
+            stats,
+        );
+        first += n;
     }
 }
 
 /// Send one datagram, or `count` datagrams of `segment_size` bytes in one GSO call.
 #[inline]
-fn transmit(
+pub fn transmit(
     tx: &TunnelSocket,
+    to: SocketAddrV4,
     contents: &[u8],
     segment_size: Option<usize>,
     count: usize,
@@ -224,7 +268,7 @@ fn transmit(
     stats: &Stats,
 ) {
     let transmit = Transmit {
-        destination: SocketAddr::V4(peer.peer.addr),
+        destination: SocketAddr::V4(to),
         ecn: None,
         contents,
         segment_size,

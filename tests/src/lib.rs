@@ -26,6 +26,7 @@ pub mod etcd;
 pub mod fdstore;
 pub mod kube_proxy;
 pub mod podman;
+pub mod wireguard;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 

@@ -846,6 +846,8 @@ fn etcd_side(generator: &Generator, etcd: &Etcd, a: &Node, sims: &[NodeRecord]) 
                     for (r, lease) in sims.iter().zip(&leases).take(updates) {
                         let rec = NodeRecord {
                             since_unix: r.since_unix + 1,
+                            public_key: None,
+                            wireguard_port: None,
                             ..r.clone()
                         };
                         c.put(

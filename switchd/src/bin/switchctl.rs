@@ -315,6 +315,19 @@ fn main() -> ExitCode {
             } else {
                 println!("masquerade={}", s.masquerade);
             }
+            match &s.wireguard {
+                Some(w) => println!(
+                    "encryption=wireguard public_key={} listen={}{}",
+                    w.public_key,
+                    w.listen,
+                    if w.allow_plain {
+                        " allow_plain=true"
+                    } else {
+                        ""
+                    }
+                ),
+                None => println!("encryption=none"),
+            }
             if let Some(m) = s.membership {
                 println!(
                     "membership={} state={} since={} lease={:x} ttl={}s peers={} events={} publications={} endpoints={}{}",

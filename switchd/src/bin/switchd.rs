@@ -71,6 +71,10 @@ struct Args {
     /// Validate the configuration (and peers file), print a summary and exit.
     #[arg(long)]
     check: bool,
+    /// Make this node's WireGuard key in state_dir if it has none, print its public key
+    /// (what peers put in `public_key`) and exit. The running daemon uses the same file.
+    #[arg(long)]
+    keygen: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -131,6 +135,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.keygen {
+        return match switchd::wireguard::keys::load_or_create(&cfg.state_dir) {
+            Ok((secret, made)) => {
+                let public = switchd::wireguard::keys::public_of(&secret);
+                if made {
+                    eprintln!(
+                        "switchd: made a WireGuard key in {}",
+                        switchd::wireguard::keys::key_path(&cfg.state_dir).display()
+                    );
+                }
+                println!("{}", switchd::config::format_wireguard_key(&public));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("switchd: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if args.check {
         let pod_cidr = if cfg.pod_cidr_pending {
             "(leased from etcd)".to_string()

@@ -60,10 +60,16 @@ pub enum DropReason {
     WrongVni,
     /// Over the pod's bandwidth limit (CNI `bandwidth` capability).
     RateLimited,
+    /// A WireGuard datagram that does not authenticate: unknown key, bad tag, replayed
+    /// or out-of-window counter, truncated, or a handshake the protocol refuses.
+    NotAuthenticated,
+    /// Plain VXLAN where WireGuard is required, in either direction (a peer without a key
+    /// while `encryption_allow_plain` is off).
+    Unencrypted,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Malformed,
         DropReason::UnsupportedProtocol,
         DropReason::Multicast,
@@ -79,6 +85,8 @@ impl DropReason {
         DropReason::BadTunnelPacket,
         DropReason::WrongVni,
         DropReason::RateLimited,
+        DropReason::NotAuthenticated,
+        DropReason::Unencrypted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +106,8 @@ impl DropReason {
             DropReason::BadTunnelPacket => "bad_tunnel_packet",
             DropReason::WrongVni => "wrong_vni",
             DropReason::RateLimited => "rate_limited",
+            DropReason::NotAuthenticated => "not_authenticated",
+            DropReason::Unencrypted => "unencrypted",
         }
     }
 }

@@ -40,6 +40,11 @@ pub struct NodeRecord {
     pub version: String,
     /// When this node's switchd took its lease, seconds since the Unix epoch.
     pub since_unix: u64,
+    /// The node's WireGuard public key (base64), when it encrypts; older records lack it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard_port: Option<u16>,
 }
 
 impl NodeRecord {
@@ -53,6 +58,12 @@ impl NodeRecord {
             pod_cidr: cfg.pod_cidr,
             version: env!("CARGO_PKG_VERSION").into(),
             since_unix,
+            public_key: cfg
+                .encryption
+                .wireguard()
+                .and_then(|w| w.public_key.as_ref())
+                .map(crate::config::format_wireguard_key),
+            wireguard_port: cfg.encryption.wireguard().map(|w| w.port),
         })
     }
 
@@ -73,11 +84,25 @@ impl NodeRecord {
         let mac = parse_mac(&self.router_mac)
             .filter(|m| m[0] & 1 == 0)
             .ok_or_else(|| format!("router_mac {:?} is not a unicast MAC", self.router_mac))?;
+        let wireguard = match (&self.public_key, self.wireguard_port) {
+            (Some(k), Some(port)) => Some(crate::config::WireGuardPeer {
+                public_key: crate::config::parse_wireguard_key(k)
+                    .ok_or_else(|| format!("public_key {k:?} is not a WireGuard key"))?,
+                addr: std::net::SocketAddrV4::new(self.underlay_addr, port),
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "it has a public_key without a wireguard_port, or the other way round".into(),
+                )
+            }
+        };
         Ok(Peer {
             name: self.name.clone(),
             addr: std::net::SocketAddrV4::new(self.underlay_addr, self.tunnel_port),
             pod_cidr: self.pod_cidr,
             mac,
+            wireguard,
         })
     }
 }
@@ -260,6 +285,8 @@ mod tests {
             pod_cidr: net("10.244.2.0/24"),
             version: "0".into(),
             since_unix: 0,
+            public_key: None,
+            wireguard_port: None,
         };
         let peer = rec.to_peer(&cfg).unwrap();
         assert_eq!(peer.addr.to_string(), "192.168.0.2:8472");
@@ -305,6 +332,8 @@ mod tests {
             pod_cidr: net(cidr),
             version: "0".into(),
             since_unix: 0,
+            public_key: None,
+            wireguard_port: None,
         };
         let records = [
             rec("d", "10.244.8.0/22"),  // holds 10.244.8.0 – 10.244.11.255
@@ -347,6 +376,8 @@ mod tests {
                 .unwrap(),
                 version: "0".into(),
                 since_unix: 0,
+                public_key: None,
+                wireguard_port: None,
             })
             .collect();
         let (peers, refused) = peers_of(&records, &cfg);

@@ -15,6 +15,8 @@ pub struct Buffers {
     pub frame: Vec<u8>,
     pub reply: [u8; datapath::icmp::MAX_REPLY_LEN],
     pub scratch: Vec<u8>,
+    /// Sealed WireGuard messages of one super-frame (untouched without encryption).
+    pub sealed: Vec<u8>,
 }
 
 impl Default for Buffers {
@@ -29,6 +31,7 @@ impl Buffers {
             frame: vec![0u8; crate::port::FRAME_BUF_LEN],
             reply: [0u8; datapath::icmp::MAX_REPLY_LEN],
             scratch: vec![0u8; crate::port::SEGMENT_BUF_LEN],
+            sealed: vec![0u8; crate::port::SEGMENT_BUF_LEN],
         }
     }
 }
@@ -61,11 +64,18 @@ pub fn handle(
             }
         },
         Verdict::Reply(n) => port.transmit(&reply[..n], stats, worker),
-        Verdict::Encap(peer) => match (&snapshot.tunnel, snapshot.peers.get(peer)) {
-            (Some(tunnel), Some(peer)) => {
-                tunnel.send_frame(buf, peer, &mut bufs.scratch, stats, worker)
-            }
-            _ => {
+        Verdict::Encap(idx) => match snapshot.peers.get(idx) {
+            Some(peer) => super::to_peer::send(
+                snapshot,
+                buf,
+                idx,
+                peer,
+                &mut bufs.scratch,
+                &mut bufs.sealed,
+                stats,
+                worker,
+            ),
+            None => {
                 port.counters.drops.fetch_add(1, Relaxed);
                 stats.drop_frame(DropReason::NoPeer, from, &buf[VNET_HDR_LEN..]);
             }

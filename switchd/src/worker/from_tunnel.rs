@@ -111,7 +111,7 @@ impl Receiver {
 }
 
 /// Write the pending super-frame, if any, to its port.
-fn flush(coalescer: &mut Coalescer, snapshot: &Snapshot, stats: &Stats, worker: usize) {
+pub(super) fn flush(coalescer: &mut Coalescer, snapshot: &Snapshot, stats: &Stats, worker: usize) {
     if let Some((port, merged)) = coalescer.take() {
         match snapshot.ports.get(&port) {
             Some(out) => out.transmit(merged, stats, worker),
@@ -140,6 +140,33 @@ fn deliver(
         stats.drop_frame(reason, Source::Peer(idx), inner);
         return;
     }
+    if snapshot.wireguard.as_ref().is_some_and(|w| !w.allow_plain) {
+        peer.counters.drops.fetch_add(1, Relaxed);
+        stats.drop_frame(
+            DropReason::Unencrypted,
+            Source::Peer(idx),
+            &frame[VNET_HDR_LEN..],
+        );
+        return;
+    }
+    route(frame, n, idx, peer, snapshot, now, stats, coalescer, worker);
+}
+
+/// Forward a frame a peer sent (`frame` = virtio-net header + the inner frame, `n` bytes
+/// on the wire): to a local pod or the node, TCP segments of one flow merged first.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn route(
+    frame: &mut [u8],
+    n: usize,
+    idx: usize,
+    peer: &PeerState,
+    snapshot: &Snapshot,
+    now: u32,
+    stats: &Stats,
+    coalescer: &mut Coalescer,
+    worker: usize,
+) {
     peer.counters.rx_packets.fetch_add(1, Relaxed);
     peer.counters.rx_bytes.fetch_add(n as u64, Relaxed);
     match forward_from_tunnel(frame, idx, &snapshot.table, &snapshot.flows, now) {

@@ -22,6 +22,8 @@
 pub mod epoll;
 pub mod from_port;
 mod from_tunnel;
+mod from_wireguard;
+pub mod to_peer;
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -35,11 +37,13 @@ use crate::port::{now_secs, Port, BATCH};
 use crate::snapshot::SnapshotCell;
 use crate::stats::Stats;
 use crate::tunnel::Tunnel;
+use crate::wireguard::WireGuard;
 use epoll::{Epoll, Waker, READABLE};
 
 /// Tokens of what a worker's epoll set holds. A port queue's token is `queue << 32 | id`.
 const TUNNEL_TOKEN: u64 = 1 << 62;
 const WAKER_TOKEN: u64 = 2 << 62;
+const WIREGUARD_TOKEN: u64 = 3 << 62;
 /// Longest blocking wait, so an idle worker still shows it is alive.
 const IDLE_WAIT_MS: i32 = 1000;
 
@@ -74,13 +78,15 @@ pub struct Workers {
 
 impl Workers {
     /// Start `settings.threads` workers. Each watches its socket of `tunnel`'s receive
-    /// group; ports are handed over with [`Workers::add_port`].
+    /// group, and the first one the WireGuard socket; ports are handed over with
+    /// [`Workers::add_port`].
     pub fn start(
         settings: Settings,
         cell: Arc<SnapshotCell>,
         stats: Arc<Stats>,
         gone: UnboundedSender<PortId>,
         tunnel: Option<&Tunnel>,
+        wireguard: Option<&WireGuard>,
     ) -> std::io::Result<Workers> {
         let n = settings.threads.max(1);
         let mut shared = Vec::with_capacity(n);
@@ -99,6 +105,13 @@ impl Workers {
             if let Some(t) = tunnel {
                 s.epoll
                     .add(t.rx(k).socket.as_raw_fd(), TUNNEL_TOKEN, READABLE)?;
+            }
+            // One worker receives all of WireGuard: a peer sends from one port, so its
+            // datagrams could not be spread by source port anyway, and one reader keeps
+            // every flow in order.
+            if let (0, Some(wg)) = (k, wireguard) {
+                s.epoll
+                    .add(wg.socket().socket.as_raw_fd(), WIREGUARD_TOKEN, READABLE)?;
             }
             let worker = Worker {
                 k,
@@ -223,6 +236,7 @@ impl Worker {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
         let mut bufs = from_port::Buffers::new();
         let mut rx = from_tunnel::Receiver::new();
+        let mut wg_rx: Option<from_wireguard::Receiver> = None;
         let mut paused: Vec<Paused> = Vec::new();
         let mut busy_until = Instant::now();
         loop {
@@ -284,6 +298,19 @@ impl Worker {
                         frames += got;
                         if let from_tunnel::Outcome::Failed(e) = outcome {
                             tracing::debug!(worker = self.k, error = %e, "tunnel receive error");
+                        }
+                    }
+                    WIREGUARD_TOKEN => {
+                        let Some(wg) = &snapshot.wireguard else {
+                            continue;
+                        };
+                        worked = true;
+                        let rx = wg_rx.get_or_insert_with(from_wireguard::Receiver::new);
+                        let (outcome, got) =
+                            rx.receive(wg, &snapshot, now, &self.stats, self.k, BATCH);
+                        frames += got;
+                        if let from_tunnel::Outcome::Failed(e) = outcome {
+                            tracing::debug!(worker = self.k, error = %e, "WireGuard receive error");
                         }
                     }
                     token => {

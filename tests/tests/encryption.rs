@@ -1,0 +1,364 @@
+//! Encrypted node links (`encryption = "wireguard"`): pods reach pods and nodes across
+//! encrypting switchd nodes, nothing crosses the underlay in clear, a stock WireGuard host
+//! (`wireguard-go`) is a peer, and what does not authenticate gets nothing through.
+//! Needs root, `wireguard-go` and `wireguard-tools`; CI runs these as root.
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use switchd_e2e::cluster::NodeInfo;
+use switchd_e2e::wireguard::{peer_toml, prepare_encrypted, EncryptedCluster, WgHost, WG_PORT};
+use switchd_e2e::*;
+
+/// ICMP payload pattern that must never be seen on the underlay: "SWITCHD!".
+const MARKER: &str = "5357495443484421";
+
+fn ping_marked(from: &Netns, to: Ipv4Addr) -> bool {
+    from.exec(&[
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        "-p",
+        MARKER,
+        &to.to_string(),
+    ])
+    .status
+    .success()
+}
+
+/// `tcpdump -w` on the underlay bridge while `f` runs; returns the capture's bytes.
+fn capture_underlay(ul: &Netns, f: impl FnOnce()) -> Vec<u8> {
+    let file = std::env::temp_dir().join(format!("{}.pcap", unique("cap")));
+    let path = file.display().to_string();
+    let mut child = Command::new("ip")
+        .args([
+            "netns", "exec", &ul.name, "tcpdump", "-i", "br0", "-U", "-s", "0", "-w", &path,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "tcpdump did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The file header is written as the capture opens; give it a moment to start reading.
+    std::thread::sleep(Duration::from_millis(500));
+    f();
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling the tcpdump this test started, by its PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = child.wait();
+    let bytes = std::fs::read(&file).unwrap();
+    let _ = std::fs::remove_file(&file);
+    bytes
+}
+
+/// The UDP payloads of IPv4 frames in a pcap (Ethernet link type), with their ports.
+fn udp_payloads(pcap: &[u8]) -> Vec<(u16, u16, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let caplen = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &pcap[at + 16..(at + 16 + caplen).min(pcap.len())];
+        at += 16 + caplen;
+        if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 17 {
+            continue;
+        }
+        let ihl = usize::from(frame[14] & 0x0f) * 4;
+        let udp = &frame[14 + ihl..];
+        let ports = (
+            u16::from_be_bytes([udp[0], udp[1]]),
+            u16::from_be_bytes([udp[2], udp[3]]),
+        );
+        out.push((ports.0, ports.1, udp[8..].to_vec()));
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn two_encrypting_nodes_reach_each_others_pods_and_nothing_crosses_in_clear() {
+    let c = EncryptedCluster::new(2, "");
+    let (pa, pb) = (Netns::new("p"), Netns::new("p"));
+    let a = c.nodes[0].add_pod(&pa);
+    let b = c.nodes[1].add_pod(&pb);
+    let status = String::from_utf8_lossy(&c.nodes[0].switchctl(&["status"]).stdout).into_owned();
+    assert!(
+        status.contains(&format!("encryption=wireguard public_key={}", c.keys[0])),
+        "{status}"
+    );
+    let mut transfer = (0, 0, 0, 0);
+    let pcap = capture_underlay(&c.underlay.ns, || {
+        assert!(
+            ping_marked(&pa, b),
+            "pod a cannot reach pod b on the other node"
+        );
+        assert!(ping_marked(&pb, a), "pod b cannot reach pod a");
+        // Node to remote pod and pod to remote node, through each node's host port.
+        assert!(c.nodes[0].ns.ping(b), "node 1 cannot reach pod b");
+        assert!(pa.ping(c.infos[1].gateway()), "pod a cannot reach node 2");
+        let (sent, sh, got, gh, _) = tcp_transfer(&pa, &pb, b, 16 << 20);
+        transfer = (sent, sh, got, gh);
+    });
+    let (sent, sent_hash, got, got_hash) = transfer;
+    assert_eq!(
+        (got, got_hash),
+        (sent, sent_hash),
+        "the TCP stream arrived damaged"
+    );
+    let datagrams = udp_payloads(&pcap);
+    // UDP GSO sends cross the veths and the bridge whole: one captured datagram may hold
+    // many WireGuard messages back to back.
+    assert!(
+        datagrams.len() > 100,
+        "only {} datagrams captured",
+        datagrams.len()
+    );
+    let marker = b"SWITCHD!";
+    for (sport, dport, payload) in &datagrams {
+        assert!(
+            *sport == WG_PORT && *dport == WG_PORT,
+            "a datagram {sport} -> {dport} is not WireGuard"
+        );
+        assert!(
+            [1, 2, 3, 4].contains(&payload[0]) && payload[1..4] == [0, 0, 0],
+            "a datagram is not a WireGuard message: {:02x?}",
+            &payload[..payload.len().min(16)]
+        );
+        assert!(
+            !contains(payload, marker),
+            "the ping payload crossed the underlay in clear"
+        );
+    }
+    // Nothing else on the wire carries the payload either (ARP, the health probes, ...).
+    assert!(
+        !contains(&pcap, marker),
+        "the ping payload is in the capture in clear"
+    );
+    assert_eq!(c.nodes[0].drops("not_authenticated"), 0);
+    assert_eq!(c.nodes[1].drops("not_authenticated"), 0);
+}
+
+#[test]
+fn three_encrypting_nodes_full_matrix() {
+    let c = EncryptedCluster::new(3, "");
+    let pods: Vec<(Netns, Ipv4Addr)> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            let ns = Netns::new("p");
+            let addr = n.add_pod(&ns);
+            (ns, addr)
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for (i, (from, _)) in pods.iter().enumerate() {
+        for (j, (_, to)) in pods.iter().enumerate() {
+            if i != j && !from.ping(*to) {
+                failed.push(format!("pod {i} -> pod {j}"));
+            }
+        }
+        for (j, node) in c.nodes.iter().enumerate() {
+            if i != j && !node.ns.ping(pods[i].1) {
+                failed.push(format!("node {j} -> pod {i}"));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "unreachable: {failed:?}");
+}
+
+#[test]
+fn a_wireguard_go_host_reaches_a_pod_and_is_reached_from_one() {
+    let mut underlay = cluster::Underlay::new();
+    let ns = Netns::new("n");
+    let me = NodeInfo::numbered(1, underlay.attach(&ns, 1500));
+    let host = WgHost::new(
+        &mut underlay,
+        "10.244.99.0/24",
+        Ipv4Addr::new(10, 244, 99, 1),
+    );
+    let (mut node, key) = prepare_encrypted(ns, &me, "");
+    node.write_peers(&peer_toml(&host.info(), &host.public_key));
+    // The host knows us before switchd's first message (its health probe) reaches it: a
+    // handshake it refuses is retried only after WireGuard's REKEY_TIMEOUT, 5 s.
+    host.add_peer(&key, SocketAddrV4::new(me.underlay, WG_PORT), &me.pod_cidr);
+    node.launch();
+    let pod = Netns::new("p");
+    let addr = node.add_pod(&pod);
+    assert!(
+        pod.ping(host.addr),
+        "the pod cannot reach the wireguard-go host"
+    );
+    assert!(
+        host.ns.ping(addr),
+        "the wireguard-go host cannot reach the pod"
+    );
+    let (sent, sh, got, gh, _) = tcp_transfer(&host.ns, &pod, addr, 8 << 20);
+    assert_eq!((got, gh), (sent, sh), "host -> pod stream damaged");
+    let (sent, sh, got, gh, _) = tcp_transfer(&pod, &host.ns, host.addr, 8 << 20);
+    assert_eq!((got, gh), (sent, sh), "pod -> host stream damaged");
+    let handshakes = host.latest_handshakes();
+    assert!(
+        handshakes.len() == 1 && handshakes[0] > 0,
+        "wg show reports no completed handshake: {handshakes:?}"
+    );
+}
+
+#[test]
+fn forged_replayed_and_truncated_datagrams_are_dropped_and_counted() {
+    let c = EncryptedCluster::new(2, "");
+    let (pa, pb) = (Netns::new("p"), Netns::new("p"));
+    let _a = c.nodes[0].add_pod(&pa);
+    let b = c.nodes[1].add_pod(&pb);
+    // Record real messages from node 1 to node 2 to replay them later.
+    let pcap = capture_underlay(&c.underlay.ns, || {
+        assert!(pa.ping(b), "pod a cannot reach pod b");
+    });
+    let data: Vec<Vec<u8>> = udp_payloads(&pcap)
+        .into_iter()
+        .filter(|(_, _, p)| p[0] == 4 && p.len() > 32)
+        .map(|(_, _, p)| p)
+        .collect();
+    assert!(
+        !data.is_empty(),
+        "no WireGuard data message captured: {:?}",
+        udp_payloads(&pcap)
+            .iter()
+            .map(|(s, d, p)| (s, d, p.len(), p[0]))
+            .collect::<Vec<_>>()
+    );
+    let target = SocketAddrV4::new(c.infos[1].underlay, WG_PORT);
+    let before = c.nodes[1].drops("not_authenticated");
+    // From node 1's own address (right source, no key): the peer check passes, the
+    // protocol must not.
+    let from = c.infos[0].underlay;
+    let sent = c.nodes[0]
+        .ns
+        .spawn(move || {
+            let s = UdpSocket::bind((from, 0)).unwrap();
+            let mut forged: Vec<Vec<u8>> = data.clone();
+            let mut handshake = vec![0u8; 148];
+            handshake[0] = 1;
+            handshake[4..]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = i as u8);
+            forged.push(handshake);
+            forged.push(data[0][..20].to_vec());
+            forged.push(vec![0xee; 200]);
+            let mut flipped = data[0].clone();
+            let last = flipped.len() - 1;
+            flipped[last] ^= 1;
+            forged.push(flipped);
+            for f in &forged {
+                s.send_to(f, target).unwrap();
+            }
+            forged.len() as u64
+        })
+        .join()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.nodes[1].drops("not_authenticated") < before + sent && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        c.nodes[1].drops("not_authenticated") - before,
+        sent,
+        "every replayed, forged or truncated datagram is dropped and counted"
+    );
+    // An address that is no peer is refused before any cryptography.
+    let unknown_before = c.nodes[1].drops("unknown_peer");
+    let ul = c.underlay.ns.name.clone();
+    let stranger = Netns::borrowed(&ul);
+    assert!(stranger
+        .exec(&["ip", "addr", "add", "192.168.77.200/24", "dev", "br0"])
+        .status
+        .success());
+    stranger
+        .spawn(move || {
+            let s = UdpSocket::bind((Ipv4Addr::new(192, 168, 77, 200), 0)).unwrap();
+            s.send_to(
+                &[4, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 9, 9],
+                target,
+            )
+            .unwrap();
+        })
+        .join()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.nodes[1].drops("unknown_peer") == unknown_before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(c.nodes[1].drops("unknown_peer"), unknown_before + 1);
+    // The real session is unharmed.
+    assert!(pa.ping(b), "traffic stopped after the forgeries");
+}
+
+#[test]
+fn a_node_with_a_key_its_peer_does_not_know_gets_nothing_through() {
+    let mut underlay = cluster::Underlay::new();
+    let (n1, n2) = (Netns::new("n"), Netns::new("n"));
+    let i1 = NodeInfo::numbered(1, underlay.attach(&n1, 1500));
+    let i2 = NodeInfo::numbered(2, underlay.attach(&n2, 1500));
+    let (mut node1, key1) = prepare_encrypted(n1, &i1, "");
+    let (mut node2, _key2) = prepare_encrypted(n2, &i2, "");
+    // Node 1 expects a different key for node 2 than the one node 2 holds.
+    let impostor = switchd::config::format_wireguard_key(&[7u8; 32]);
+    node1.write_peers(&peer_toml(&i2, &impostor));
+    node2.write_peers(&peer_toml(&i1, &key1));
+    node1.launch();
+    node2.launch();
+    let (p1, p2) = (Netns::new("p"), Netns::new("p"));
+    let a = node1.add_pod(&p1);
+    let _b = node2.add_pod(&p2);
+    assert!(!p2.ping(a), "a pod behind an unknown key reached pod a");
+    assert!(
+        node1.drops("not_authenticated") > 0,
+        "node 1 did not count the refused handshakes"
+    );
+}
+
+#[test]
+fn encryption_config_errors_name_the_key() {
+    let ns = Netns::new("n");
+    let node = Node::prepare(
+        ns,
+        "10.244.1.0/24",
+        "underlay_addr = \"192.168.77.1\"\nencryption = \"wireguard\"\n",
+        Some("[[peers]]\nname = \"b\"\naddr = \"192.168.77.2\"\npod_cidr = \"10.244.2.0/24\"\nmac = \"0a:58:0a:f4:02:01\"\n"),
+    );
+    let out = run(Command::new(bin_dir().join("switchd"))
+        .args(["--check", "--config"])
+        .arg(node.dir.join("switchd.toml")));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("peers[0].public_key: required with encryption"),
+        "{err}"
+    );
+    // --keygen makes the key once and prints the same public key every time.
+    let keygen = || {
+        run(Command::new(bin_dir().join("switchd"))
+            .args(["--keygen", "--config"])
+            .arg(node.dir.join("switchd.toml")))
+    };
+    std::fs::write(node.dir.join("peers.toml"), "").unwrap();
+    let (first, second) = (keygen(), keygen());
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(first.stdout, second.stdout);
+    assert_eq!(first.stdout.len(), 45, "one base64 key and a newline");
+}

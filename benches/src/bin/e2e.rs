@@ -6,7 +6,9 @@
 //!   Linux bridge over veth), two pods on the first, one on the second, same underlay kind;
 //! - ceiling: plain routing node to node over the underlay, no overlay;
 //! - floor: the least work a TAP-and-UDP-socket switch must do (`switchd_benches::floor`):
-//!   TAP to TAP on one node, TAP to UDP to TAP across two, no forwarding logic at all.
+//!   TAP to TAP on one node, TAP to UDP to TAP across two, no forwarding logic at all;
+//! - encryption: two switchd nodes with `encryption = "wireguard"`, and two hosts running
+//!   Debian's `wireguard-go` (this kernel has no WireGuard module), beside the plain pair.
 //!
 //! Measures iperf3 TCP (1 and 4 streams), UDP packets/s (64 and 1400-byte payloads), TCP
 //! request/response latency (1-byte ping-pong: median and p99), the same TCP and latency
@@ -16,7 +18,7 @@
 //! Usage (root): `cargo run --release -p switchd-benches --bin e2e -- [--quick] [--runs N]
 //! [--seconds S] [--switchd-config 'datapath_threads = 1\ndatapath_spin_us = 0']`
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use switchd_benches::floor::{self, Floor};
@@ -24,6 +26,7 @@ use switchd_benches::iperf::{iperf_tcp, iperf_udp};
 use switchd_benches::measure::{cpu_seconds, rss_kib, tcp_rr, thread_cpu_seconds};
 use switchd_e2e::cluster::{start_switchd, KernelNode, NodeInfo, Underlay};
 use switchd_e2e::kube_proxy::{self, Mode, Proto, Service};
+use switchd_e2e::wireguard::{EncryptedCluster, WgHost, WG_PORT};
 use switchd_e2e::{Netns, Node};
 
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
@@ -66,7 +69,7 @@ fn main() {
         unsafe { libc::geteuid() } == 0,
         "e2e benchmark: run as root (it creates network namespaces)"
     );
-    for tool in ["iperf3", "ethtool", "ip"] {
+    for tool in ["iperf3", "ethtool", "ip", "wireguard-go", "wg"] {
         assert!(
             Command::new("sh")
                 .args(["-c", &format!("command -v {tool}")])
@@ -74,7 +77,7 @@ fn main() {
                 .status()
                 .unwrap()
                 .success(),
-            "{tool} is missing: apt-get install -y iperf3 ethtool iproute2"
+            "{tool} is missing: apt-get install -y iperf3 ethtool iproute2 wireguard-go wireguard-tools"
         );
     }
 
@@ -291,6 +294,55 @@ fn main() {
             .collect(),
     );
 
+    // Encryption: two switchd nodes with `encryption = "wireguard"` beside the plain pair,
+    // and two hosts running Debian's wireguard-go (the kernel here has no WireGuard), each
+    // on its own underlay of the same kind. Every round measures plain, sealed, wireguard-go.
+    let enc = EncryptedCluster::new(2, &opts.switchd_config);
+    let (ea, ec) = (Netns::new("a"), Netns::new("c"));
+    enc.nodes[0].add_pod(&ea);
+    let addr_ec = enc.nodes[1].add_pod(&ec);
+    let mut wul = Underlay::new();
+    let g1 = WgHost::new(&mut wul, "10.245.1.0/24", Ipv4Addr::new(10, 245, 1, 1));
+    let g2 = WgHost::new(&mut wul, "10.245.2.0/24", Ipv4Addr::new(10, 245, 2, 1));
+    g1.add_peer(
+        &g2.public_key,
+        SocketAddrV4::new(g2.underlay, WG_PORT),
+        &g2.cidr,
+    );
+    g2.add_peer(
+        &g1.public_key,
+        SocketAddrV4::new(g1.underlay, WG_PORT),
+        &g1.cidr,
+    );
+    for (from, to) in [(&ea, addr_ec), (&g1.ns, g2.addr)] {
+        assert!(from.ping(to), "setup: {} cannot reach {to}", from.name);
+    }
+    let sealed = (&ea, &ec, addr_ec);
+    let wggo = (&g1.ns, &g2.ns, g2.addr);
+    let mut enc_rows: Vec<(&str, [Samples; 3], bool)> = Vec::new();
+    for streams in [1, 4] {
+        let mut v: [Vec<f64>; 3] = Default::default();
+        for _ in 0..runs {
+            for (who, p) in [cross, sealed, wggo].into_iter().enumerate() {
+                v[who].push(iperf_tcp(p.0, p.1, p.2, streams, secs).0);
+            }
+        }
+        let name = if streams == 1 {
+            "cross node, TCP 1 stream (Gbit/s)"
+        } else {
+            "cross node, TCP 4 streams (Gbit/s)"
+        };
+        enc_rows.push((name, v.map(Samples), true));
+    }
+    let mut rr: [Vec<f64>; 3] = Default::default();
+    for _ in 0..runs {
+        for (who, p) in [cross, sealed, wggo].into_iter().enumerate() {
+            rr[who].push(tcp_rr(p.0, p.1, p.2, opts.rr_count).0);
+        }
+    }
+    enc_rows.push(("cross node, RR latency median (µs)", rr.map(Samples), false));
+    let enc_not_authenticated = enc.nodes[1].drops("not_authenticated");
+
     // Memory and idle cost: node 1 with 110 pods attached.
     let extra: Vec<Netns> = (0..108).map(|_| Netns::new("m")).collect();
     for pod in &extra {
@@ -361,6 +413,22 @@ fn main() {
     }
     println!("| switchd RSS with 110 pods attached (MiB) | {rss_mib:.1} | — | — | — | — |");
     println!("| switchd CPU while idle with 110 pods (% of a core, {idle_secs:.0} s) | {idle_pct:.2} | — | — | — | — |");
+
+    println!();
+    println!("Encryption (cross node; wireguard-go is Debian's, between two hosts of its own):");
+    println!("| measurement | switchd plain | switchd WireGuard | wireguard-go | WireGuard/plain | WireGuard/wireguard-go |");
+    println!("|---|---|---|---|---|---|");
+    for (name, [plain, wg, go], higher) in &enc_rows {
+        let note = if *higher { "" } else { " (lower is better)" };
+        println!(
+            "| {name} | {plain} | {wg} | {go} | {:.2}{note} | {:.2}{note} |",
+            wg.median() / plain.median(),
+            wg.median() / go.median()
+        );
+    }
+    println!(
+        "| receiving node's not_authenticated drops | — | {enc_not_authenticated} | — | — | — |"
+    );
     // Namespaces, switchd processes and files are removed by the guards' Drop.
 }
 

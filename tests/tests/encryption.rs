@@ -362,3 +362,78 @@ fn encryption_config_errors_name_the_key() {
     assert_eq!(first.stdout, second.stdout);
     assert_eq!(first.stdout.len(), 45, "one base64 key and a newline");
 }
+
+#[test]
+fn an_encrypted_stream_survives_a_sigkill_and_restart_and_the_tunnel_rehandshakes_at_once() {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use switchd_e2e::fdstore::FdStore;
+
+    let mut underlay = cluster::Underlay::new();
+    let (s1, s2) = (Netns::new("n"), Netns::new("n"));
+    let i1 = NodeInfo::numbered(1, underlay.attach(&s1, 1500));
+    let i2 = NodeInfo::numbered(2, underlay.attach(&s2, 1500));
+    let (mut n1, k1) = prepare_encrypted(s1, &i1, "datapath_threads = 2\n");
+    let (mut n2, k2) = prepare_encrypted(s2, &i2, "");
+    n1.write_peers(&peer_toml(&i2, &k2));
+    n2.write_peers(&peer_toml(&i1, &k1));
+    let mut store = FdStore::new();
+    n1.env
+        .push(("NOTIFY_SOCKET".into(), store.path.display().to_string()));
+    n1.launch();
+    n2.launch();
+    let (p1, p2) = (Netns::new("p"), Netns::new("p"));
+    let (a1, a2) = (n1.add_pod(&p1), n2.add_pod(&p2));
+    assert!(p1.ping(a2) && p2.ping(a1));
+    assert!(store.pump_until(Duration::from_secs(10), |s| s.fds.len() == 2 * 2));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (there, back, rehandshake) = std::thread::scope(|s| {
+        let (f1, f2) = (stop.clone(), stop.clone());
+        let there =
+            s.spawn(|| tcp_transfer_while(&p1, &p2, a2, move |_| !f1.load(Ordering::Relaxed)));
+        let back =
+            s.spawn(|| tcp_transfer_while(&p2, &p1, a1, move |_| !f2.load(Ordering::Relaxed)));
+        std::thread::sleep(Duration::from_millis(500));
+        n1.kill();
+        n1.inherit = store
+            .fds
+            .iter()
+            .map(|(name, fd)| (name.clone(), fd.as_raw_fd()))
+            .collect();
+        n1.launch();
+        n1.inherit.clear();
+        // From the moment the new switchd answers: how long until a pod's packet crosses.
+        let since = Instant::now();
+        while !p1
+            .exec(&["ping", "-c", "1", "-W", "1", &a2.to_string()])
+            .status
+            .success()
+        {
+            assert!(
+                since.elapsed() < Duration::from_secs(10),
+                "the tunnel never came back"
+            );
+        }
+        let rehandshake = since.elapsed();
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        (there.join().unwrap(), back.join().unwrap(), rehandshake)
+    });
+    eprintln!(
+        "after SIGKILL + restart: a packet crossed {rehandshake:?} after the new switchd answered"
+    );
+    for (what, (sent, h_sent, received, h_received, _)) in [("1 -> 2", there), ("2 -> 1", back)] {
+        assert!(sent > 0);
+        assert_eq!(
+            (received, h_received),
+            (sent, h_sent),
+            "the encrypted stream {what} did not survive intact"
+        );
+    }
+    assert!(
+        rehandshake < Duration::from_secs(1),
+        "re-handshake took {rehandshake:?}"
+    );
+}

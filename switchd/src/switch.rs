@@ -135,23 +135,14 @@ impl Switch {
             }
             None => None,
         };
-        let wireguard = match (cfg.encryption.wireguard(), cfg.underlay_addr) {
-            (Some(w), Some(addr)) => {
-                let (secret, made) = crate::wireguard::keys::load_or_create(&cfg.state_dir)?;
-                let public = crate::wireguard::keys::public_of(&secret);
-                let path = crate::wireguard::keys::key_path(&cfg.state_dir);
-                if made {
-                    tracing::info!(path = %path.display(), public_key = %crate::config::format_wireguard_key(&public), "made this node's WireGuard key; peers need its public key");
-                }
-                let wg = crate::wireguard::WireGuard::bind(
+        let secret = crate::wireguard::keys::load_node_key(&mut cfg)?;
+        let wireguard = match (secret, cfg.encryption.wireguard(), cfg.underlay_addr) {
+            (Some(secret), Some(w), Some(addr)) => {
+                Some(Arc::new(crate::wireguard::WireGuard::bind(
                     SocketAddrV4::new(addr, w.port),
                     secret,
                     w.allow_plain,
-                )?;
-                if let crate::config::Encryption::WireGuard(w) = &mut cfg.encryption {
-                    w.public_key = Some(public);
-                }
-                Some(Arc::new(wg))
+                )?))
             }
             _ => None,
         };

@@ -75,6 +75,12 @@ struct Args {
     /// (what peers put in `public_key`) and exit. The running daemon uses the same file.
     #[arg(long)]
     keygen: bool,
+    /// Replace this node's WireGuard key with a new one (the old one is kept as
+    /// wireguard.key.old), print the new public key and exit. Restart switchd to use it:
+    /// under systemd's fd store pods keep their links; etcd peers learn the key from the
+    /// record the restarted node publishes, static peers need it in their [[peers]].
+    #[arg(long, conflicts_with = "keygen")]
+    rotate_key: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -135,6 +141,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.rotate_key {
+        return match switchd::wireguard::keys::rotate(&cfg.state_dir) {
+            Ok((old, new)) => {
+                if let Some(old) = old {
+                    eprintln!(
+                        "switchd: replaced WireGuard key {} (kept as {}); restart switchd to use the new one",
+                        switchd::config::format_wireguard_key(&old),
+                        cfg.state_dir.join(switchd::wireguard::keys::OLD_KEY_FILE).display()
+                    );
+                }
+                println!("{}", switchd::config::format_wireguard_key(&new));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("switchd: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if args.keygen {
         return match switchd::wireguard::keys::load_or_create(&cfg.state_dir) {
             Ok((secret, made)) => {
@@ -213,6 +238,8 @@ async fn run(
         })?;
         tokio::spawn(switchd::metrics::serve(slot.clone(), listener));
     }
+    // The WireGuard key first: the node record published on joining names it.
+    switchd::wireguard::keys::load_node_key(&mut cfg)?;
     // etcd mode: lease (or remember) this node's subnet before anything uses it.
     let joined = match cfg.etcd() {
         Some(_) => {

@@ -13,6 +13,8 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 use crate::config::{format_wireguard_key, parse_wireguard_key};
 
 pub const KEY_FILE: &str = "wireguard.key";
+/// The key a rotation replaced, kept so that an operator can go back to it.
+pub const OLD_KEY_FILE: &str = "wireguard.key.old";
 
 pub fn key_path(state_dir: &Path) -> PathBuf {
     state_dir.join(KEY_FILE)
@@ -52,8 +54,43 @@ pub fn load_or_create(state_dir: &Path) -> Result<(StaticSecret, bool)> {
     }
 }
 
+/// With `encryption = "wireguard"`: this node's key (made if there is none), its public
+/// half written into `cfg` so that what the node publishes names it. `None` without
+/// encryption.
+pub fn load_node_key(cfg: &mut crate::config::Config) -> Result<Option<StaticSecret>> {
+    let state_dir = cfg.state_dir.clone();
+    let crate::config::Encryption::WireGuard(w) = &mut cfg.encryption else {
+        return Ok(None);
+    };
+    let (secret, made) = load_or_create(&state_dir)?;
+    let public = public_of(&secret);
+    if made {
+        tracing::info!(path = %key_path(&state_dir).display(), public_key = %format_wireguard_key(&public), "made this node's WireGuard key; peers need its public key");
+    }
+    w.public_key = Some(public);
+    Ok(Some(secret))
+}
+
 pub fn public_of(secret: &StaticSecret) -> [u8; 32] {
     PublicKey::from(secret).to_bytes()
+}
+
+/// Replace the key in `state_dir` with a new one, keeping the old one as
+/// `wireguard.key.old`. Returns the old public key (if there was a key) and the new one.
+/// A running switchd goes on with the key it read at start until it is restarted.
+pub fn rotate(state_dir: &Path) -> Result<(Option<[u8; 32]>, [u8; 32])> {
+    let path = key_path(state_dir);
+    let old = match std::fs::metadata(&path) {
+        Ok(_) => {
+            let (secret, _) = load_or_create(state_dir)?;
+            write_key(&state_dir.join(OLD_KEY_FILE), &secret.to_bytes())?;
+            Some(public_of(&secret))
+        }
+        Err(_) => None,
+    };
+    let key = random_key()?;
+    write_key(&path, &key)?;
+    Ok((old, public_of(&StaticSecret::from(key))))
 }
 
 fn random_key() -> Result<[u8; 32]> {
@@ -71,7 +108,7 @@ fn write_key(path: &Path, key: &[u8; 32]) -> Result<()> {
     let dir = path.parent().context("the key path has no directory")?;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create state_dir {}", dir.display()))?;
-    let tmp = path.with_extension("key.tmp");
+    let tmp = path.with_extension("tmp");
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -117,6 +154,14 @@ mod tests {
         let (b, made) = load_or_create(&d).unwrap();
         assert!(!made);
         assert_eq!(public_of(&a), public_of(&b));
+        let (old, new) = rotate(&d).unwrap();
+        assert_eq!(old, Some(public_of(&a)));
+        assert_ne!(new, public_of(&a));
+        let (c, made) = load_or_create(&d).unwrap();
+        assert!(!made);
+        assert_eq!(public_of(&c), new);
+        let kept = std::fs::read_to_string(d.join(OLD_KEY_FILE)).unwrap();
+        assert_eq!(parse_wireguard_key(&kept), Some(a.to_bytes()));
         std::fs::remove_dir_all(&d).unwrap();
     }
 

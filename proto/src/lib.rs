@@ -290,8 +290,8 @@ pub struct StatusInfo {
 pub struct WireGuardInfo {
     pub public_key: String,
     pub listen: String,
-    /// Rollout mode: plain VXLAN is still sent to peers without a key and accepted.
-    pub allow_plain: bool,
+    /// What the node still does with plain VXLAN: "send", "accept" or "refuse".
+    pub plain: String,
 }
 
 /// The etcd membership's state, for `switchctl status`.

@@ -95,9 +95,9 @@ pub struct FileConfig {
     pub encryption: Option<String>,
     /// The UDP port WireGuard listens on (default 51820).
     pub wireguard_port: Option<u16>,
-    /// During a rollout: with encryption on, still send plain VXLAN to peers that publish no
-    /// key and accept plain VXLAN from any peer (default false).
-    pub encryption_allow_plain: Option<bool>,
+    /// Plain VXLAN while encryption is rolled out: "send" (still send it to every peer, and
+    /// accept it), "accept" (seal to peers with a key, accept plain) or "refuse" (default).
+    pub encryption_plain: Option<String>,
 }
 
 /// One `[[peers]]` table, in the config file or in the peers file.
@@ -152,11 +152,38 @@ pub enum Encryption {
     WireGuard(WireGuardConfig),
 }
 
+/// What a node that encrypts still does with plain VXLAN: the three steps of turning
+/// encryption on across a running cluster, one node at a time (`docs/encryption.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainPolicy {
+    /// Send plain VXLAN to every peer and accept it: the node listens for WireGuard and
+    /// publishes its key, but seals nothing yet.
+    Send,
+    /// Seal to every peer with a key (plain to the others), accept plain VXLAN too.
+    Accept,
+    /// WireGuard only: plain VXLAN is neither sent nor accepted.
+    Refuse,
+}
+
+impl PlainPolicy {
+    pub fn accepts(self) -> bool {
+        self != PlainPolicy::Refuse
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlainPolicy::Send => "send",
+            PlainPolicy::Accept => "accept",
+            PlainPolicy::Refuse => "refuse",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireGuardConfig {
     pub port: u16,
-    /// Rollout mode: plain VXLAN to peers without a key, and accepted from any peer.
-    pub allow_plain: bool,
+    /// What still happens with plain VXLAN (`encryption_plain`).
+    pub plain: PlainPolicy,
     /// This node's public key; read from the key file in `state_dir` at start.
     pub public_key: Option<[u8; 32]>,
 }
@@ -332,8 +359,8 @@ impl Config {
                     None => None,
                 };
                 if let Some(w) = self.encryption.wireguard() {
-                    if wireguard.is_none() && !w.allow_plain {
-                        bail!("{}: required with encryption = \"wireguard\" (the peer's `wg pubkey`, or `switchd --keygen` on a switchd node); set encryption_allow_plain = true to reach peers without a key in clear during a rollout", key("public_key"));
+                    if wireguard.is_none() && w.plain == PlainPolicy::Refuse {
+                        bail!("{}: required with encryption = \"wireguard\" (the peer's `wg pubkey`, or `switchd --keygen` on a switchd node); while a rollout reaches peers without a key in clear, set encryption_plain = \"send\" or \"accept\"", key("public_key"));
                     }
                 }
                 Ok(Peer {
@@ -598,14 +625,14 @@ impl Config {
 
 fn parse_encryption(file: &FileConfig, o: &Overrides) -> Result<Encryption> {
     let port = pick(&o.wireguard_port, &file.wireguard_port);
-    let allow_plain = pick(&o.encryption_allow_plain, &file.encryption_allow_plain);
+    let plain = pick(&o.encryption_plain, &file.encryption_plain);
     match pick(&o.encryption, &file.encryption)
         .as_deref()
         .unwrap_or("none")
     {
         "none" => {
-            if port.is_some() || allow_plain.is_some() {
-                bail!("encryption: wireguard_port or encryption_allow_plain is set but encryption is \"none\"; add encryption = \"wireguard\" to use them");
+            if port.is_some() || plain.is_some() {
+                bail!("encryption: wireguard_port or encryption_plain is set but encryption is \"none\"; add encryption = \"wireguard\" to use them");
             }
             Ok(Encryption::None)
         }
@@ -616,7 +643,14 @@ fn parse_encryption(file: &FileConfig, o: &Overrides) -> Result<Encryption> {
             }
             Ok(Encryption::WireGuard(WireGuardConfig {
                 port,
-                allow_plain: allow_plain.unwrap_or(false),
+                plain: match plain.as_deref().unwrap_or("refuse") {
+                    "send" => PlainPolicy::Send,
+                    "accept" => PlainPolicy::Accept,
+                    "refuse" => PlainPolicy::Refuse,
+                    other => bail!(
+                        "encryption_plain: {other:?} is not \"send\", \"accept\" or \"refuse\""
+                    ),
+                },
                 public_key: None,
             }))
         }
@@ -831,7 +865,10 @@ mod tests {
         };
         let c = parse(&peer(&format!("public_key = \"{key}\"\n"))).unwrap();
         let w = c.encryption.wireguard().unwrap();
-        assert_eq!((w.port, w.allow_plain), (DEFAULT_WIREGUARD_PORT, false));
+        assert_eq!(
+            (w.port, w.plain),
+            (DEFAULT_WIREGUARD_PORT, PlainPolicy::Refuse)
+        );
         let wg = c.peers[0].wireguard.unwrap();
         assert_eq!(wg.public_key, [9u8; 32]);
         assert_eq!(wg.addr.to_string(), "192.168.0.2:51820");
@@ -845,7 +882,7 @@ mod tests {
         assert!(e.contains("peers[0].public_key: required"), "{e}");
         let c = parse(&peer("").replace(
             "encryption = \"wireguard\"\n",
-            "encryption = \"wireguard\"\nencryption_allow_plain = true\n",
+            "encryption = \"wireguard\"\nencryption_plain = \"accept\"\n",
         ))
         .unwrap();
         assert_eq!(c.peers[0].wireguard, None);
@@ -854,12 +891,16 @@ mod tests {
             (
                 peer("wireguard_port = 7000\n").replace(
                     "encryption = \"wireguard\"\n",
-                    "encryption = \"wireguard\"\nencryption_allow_plain = true\n",
+                    "encryption = \"wireguard\"\nencryption_plain = \"accept\"\n",
                 ),
                 "peers[0].wireguard_port",
             ),
             (format!("{base}wireguard_port = 8472\n"), "wireguard_port"),
             (base.replace("wireguard\"", "ipsec\""), "encryption"),
+            (
+                format!("{base}encryption_plain = \"yes\"\n"),
+                "encryption_plain",
+            ),
             (
                 base.replace("encryption = \"wireguard\"\n", "wireguard_port = 1\n"),
                 "encryption",

@@ -294,7 +294,7 @@ async fn dispatch(sw: &Switch, req: Request) -> Response {
             wireguard: sw.wireguard.as_ref().map(|w| switchd_proto::WireGuardInfo {
                 public_key: crate::config::format_wireguard_key(&w.public_key()),
                 listen: w.local.to_string(),
-                allow_plain: w.allow_plain,
+                plain: w.plain.as_str().into(),
             }),
         })),
         Request::ListPorts => Ok(Response::Ports { ports: sw.ports() }),

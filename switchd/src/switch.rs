@@ -141,7 +141,7 @@ impl Switch {
                 Some(Arc::new(crate::wireguard::WireGuard::bind(
                     SocketAddrV4::new(addr, w.port),
                     secret,
-                    w.allow_plain,
+                    w.plain,
                 )?))
             }
             _ => None,

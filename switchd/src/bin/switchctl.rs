@@ -317,14 +317,8 @@ fn main() -> ExitCode {
             }
             match &s.wireguard {
                 Some(w) => println!(
-                    "encryption=wireguard public_key={} listen={}{}",
-                    w.public_key,
-                    w.listen,
-                    if w.allow_plain {
-                        " allow_plain=true"
-                    } else {
-                        ""
-                    }
+                    "encryption=wireguard public_key={} listen={} plain={}",
+                    w.public_key, w.listen, w.plain
                 ),
                 None => println!("encryption=none"),
             }

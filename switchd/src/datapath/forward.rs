@@ -85,7 +85,10 @@ fn forward_ipv4(
         Err(_) => return Verdict::Drop(DropReason::Malformed),
     };
     if vnet.gso_type == GSO_NONE && frame.len() - ETH_HDR_LEN > table.mtu as usize {
-        return Verdict::Drop(DropReason::TooBig);
+        // Larger than the pods' MTU. A pod attached before the node's MTU was lowered (a
+        // restart with encryption turned on) still sends such packets: tell it the MTU, as
+        // a router would, instead of losing its retransmissions without a word.
+        return too_big(frame, table, table.mtu, reply);
     }
     match table.ports.get(&in_port) {
         Some(p) => match p.allowed_src {
@@ -223,7 +226,7 @@ fn encap_to_peer(
         _ => return Verdict::Drop(DropReason::UnsupportedProtocol),
     };
     if ip_len > table.tunnel_mtu as usize {
-        return too_big(frame, table, reply);
+        return too_big(frame, table, table.tunnel_mtu, reply);
     }
     let route = &table.peers[peer];
     set_eth_dst(frame, route.mac);
@@ -233,9 +236,9 @@ fn encap_to_peer(
 
 /// Answer a packet the tunnel cannot carry: ICMP "fragmentation needed" when enabled.
 #[inline]
-pub fn too_big(frame: &[u8], table: &Table, reply: &mut [u8]) -> Verdict {
+pub fn too_big(frame: &[u8], table: &Table, mtu: u32, reply: &mut [u8]) -> Verdict {
     if table.icmp_frag_needed {
-        let len = icmp::frag_needed(frame, table, table.tunnel_mtu, reply);
+        let len = icmp::frag_needed(frame, table, mtu, reply);
         Verdict::Reject {
             len,
             reason: DropReason::TooBig,
@@ -426,11 +429,6 @@ mod tests {
                 DropReason::Multicast,
             ),
             (
-                craft::ipv4_udp(mac_for_ip(A), mac_for_ip(B), A, B, 1500),
-                1,
-                DropReason::TooBig,
-            ),
-            (
                 craft::ipv4_udp(t.router_mac, mac_for_ip(A), GW, A, 10),
                 9,
                 DropReason::NoRoute,
@@ -439,6 +437,22 @@ mod tests {
         for (i, (mut f, port, reason)) in cases.into_iter().enumerate() {
             assert_eq!(run(&mut f, port, &t).0, Verdict::Drop(reason), "case {i}");
         }
+    }
+
+    #[test]
+    fn a_packet_over_the_pod_mtu_is_answered_with_frag_needed_and_that_mtu() {
+        let mut t = table();
+        let mut f = craft::ipv4_udp(mac_for_ip(A), mac_for_ip(B), A, B, 1500);
+        let (v, reply) = run(&mut f, 1, &t);
+        let Verdict::Reject { reason, .. } = v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(reason, DropReason::TooBig);
+        let icmp = &reply[VNET_HDR_LEN + ETH_HDR_LEN + 20..];
+        assert_eq!((icmp[0], icmp[1]), (3, 4), "fragmentation needed");
+        assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), t.mtu as u16);
+        t.icmp_frag_needed = false;
+        assert_eq!(run(&mut f, 1, &t).0, Verdict::Drop(DropReason::TooBig));
     }
 
     #[test]

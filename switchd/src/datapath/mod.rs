@@ -63,13 +63,17 @@ pub enum DropReason {
     /// A WireGuard datagram that does not authenticate: unknown key, bad tag, replayed
     /// or out-of-window counter, truncated, or a handshake the protocol refuses.
     NotAuthenticated,
+    /// A WireGuard data message for a session this node does not hold: normal for a moment
+    /// after either side restarted, until the sender's next handshake (within a second
+    /// when traffic flows; WireGuard retries every 5 s otherwise).
+    NoSession,
     /// Plain VXLAN where WireGuard is required, in either direction (a peer without a key
-    /// while `encryption_allow_plain` is off).
+    /// while `encryption_plain` is "refuse").
     Unencrypted,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::Malformed,
         DropReason::UnsupportedProtocol,
         DropReason::Multicast,
@@ -86,6 +90,7 @@ impl DropReason {
         DropReason::WrongVni,
         DropReason::RateLimited,
         DropReason::NotAuthenticated,
+        DropReason::NoSession,
         DropReason::Unencrypted,
     ];
 
@@ -107,6 +112,7 @@ impl DropReason {
             DropReason::WrongVni => "wrong_vni",
             DropReason::RateLimited => "rate_limited",
             DropReason::NotAuthenticated => "not_authenticated",
+            DropReason::NoSession => "no_session",
             DropReason::Unencrypted => "unencrypted",
         }
     }

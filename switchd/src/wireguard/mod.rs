@@ -13,7 +13,8 @@
 //! worker (`crate::worker::from_wireguard`) merges TCP segments again before the TAP write.
 //!
 //! A message that does not authenticate (wrong key, bad tag, replayed counter, truncated)
-//! is dropped and counted as `not_authenticated`. The inner source address must lie in the
+//! is dropped and counted as `not_authenticated`; a data message for a session we do not
+//! hold (the peer has not re-handshaked since a restart) as `no_session`. The inner source address must lie in the
 //! peer's pod CIDR, WireGuard's allowed-IPs rule, which the forwarding core checks as it
 //! does for plain VXLAN (`spoofed_source`).
 
@@ -23,10 +24,12 @@ use std::net::{IpAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 
+use crate::config::PlainPolicy;
 use crate::datapath::frame::{ETH_HDR_LEN, VNET_HDR_LEN};
 use crate::datapath::offload::{self, Segments, VnetHdr, GSO_NONE, GSO_TCPV4, GSO_UDP_L4};
 use crate::datapath::DropReason;
@@ -49,8 +52,8 @@ pub struct WireGuard {
     public: [u8; 32],
     limiter: Arc<RateLimiter>,
     next_index: AtomicU32,
-    /// Rollout mode: plain VXLAN to peers without a key, and accepted from any peer.
-    pub allow_plain: bool,
+    /// What still happens with plain VXLAN during a rollout.
+    pub plain: PlainPolicy,
     pub local: SocketAddrV4,
 }
 
@@ -62,7 +65,7 @@ impl std::fmt::Debug for WireGuard {
                 "public_key",
                 &crate::config::format_wireguard_key(&self.public),
             )
-            .field("allow_plain", &self.allow_plain)
+            .field("plain", &self.plain)
             .finish()
     }
 }
@@ -81,7 +84,7 @@ impl WireGuard {
     pub fn bind(
         local: SocketAddrV4,
         secret: StaticSecret,
-        allow_plain: bool,
+        plain: PlainPolicy,
     ) -> anyhow::Result<WireGuard> {
         use anyhow::Context;
         let socket = crate::udp_socket::bind(local, false)
@@ -92,14 +95,14 @@ impl WireGuard {
             &PublicKey::from(public),
             HANDSHAKES_PER_SECOND,
         ));
-        tracing::info!(%local, public_key = %crate::config::format_wireguard_key(&public), allow_plain, "WireGuard socket ready");
+        tracing::info!(%local, public_key = %crate::config::format_wireguard_key(&public), plain = plain.as_str(), "WireGuard socket ready");
         Ok(WireGuard {
             socket,
             secret,
             public,
             limiter,
             next_index: AtomicU32::new(1),
-            allow_plain,
+            plain,
             local,
         })
     }
@@ -251,7 +254,12 @@ impl WireGuard {
             }
             TunnResult::Err(e) => {
                 tracing::trace!(peer = %peer.peer.name, %from, error = ?e, "WireGuard datagram dropped");
-                Opened::Dropped(DropReason::NotAuthenticated)
+                Opened::Dropped(match e {
+                    WireGuardError::NoCurrentSession | WireGuardError::WrongIndex => {
+                        DropReason::NoSession
+                    }
+                    _ => DropReason::NotAuthenticated,
+                })
             }
         }
     }

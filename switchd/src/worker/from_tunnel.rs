@@ -140,7 +140,11 @@ fn deliver(
         stats.drop_frame(reason, Source::Peer(idx), inner);
         return;
     }
-    if snapshot.wireguard.as_ref().is_some_and(|w| !w.allow_plain) {
+    if snapshot
+        .wireguard
+        .as_ref()
+        .is_some_and(|w| !w.plain.accepts())
+    {
         peer.counters.drops.fetch_add(1, Relaxed);
         stats.drop_frame(
             DropReason::Unencrypted,

@@ -1,8 +1,10 @@
 //! A frame the core addressed to a peer node: sealed with WireGuard when we encrypt and
-//! the peer has a key, else VXLAN in clear (refused when encryption is required).
+//! the peer has a key, else VXLAN in clear (refused when encryption is required; during a
+//! rollout, `encryption_plain = "send"` keeps everything in clear).
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::config::PlainPolicy;
 use crate::datapath::frame::VNET_HDR_LEN;
 use crate::datapath::DropReason;
 use crate::monitor::Source;
@@ -24,8 +26,10 @@ pub fn send(
     worker: usize,
 ) {
     match (&snapshot.wireguard, peer.peer.wireguard.is_some()) {
-        (Some(wg), true) => wg.send_frame(buf, peer, scratch, sealed, stats),
-        (Some(wg), false) if !wg.allow_plain => refuse(buf, idx, peer, stats),
+        (Some(wg), true) if wg.plain != PlainPolicy::Send => {
+            wg.send_frame(buf, peer, scratch, sealed, stats)
+        }
+        (Some(wg), false) if wg.plain == PlainPolicy::Refuse => refuse(buf, idx, peer, stats),
         _ => match &snapshot.tunnel {
             Some(tunnel) => tunnel.send_frame(buf, peer, scratch, stats, worker),
             None => refuse(buf, idx, peer, stats),

@@ -371,6 +371,17 @@ pub struct PeerInfo {
     /// What the health probes measured; `None` before the first probe (or probing off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<PeerHealth>,
+    /// With encryption: the peer's WireGuard public key, its endpoint, and seconds since
+    /// the last completed handshake (`None` before the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<PeerWireGuard>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeerWireGuard {
+    pub public_key: String,
+    pub endpoint: String,
+    pub handshake_secs_ago: Option<u64>,
 }
 
 /// A peer's health, from switchd's probes through the tunnel.

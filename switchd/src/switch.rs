@@ -844,6 +844,15 @@ impl Switch {
                     .unwrap_or(0),
                 counters: p.counters.snapshot(),
                 health: self.health.of(&p.peer.name),
+                wireguard: p.peer.wireguard.map(|w| switchd_proto::PeerWireGuard {
+                    public_key: crate::config::format_wireguard_key(&w.public_key),
+                    endpoint: w.addr.to_string(),
+                    handshake_secs_ago: self
+                        .wireguard
+                        .as_ref()
+                        .and_then(|wg| wg.last_handshake(p))
+                        .map(|d| d.as_secs()),
+                }),
             })
             .collect()
     }

@@ -147,6 +147,18 @@ fn two_encrypting_nodes_reach_each_others_pods_and_nothing_crosses_in_clear() {
     );
     assert_eq!(c.nodes[0].drops("not_authenticated"), 0);
     assert_eq!(c.nodes[1].drops("not_authenticated"), 0);
+    let peer = &c.nodes[0].query("peers")["peers"][0];
+    assert_eq!(
+        peer["wireguard"]["public_key"],
+        c.keys[1].as_str(),
+        "{peer}"
+    );
+    assert!(
+        peer["wireguard"]["handshake_secs_ago"]
+            .as_u64()
+            .is_some_and(|s| s < 60),
+        "switchctl peers shows no recent handshake: {peer}"
+    );
 }
 
 #[test]

@@ -283,6 +283,16 @@ fn main() -> ExitCode {
                     c.tx_bytes,
                     c.drops
                 );
+                if let Some(w) = &p.wireguard {
+                    println!(
+                        "  wireguard {} endpoint {} handshake {}",
+                        w.public_key,
+                        w.endpoint,
+                        w.handshake_secs_ago
+                            .map(|s| format!("{s}s ago"))
+                            .unwrap_or_else(|| "none yet".into())
+                    );
+                }
             }
         }
         Response::Reloaded { peers } => println!("reloaded: {peers} peers"),

@@ -598,3 +598,78 @@ fn encryption_is_turned_on_one_node_at_a_time_while_streams_flow_both_ways() {
     }
     assert_eq!(n1.drops("unencrypted"), before + 1);
 }
+
+/// WireGuard rekeys a session after 120 s (REKEY_AFTER_TIME, a constant of the protocol
+/// that boringtun does not let us shorten), so this stream runs for 130 s, at a low rate.
+#[test]
+fn a_stream_longer_than_the_rekey_interval_stays_intact() {
+    let c = EncryptedCluster::new(2, "");
+    let (pa, pb) = (Netns::new("p"), Netns::new("p"));
+    let _a = c.nodes[0].add_pod(&pa);
+    let b = c.nodes[1].add_pod(&pb);
+    assert!(pa.ping(b));
+    let handshake = |n: &Node| {
+        n.query("peers")["peers"][0]["wireguard"]["handshake_secs_ago"]
+            .as_u64()
+            .unwrap_or(u64::MAX)
+    };
+    let started = Instant::now();
+    let until = started + Duration::from_secs(130);
+    let (sent, sh, got, gh, _) = tcp_transfer_while(&pa, &pb, b, move |_| {
+        std::thread::sleep(Duration::from_millis(50));
+        Instant::now() < until
+    });
+    assert!(sent > 0);
+    assert_eq!(
+        (got, gh),
+        (sent, sh),
+        "the stream did not survive the rekey"
+    );
+    let ran = started.elapsed().as_secs();
+    let ago = handshake(&c.nodes[0]).min(handshake(&c.nodes[1]));
+    eprintln!("stream of {ran} s, {sent} bytes; last handshake {ago} s before its end");
+    assert!(
+        ago + 100 < ran,
+        "no new handshake during the stream: the last one was {ago} s before its end"
+    );
+}
+
+#[test]
+fn a_packet_over_the_wireguard_mtu_gets_frag_needed_with_that_mtu() {
+    // Pods keep 1450 (the VXLAN figure); the tunnel carries 1440 with WireGuard.
+    let c = EncryptedCluster::new(2, "mtu = 1450\n");
+    let (pa, pb) = (Netns::new("p"), Netns::new("p"));
+    let _a = c.nodes[0].add_pod(&pa);
+    let b = c.nodes[1].add_pod(&pb);
+    assert!(pa.ping(b));
+    let before = c.nodes[0].drops("too_big");
+    // 1420 bytes of ICMP data: a 1448-byte IP packet with DF set.
+    let out = pa.exec(&[
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "-M",
+        "do",
+        "-s",
+        "1420",
+        &b.to_string(),
+    ]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a 1448-byte packet crossed a 1440-byte tunnel: {text}"
+    );
+    assert!(
+        text.contains("mtu = 1440") || text.contains("mtu=1440"),
+        "{text}"
+    );
+    assert!(c.nodes[0].drops("too_big") > before);
+    // The pod learned the path MTU: the next one is sent small enough and crosses.
+    assert!(pa
+        .exec(&["ping", "-c", "1", "-W", "2", "-s", "1400", &b.to_string()])
+        .status
+        .success());
+}

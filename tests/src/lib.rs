@@ -605,6 +605,33 @@ pub fn tcp_transfer(
     tcp_transfer_while(from, to, addr, move |sent| sent < total)
 }
 
+/// What [`tcp_transfer`] returns: bytes sent, sender hash, bytes received, receiver hash,
+/// and the peer address the server saw.
+pub type Transfer = (usize, u64, usize, u64, SocketAddr);
+
+/// A TCP stream from `a` to `b` and one from `b` to `a` (namespace and address each), both
+/// running while `during` runs and a moment after; returns them in that order.
+pub fn streams_both_ways_while(
+    a: (&Netns, Ipv4Addr),
+    b: (&Netns, Ipv4Addr),
+    during: impl FnOnce(),
+) -> [Transfer; 2] {
+    use std::sync::atomic::AtomicBool;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let (f1, f2) = (stop.clone(), stop.clone());
+        let there =
+            s.spawn(|| tcp_transfer_while(a.0, b.0, b.1, move |_| !f1.load(Ordering::Relaxed)));
+        let back =
+            s.spawn(|| tcp_transfer_while(b.0, a.0, a.1, move |_| !f2.load(Ordering::Relaxed)));
+        std::thread::sleep(Duration::from_millis(300));
+        during();
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        [there.join().unwrap(), back.join().unwrap()]
+    })
+}
+
 /// Like [`tcp_transfer`], but the sender keeps going while `more(bytes_sent_so_far)` holds.
 pub fn tcp_transfer_while(
     from: &Netns,

@@ -386,8 +386,6 @@ fn encryption_config_errors_name_the_key() {
 #[test]
 fn an_encrypted_stream_survives_a_sigkill_and_restart_and_the_tunnel_rehandshakes_at_once() {
     use std::os::fd::AsRawFd;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     use switchd_e2e::fdstore::FdStore;
 
     let mut underlay = cluster::Underlay::new();
@@ -408,14 +406,8 @@ fn an_encrypted_stream_survives_a_sigkill_and_restart_and_the_tunnel_rehandshake
     assert!(p1.ping(a2) && p2.ping(a1));
     assert!(store.pump_until(Duration::from_secs(10), |s| s.fds.len() == 2 * 2));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (there, back, rehandshake) = std::thread::scope(|s| {
-        let (f1, f2) = (stop.clone(), stop.clone());
-        let there =
-            s.spawn(|| tcp_transfer_while(&p1, &p2, a2, move |_| !f1.load(Ordering::Relaxed)));
-        let back =
-            s.spawn(|| tcp_transfer_while(&p2, &p1, a1, move |_| !f2.load(Ordering::Relaxed)));
-        std::thread::sleep(Duration::from_millis(500));
+    let mut rehandshake = Duration::ZERO;
+    let streams = streams_both_ways_while((&p1, a1), (&p2, a2), || {
         n1.kill();
         n1.inherit = store
             .fds
@@ -436,15 +428,14 @@ fn an_encrypted_stream_survives_a_sigkill_and_restart_and_the_tunnel_rehandshake
                 "the tunnel never came back"
             );
         }
-        let rehandshake = since.elapsed();
-        std::thread::sleep(Duration::from_millis(500));
-        stop.store(true, Ordering::Relaxed);
-        (there.join().unwrap(), back.join().unwrap(), rehandshake)
+        rehandshake = since.elapsed();
     });
     eprintln!(
         "after SIGKILL + restart: a packet crossed {rehandshake:?} after the new switchd answered"
     );
-    for (what, (sent, h_sent, received, h_received, _)) in [("1 -> 2", there), ("2 -> 1", back)] {
+    for (what, (sent, h_sent, received, h_received, _)) in
+        ["1 -> 2", "2 -> 1"].into_iter().zip(streams)
+    {
         assert!(sent > 0);
         assert_eq!(
             (received, h_received),
@@ -484,9 +475,6 @@ fn ports_of_marked_pings(ul: &Netns, from: &Netns, to: Ipv4Addr) -> Vec<u16> {
 
 #[test]
 fn encryption_is_turned_on_one_node_at_a_time_while_streams_flow_both_ways() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-
     let mut underlay = cluster::Underlay::new();
     let (s1, s2) = (Netns::new("n"), Netns::new("n"));
     let i1 = NodeInfo::numbered(1, underlay.attach(&s1, 1500));
@@ -503,13 +491,7 @@ fn encryption_is_turned_on_one_node_at_a_time_while_streams_flow_both_ways() {
     let (a1, a2) = (n1.add_pod(&p1), n2.add_pod(&p2));
     assert!(p1.ping(a2) && p2.ping(a1));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (there, back) = std::thread::scope(|s| {
-        let (f1, f2) = (stop.clone(), stop.clone());
-        let there =
-            s.spawn(|| tcp_transfer_while(&p1, &p2, a2, move |_| !f1.load(Ordering::Relaxed)));
-        let back =
-            s.spawn(|| tcp_transfer_while(&p2, &p1, a1, move |_| !f2.load(Ordering::Relaxed)));
+    let streams = streams_both_ways_while((&p1, a1), (&p2, a2), || {
         let both_ways = |step: &str| {
             assert!(
                 p1.ping(a2) && p2.ping(a1),
@@ -554,11 +536,10 @@ fn encryption_is_turned_on_one_node_at_a_time_while_streams_flow_both_ways() {
             n.restart();
             both_ways("step 3");
         }
-        std::thread::sleep(Duration::from_millis(300));
-        stop.store(true, Ordering::Relaxed);
-        (there.join().unwrap(), back.join().unwrap())
     });
-    for (what, (sent, h_sent, received, h_received, _)) in [("1 -> 2", there), ("2 -> 1", back)] {
+    for (what, (sent, h_sent, received, h_received, _)) in
+        ["1 -> 2", "2 -> 1"].into_iter().zip(streams)
+    {
         assert!(sent > 0);
         assert_eq!(
             (received, h_received),

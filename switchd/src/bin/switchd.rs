@@ -141,35 +141,33 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.rotate_key {
-        return match switchd::wireguard::keys::rotate(&cfg.state_dir) {
-            Ok((old, new)) => {
+    if args.rotate_key || args.keygen {
+        use switchd::wireguard::keys;
+        let dir = &cfg.state_dir;
+        let made = if args.rotate_key {
+            keys::rotate(dir).map(|(old, new)| {
                 if let Some(old) = old {
                     eprintln!(
                         "switchd: replaced WireGuard key {} (kept as {}); restart switchd to use the new one",
                         switchd::config::format_wireguard_key(&old),
-                        cfg.state_dir.join(switchd::wireguard::keys::OLD_KEY_FILE).display()
+                        dir.join(keys::OLD_KEY_FILE).display()
                     );
                 }
-                println!("{}", switchd::config::format_wireguard_key(&new));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("switchd: {e:#}");
-                ExitCode::from(1)
-            }
-        };
-    }
-    if args.keygen {
-        return match switchd::wireguard::keys::load_or_create(&cfg.state_dir) {
-            Ok((secret, made)) => {
-                let public = switchd::wireguard::keys::public_of(&secret);
+                new
+            })
+        } else {
+            keys::load_or_create(dir).map(|(secret, made)| {
                 if made {
                     eprintln!(
                         "switchd: made a WireGuard key in {}",
-                        switchd::wireguard::keys::key_path(&cfg.state_dir).display()
+                        keys::key_path(dir).display()
                     );
                 }
+                keys::public_of(&secret)
+            })
+        };
+        return match made {
+            Ok(public) => {
                 println!("{}", switchd::config::format_wireguard_key(&public));
                 ExitCode::SUCCESS
             }

@@ -483,8 +483,8 @@ fn encryption_is_turned_on_one_node_at_a_time_while_streams_flow_both_ways() {
     // attached before, whose packets over 1440 bytes are answered with frag-needed.
     let mut n1 = cluster::prepare_switchd(s1, &i1, &[], "");
     let mut n2 = cluster::prepare_switchd(s2, &i2, &[], "");
-    n1.write_peers(&cluster::peers_toml(&[i2.clone()], ""));
-    n2.write_peers(&cluster::peers_toml(&[i1.clone()], ""));
+    n1.write_peers(&cluster::peers_toml(std::slice::from_ref(&i2), ""));
+    n2.write_peers(&cluster::peers_toml(std::slice::from_ref(&i1), ""));
     n1.launch();
     n2.launch();
     let (p1, p2) = (Netns::new("p"), Netns::new("p"));

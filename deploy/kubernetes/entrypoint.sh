@@ -7,6 +7,9 @@
 # MEMBERSHIP=etcd (switchd-etcd.yaml): switchd leases its subnet and finds its peers in
 #   etcd; needs ETCD_ENDPOINTS and HOST_IP, and reads TLS files from ETCD_TLS_DIR
 #   (ca.crt, tls.crt, tls.key) when they are there. No Kubernetes API access needed.
+#   ENCRYPTION=wireguard encrypts node links (keys travel in the etcd records; the key
+#   file lives in the hostPath state directory, so it survives pod restarts), and
+#   ENCRYPTION_PLAIN=send|accept steps a running cluster into it (docs/encryption.md).
 #
 #   entrypoint.sh render-config   print the config this pod would use, then exit (tests)
 set -eu
@@ -31,7 +34,11 @@ membership = "etcd"
 etcd_endpoints = [${endpoints}]
 etcd_prefix = "${ETCD_PREFIX:-/switchd/}"
 node_subnet_len = ${NODE_SUBNET_LEN:-24}
+encryption = "${ENCRYPTION:-none}"
 TOML
+    if [ -n "${ENCRYPTION_PLAIN:-}" ]; then
+        echo "encryption_plain = \"${ENCRYPTION_PLAIN}\""
+    fi
     tls=${ETCD_TLS_DIR:-/etc/switchd/etcd}
     if [ -r "$tls/ca.crt" ]; then
         echo "etcd_ca = \"$tls/ca.crt\""

@@ -239,6 +239,25 @@ fn the_etcd_entrypoint_renders_a_config_that_switchd_accepts() {
         "{summary}"
     );
 
+    // Encryption is one variable away, and switchd accepts what it renders.
+    let out = run(render_etcd_config()
+        .env("ETCD_ENDPOINTS", "http://10.0.0.5:2379")
+        .env("ENCRYPTION", "wireguard")
+        .env("ENCRYPTION_PLAIN", "send"));
+    let config = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        config.contains("encryption = \"wireguard\"\nencryption_plain = \"send\""),
+        "{config}"
+    );
+    let dir = std::env::temp_dir().join(unique("k8s"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = switchd_check(&dir, &config);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("encryption wireguard"),
+        "switchd refused the rendered config: {}{config}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Without an endpoint list it stops and says what to set.
     let out = run(render_etcd_config().env_remove("ETCD_ENDPOINTS"));
     assert!(!out.status.success());

@@ -184,13 +184,14 @@ fn main() -> ExitCode {
             cfg.pod_cidr.to_string()
         };
         println!(
-            "config OK: node {} pod_cidr {} cluster_cidr {} underlay {} peers {}",
+            "config OK: node {} pod_cidr {} cluster_cidr {} underlay {} encryption {} peers {}",
             cfg.node_name,
             pod_cidr,
             cfg.cluster_cidr,
             cfg.underlay_addr
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "none".into()),
+            cfg.encryption.as_str(),
             cfg.peers
                 .iter()
                 .map(|p| format!("{}={}", p.name, p.pod_cidr))

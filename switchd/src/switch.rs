@@ -142,6 +142,7 @@ impl Switch {
                     SocketAddrV4::new(addr, w.port),
                     secret,
                     w.plain,
+                    settings.threads,
                 )?))
             }
             _ => None,

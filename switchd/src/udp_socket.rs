@@ -51,15 +51,6 @@ pub fn bind(addr: SocketAddrV4, group: bool) -> io::Result<UdpSocket> {
 /// the order in which the members were bound. Datagrams of one sender's port, which is one
 /// flow's port (RFC 7348), therefore always reach the same socket.
 pub fn steer_by_source_port(member: &UdpSocket, n: usize) -> io::Result<()> {
-    // When the program runs, the packet data starts after the UDP header; the network
-    // header is reachable at SKF_NET_OFF, whatever the IPv4 header's length.
-    const SKF_NET_OFF: u32 = (-0x100000i32) as u32;
-    let ins = |code: u32, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
     let program = [
         // X = 4 * (ip[0] & 0xf): the IPv4 header's length.
         ins(libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH, SKF_NET_OFF),
@@ -69,6 +60,37 @@ pub fn steer_by_source_port(member: &UdpSocket, n: usize) -> io::Result<()> {
         ins(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, n as u32),
         ins(libc::BPF_RET | libc::BPF_A, 0),
     ];
+    attach_steering(member, &program)
+}
+
+/// Steer each datagram arriving at `member`'s group of `n` sockets to socket number
+/// `source address % n`: one sender, whatever its port, always reaches the same socket,
+/// and the nodes of one underlay subnet spread evenly (WireGuard peers send from one port,
+/// so their port says nothing).
+pub fn steer_by_source_address(member: &UdpSocket, n: usize) -> io::Result<()> {
+    let program = [
+        // A = the IPv4 source address (ip + 12).
+        ins(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, SKF_NET_OFF + 12),
+        ins(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, n as u32),
+        ins(libc::BPF_RET | libc::BPF_A, 0),
+    ];
+    attach_steering(member, &program)
+}
+
+/// When a steering program runs, the packet data starts after the UDP header; the network
+/// header is reachable at SKF_NET_OFF, whatever the IPv4 header's length.
+const SKF_NET_OFF: u32 = (-0x100000i32) as u32;
+
+fn ins(code: u32, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn attach_steering(member: &UdpSocket, program: &[libc::sock_filter]) -> io::Result<()> {
     let fprog = libc::sock_fprog {
         len: program.len() as u16,
         filter: program.as_ptr() as *mut libc::sock_filter,

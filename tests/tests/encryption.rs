@@ -654,3 +654,64 @@ fn a_packet_over_the_wireguard_mtu_gets_frag_needed_with_that_mtu() {
         .status
         .success());
 }
+
+#[test]
+fn peers_are_opened_by_different_workers() {
+    // Node 1 has two workers; nodes 2 and 3 (underlay .2 and .3) steer to one each.
+    let c = EncryptedCluster::new(3, "datapath_threads = 2\n");
+    let pods: Vec<(Netns, Ipv4Addr)> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            let ns = Netns::new("p");
+            let addr = n.add_pod(&ns);
+            (ns, addr)
+        })
+        .collect();
+    assert!(pods[1].0.ping(pods[0].1) && pods[2].0.ping(pods[0].1));
+    const EACH: usize = 2000;
+    let sink = pods[0].0.spawn(|| {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 7000)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let (mut got, mut buf) = (0, [0u8; 64]);
+        while got < 2 * EACH && s.recv(&mut buf).is_ok() {
+            got += 1;
+        }
+        got
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let frames = |n: &Node| -> Vec<u64> {
+        n.query("stats")["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["frames"].as_u64().unwrap())
+            .collect()
+    };
+    let before = frames(&c.nodes[0]);
+    let to = SocketAddrV4::new(pods[0].1, 7000);
+    let senders: Vec<_> = pods[1..]
+        .iter()
+        .map(|(ns, _)| {
+            ns.spawn(move || {
+                let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+                for _ in 0..EACH {
+                    s.send_to(&[7u8; 32], to).unwrap();
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    let got = sink.join().unwrap();
+    let after = frames(&c.nodes[0]);
+    let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    eprintln!("node 1's workers received {delta:?} frames; the pod got {got}");
+    assert!(got > EACH, "the pod got only {got} datagrams");
+    assert!(
+        delta.iter().all(|&d| d as usize >= EACH / 2),
+        "one worker opened both peers: {delta:?}"
+    );
+}

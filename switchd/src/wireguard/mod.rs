@@ -47,7 +47,10 @@ const DATA: u8 = 4;
 const MIN_DST: usize = 148;
 
 pub struct WireGuard {
-    socket: TunnelSocket,
+    /// One socket per datapath worker, one `SO_REUSEPORT` group on the WireGuard port,
+    /// steered by the sender's address: each peer is opened by one worker, and the peers
+    /// spread over the workers. Sends go out of the first (all share the port).
+    sockets: Vec<TunnelSocket>,
     secret: StaticSecret,
     public: [u8; 32],
     limiter: Arc<RateLimiter>,
@@ -85,11 +88,26 @@ impl WireGuard {
         local: SocketAddrV4,
         secret: StaticSecret,
         plain: PlainPolicy,
+        workers: usize,
     ) -> anyhow::Result<WireGuard> {
         use anyhow::Context;
-        let socket = crate::udp_socket::bind(local, false)
-            .with_context(|| format!("binding the WireGuard socket to {local}"))?;
-        let socket = TunnelSocket::new(socket)?;
+        let workers = workers.max(1);
+        // A reuse-port group would let a second daemon join ours silently: make sure the
+        // port is free first.
+        drop(
+            std::net::UdpSocket::bind(local)
+                .with_context(|| format!("binding the WireGuard socket to {local}"))?,
+        );
+        let mut sockets = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let s = crate::udp_socket::bind(local, workers > 1)
+                .with_context(|| format!("binding a WireGuard socket to {local}"))?;
+            sockets.push(TunnelSocket::new(s)?);
+        }
+        if workers > 1 {
+            crate::udp_socket::steer_by_source_address(&sockets[0].socket, workers)
+                .context("attaching the WireGuard sockets' steering program")?;
+        }
         let public = keys::public_of(&secret);
         let limiter = Arc::new(RateLimiter::new(
             &PublicKey::from(public),
@@ -97,7 +115,7 @@ impl WireGuard {
         ));
         tracing::info!(%local, public_key = %crate::config::format_wireguard_key(&public), plain = plain.as_str(), "WireGuard socket ready");
         Ok(WireGuard {
-            socket,
+            sockets,
             secret,
             public,
             limiter,
@@ -111,8 +129,14 @@ impl WireGuard {
         self.public
     }
 
-    pub fn socket(&self) -> &TunnelSocket {
-        &self.socket
+    /// The socket sends leave from.
+    fn socket(&self) -> &TunnelSocket {
+        &self.sockets[0]
+    }
+
+    /// Worker `k`'s receive socket.
+    pub fn rx(&self, k: usize) -> &TunnelSocket {
+        &self.sockets[k % self.sockets.len()]
     }
 
     /// The session with `peer`, made on first use; `None` if the peer has no key.
@@ -183,7 +207,7 @@ impl WireGuard {
             }
         }
         drop(tunn);
-        batch.flush(&self.socket, wg.addr, sealed, peer, stats);
+        batch.flush(self.socket(), wg.addr, sealed, peer, stats);
     }
 
     /// Seal one IP packet into the batch; a handshake the session needs first is sent on its
@@ -200,7 +224,7 @@ impl WireGuard {
         stats: &Stats,
     ) {
         if sealed.len() - batch.len < (ip.len() + MESSAGE_OVERHEAD + 16).max(MIN_DST) {
-            batch.flush(&self.socket, to, sealed, peer, stats);
+            batch.flush(self.socket(), to, sealed, peer, stats);
         }
         match tunn.encapsulate(ip, &mut sealed[batch.len..]) {
             TunnResult::WriteToNetwork(m) if m.first() == Some(&DATA) => {
@@ -208,13 +232,13 @@ impl WireGuard {
                 if !batch.fits(n) {
                     // Move the message to the start of a new batch after sending the rest.
                     let at = batch.len;
-                    batch.flush(&self.socket, to, sealed, peer, stats);
+                    batch.flush(self.socket(), to, sealed, peer, stats);
                     sealed.copy_within(at..at + n, 0);
                 }
                 batch.push(n);
             }
             TunnResult::WriteToNetwork(m) => {
-                transmit(&self.socket, to, m, None, 1, peer, stats);
+                transmit(self.socket(), to, m, None, 1, peer, stats);
             }
             TunnResult::Done => {}
             TunnResult::Err(e) => {
@@ -245,10 +269,10 @@ impl WireGuard {
             TunnResult::WriteToTunnelV6(..) => Opened::Dropped(DropReason::UnsupportedProtocol),
             TunnResult::Done => Opened::Nothing,
             TunnResult::WriteToNetwork(m) => {
-                transmit(&self.socket, from, m, None, 1, peer, stats);
+                transmit(self.socket(), from, m, None, 1, peer, stats);
                 // A completed handshake releases what waited for it.
                 while let TunnResult::WriteToNetwork(m) = tunn.decapsulate(None, &[], out) {
-                    transmit(&self.socket, from, m, None, 1, peer, stats);
+                    transmit(self.socket(), from, m, None, 1, peer, stats);
                 }
                 Opened::Nothing
             }
@@ -277,7 +301,7 @@ impl WireGuard {
             let mut tunn = lock(&session.0);
             match tunn.update_timers(buf) {
                 TunnResult::WriteToNetwork(m) => {
-                    transmit(&self.socket, wg.addr, m, None, 1, peer, stats)
+                    transmit(self.socket(), wg.addr, m, None, 1, peer, stats)
                 }
                 TunnResult::Err(e) => {
                     tracing::trace!(peer = %peer.peer.name, error = ?e, "WireGuard timer")

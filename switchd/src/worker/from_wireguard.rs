@@ -51,7 +51,7 @@ impl Receiver {
     ) -> (Outcome, u64) {
         let mut datagrams = 0;
         for _ in 0..batch {
-            match wg.socket().recv(&mut self.buf, &mut self.meta) {
+            match wg.rx(worker).recv(&mut self.buf, &mut self.meta) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     return (Outcome::Drained, datagrams)

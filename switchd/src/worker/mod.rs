@@ -78,8 +78,7 @@ pub struct Workers {
 
 impl Workers {
     /// Start `settings.threads` workers. Each watches its socket of `tunnel`'s receive
-    /// group, and the first one the WireGuard socket; ports are handed over with
-    /// [`Workers::add_port`].
+    /// group and of `wireguard`'s; ports are handed over with [`Workers::add_port`].
     pub fn start(
         settings: Settings,
         cell: Arc<SnapshotCell>,
@@ -106,12 +105,11 @@ impl Workers {
                 s.epoll
                     .add(t.rx(k).socket.as_raw_fd(), TUNNEL_TOKEN, READABLE)?;
             }
-            // One worker receives all of WireGuard: a peer sends from one port, so its
-            // datagrams could not be spread by source port anyway, and one reader keeps
-            // every flow in order.
-            if let (0, Some(wg)) = (k, wireguard) {
+            // Each peer's WireGuard datagrams reach one worker (steered by its address),
+            // so one reader keeps all its flows in order.
+            if let Some(wg) = wireguard {
                 s.epoll
-                    .add(wg.socket().socket.as_raw_fd(), WIREGUARD_TOKEN, READABLE)?;
+                    .add(wg.rx(k).socket.as_raw_fd(), WIREGUARD_TOKEN, READABLE)?;
             }
             let worker = Worker {
                 k,

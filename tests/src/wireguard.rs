@@ -75,6 +75,17 @@ impl EncryptedCluster {
             underlay,
         }
     }
+    /// One new pod on every node, in node order: its namespace and address.
+    pub fn pod_on_each(&self) -> Vec<(Netns, Ipv4Addr)> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let ns = Netns::new("p");
+                let addr = n.add_pod(&ns);
+                (ns, addr)
+            })
+            .collect()
+    }
 }
 
 /// A plain host running `wireguard-go`, its interface holding `addr` of `cidr`, the way a

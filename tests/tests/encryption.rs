@@ -164,15 +164,7 @@ fn two_encrypting_nodes_reach_each_others_pods_and_nothing_crosses_in_clear() {
 #[test]
 fn three_encrypting_nodes_full_matrix() {
     let c = EncryptedCluster::new(3, "");
-    let pods: Vec<(Netns, Ipv4Addr)> = c
-        .nodes
-        .iter()
-        .map(|n| {
-            let ns = Netns::new("p");
-            let addr = n.add_pod(&ns);
-            (ns, addr)
-        })
-        .collect();
+    let pods = c.pod_on_each();
     let mut failed = Vec::new();
     for (i, (from, _)) in pods.iter().enumerate() {
         for (j, (_, to)) in pods.iter().enumerate() {
@@ -659,15 +651,7 @@ fn a_packet_over_the_wireguard_mtu_gets_frag_needed_with_that_mtu() {
 fn peers_are_opened_by_different_workers() {
     // Node 1 has two workers; nodes 2 and 3 (underlay .2 and .3) steer to one each.
     let c = EncryptedCluster::new(3, "datapath_threads = 2\n");
-    let pods: Vec<(Netns, Ipv4Addr)> = c
-        .nodes
-        .iter()
-        .map(|n| {
-            let ns = Netns::new("p");
-            let addr = n.add_pod(&ns);
-            (ns, addr)
-        })
-        .collect();
+    let pods = c.pod_on_each();
     assert!(pods[1].0.ping(pods[0].1) && pods[2].0.ping(pods[0].1));
     const EACH: usize = 2000;
     let sink = pods[0].0.spawn(|| {

@@ -31,6 +31,18 @@ impl FdStore {
         }
     }
 
+    /// Start `node` the way systemd starts a service with a stored fd set: every stored
+    /// descriptor passed in (`LISTEN_FDS`), and nothing passed to later starts.
+    pub fn launch_with_fds(&self, node: &mut crate::Node) {
+        node.inherit = self
+            .fds
+            .iter()
+            .map(|(name, fd)| (name.clone(), fd.as_raw_fd()))
+            .collect();
+        node.launch();
+        node.inherit.clear();
+    }
+
     /// Process messages until `done(self)` holds or `timeout` passes.
     pub fn pump_until(&mut self, timeout: Duration, done: impl Fn(&FdStore) -> bool) -> bool {
         let deadline = Instant::now() + timeout;

@@ -377,7 +377,6 @@ fn encryption_config_errors_name_the_key() {
 
 #[test]
 fn an_encrypted_stream_survives_a_sigkill_and_restart_and_the_tunnel_rehandshakes_at_once() {
-    use std::os::fd::AsRawFd;
     use switchd_e2e::fdstore::FdStore;
 
     let mut underlay = cluster::Underlay::new();
@@ -401,13 +400,7 @@ fn an_encrypted_stream_survives_a_sigkill_and_restart_and_the_tunnel_rehandshake
     let mut rehandshake = Duration::ZERO;
     let streams = streams_both_ways_while((&p1, a1), (&p2, a2), || {
         n1.kill();
-        n1.inherit = store
-            .fds
-            .iter()
-            .map(|(name, fd)| (name.clone(), fd.as_raw_fd()))
-            .collect();
-        n1.launch();
-        n1.inherit.clear();
+        store.launch_with_fds(&mut n1);
         // From the moment the new switchd answers: how long until a pod's packet crosses.
         let since = Instant::now();
         while !p1

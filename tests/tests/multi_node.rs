@@ -564,7 +564,6 @@ fn eth0_identity(ns: &Netns) -> String {
 
 #[test]
 fn tcp_across_nodes_and_on_the_node_survives_a_sigkill_of_switchd() {
-    use std::os::fd::AsRawFd;
     use switchd_e2e::cluster::prepare_switchd;
     use switchd_e2e::fdstore::FdStore;
 
@@ -611,13 +610,7 @@ fn tcp_across_nodes_and_on_the_node_survives_a_sigkill_of_switchd() {
         std::thread::sleep(Duration::from_millis(500));
 
         n1.kill();
-        n1.inherit = store
-            .fds
-            .iter()
-            .map(|(name, fd)| (name.clone(), fd.as_raw_fd()))
-            .collect();
-        n1.launch();
-        n1.inherit.clear();
+        store.launch_with_fds(&mut n1);
 
         let ping = pinger.join().unwrap();
         let text = String::from_utf8_lossy(&ping.stdout).to_string();

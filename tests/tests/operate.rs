@@ -169,7 +169,6 @@ fn eth0_running(sock: &std::net::UdpSocket) -> bool {
 
 #[test]
 fn a_crash_or_a_clean_restart_with_the_fd_store_is_invisible_to_pods() {
-    use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     use switchd_e2e::fdstore::FdStore;
@@ -220,13 +219,7 @@ fn a_crash_or_a_clean_restart_with_the_fd_store_is_invisible_to_pods() {
 
         node.kill(); // SIGKILL: no chance to clean up
         std::thread::sleep(Duration::from_millis(300));
-        node.inherit = store
-            .fds
-            .iter()
-            .map(|(name, fd)| (name.clone(), fd.as_raw_fd()))
-            .collect();
-        node.launch();
-        node.inherit.clear();
+        store.launch_with_fds(&mut node);
         store.drain();
 
         assert!(a.ping(addr_b), "forwarding resumed");
@@ -238,13 +231,7 @@ fn a_crash_or_a_clean_restart_with_the_fd_store_is_invisible_to_pods() {
     // A clean stop and start (SIGTERM; an upgrade is the same with a new binary) keeps the
     // link too: the watcher is still running.
     node.stop();
-    node.inherit = store
-        .fds
-        .iter()
-        .map(|(name, fd)| (name.clone(), fd.as_raw_fd()))
-        .collect();
-    node.launch();
-    node.inherit.clear();
+    store.launch_with_fds(&mut node);
     assert!(a.ping(addr_b), "forwarding resumed after SIGTERM and start");
     stop.store(true, Ordering::Relaxed);
     watcher.join().unwrap();

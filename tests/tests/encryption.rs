@@ -11,6 +11,12 @@ use switchd_e2e::cluster::NodeInfo;
 use switchd_e2e::wireguard::{peer_toml, prepare_encrypted, EncryptedCluster, WgHost, WG_PORT};
 use switchd_e2e::*;
 
+/// A new pod on each of the first two nodes of `c`: (namespace, address) each.
+fn pod_pair(c: &EncryptedCluster) -> ((Netns, Ipv4Addr), (Netns, Ipv4Addr)) {
+    let mut pods = c.pod_on_each().into_iter();
+    (pods.next().unwrap(), pods.next().unwrap())
+}
+
 /// ICMP payload pattern that must never be seen on the underlay: "SWITCHD!".
 const MARKER: &str = "5357495443484421";
 
@@ -89,9 +95,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 #[test]
 fn two_encrypting_nodes_reach_each_others_pods_and_nothing_crosses_in_clear() {
     let c = EncryptedCluster::new(2, "");
-    let (pa, pb) = (Netns::new("p"), Netns::new("p"));
-    let a = c.nodes[0].add_pod(&pa);
-    let b = c.nodes[1].add_pod(&pb);
+    let ((pa, a), (pb, b)) = pod_pair(&c);
     let status = String::from_utf8_lossy(&c.nodes[0].switchctl(&["status"]).stdout).into_owned();
     assert!(
         status.contains(&format!("encryption=wireguard public_key={}", c.keys[0])),
@@ -221,9 +225,7 @@ fn a_wireguard_go_host_reaches_a_pod_and_is_reached_from_one() {
 #[test]
 fn forged_replayed_and_truncated_datagrams_are_dropped_and_counted() {
     let c = EncryptedCluster::new(2, "");
-    let (pa, pb) = (Netns::new("p"), Netns::new("p"));
-    let _a = c.nodes[0].add_pod(&pa);
-    let b = c.nodes[1].add_pod(&pb);
+    let ((pa, _a), (_pb, b)) = pod_pair(&c);
     // Record real messages from node 1 to node 2 to replay them later.
     let pcap = capture_underlay(&c.underlay.ns, || {
         assert!(pa.ping(b), "pod a cannot reach pod b");
@@ -570,9 +572,7 @@ fn encryption_is_turned_on_one_node_at_a_time_while_streams_flow_both_ways() {
 #[test]
 fn a_stream_longer_than_the_rekey_interval_stays_intact() {
     let c = EncryptedCluster::new(2, "");
-    let (pa, pb) = (Netns::new("p"), Netns::new("p"));
-    let _a = c.nodes[0].add_pod(&pa);
-    let b = c.nodes[1].add_pod(&pb);
+    let ((pa, _a), (pb, b)) = pod_pair(&c);
     assert!(pa.ping(b));
     let handshake = |n: &Node| {
         n.query("peers")["peers"][0]["wireguard"]["handshake_secs_ago"]
@@ -604,9 +604,7 @@ fn a_stream_longer_than_the_rekey_interval_stays_intact() {
 fn a_packet_over_the_wireguard_mtu_gets_frag_needed_with_that_mtu() {
     // Pods keep 1450 (the VXLAN figure); the tunnel carries 1440 with WireGuard.
     let c = EncryptedCluster::new(2, "mtu = 1450\n");
-    let (pa, pb) = (Netns::new("p"), Netns::new("p"));
-    let _a = c.nodes[0].add_pod(&pa);
-    let b = c.nodes[1].add_pod(&pb);
+    let ((pa, _a), (_pb, b)) = pod_pair(&c);
     assert!(pa.ping(b));
     let before = c.nodes[0].drops("too_big");
     // 1420 bytes of ICMP data: a 1448-byte IP packet with DF set.

@@ -57,13 +57,11 @@ impl Receiver {
         let socket = tunnel.rx(worker);
         let mut datagrams = 0;
         for _ in 0..batch {
-            match socket.recv(&mut self.buf[DATAGRAM_OFFSET..], &mut self.meta) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    return (Outcome::Drained, datagrams)
+            if let Err(e) = socket.recv(&mut self.buf[DATAGRAM_OFFSET..], &mut self.meta) {
+                match ended(e) {
+                    Some(outcome) => return (outcome, datagrams),
+                    None => continue,
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return (Outcome::Failed(e), datagrams),
             }
             let m = self.meta[0];
             let stranger = |buf: &[u8]| {
@@ -107,6 +105,16 @@ impl Receiver {
             flush(&mut self.coalescer, snapshot, stats, worker);
         }
         (Outcome::More, datagrams)
+    }
+}
+
+/// What a failed receive means for the batch: the socket is empty or broken (the batch
+/// ends with that outcome), or the call was interrupted (`None`: try again).
+pub(super) fn ended(e: std::io::Error) -> Option<Outcome> {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock => Some(Outcome::Drained),
+        std::io::ErrorKind::Interrupted => None,
+        _ => Some(Outcome::Failed(e)),
     }
 }
 

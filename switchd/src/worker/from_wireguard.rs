@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use quinn_udp::RecvMeta;
 
-use super::from_tunnel::{flush, route, Outcome};
+use super::from_tunnel::{ended, flush, route, Outcome};
 use crate::datapath::coalesce::Coalescer;
 use crate::datapath::frame::{ETH_HDR_LEN, VNET_HDR_LEN};
 use crate::datapath::DropReason;
@@ -51,13 +51,11 @@ impl Receiver {
     ) -> (Outcome, u64) {
         let mut datagrams = 0;
         for _ in 0..batch {
-            match wg.rx(worker).recv(&mut self.buf, &mut self.meta) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    return (Outcome::Drained, datagrams)
+            if let Err(e) = wg.rx(worker).recv(&mut self.buf, &mut self.meta) {
+                match ended(e) {
+                    Some(outcome) => return (outcome, datagrams),
+                    None => continue,
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return (Outcome::Failed(e), datagrams),
             }
             let m = self.meta[0];
             let peer = match m.addr {

@@ -192,7 +192,7 @@ fn tunnel_paths(c: &mut Criterion) {
     group.bench_function("encap_64KiB_segment", |bench| {
         bench.iter(|| {
             black_box(
-                offload::segment_tcp4(
+                offload::segment_tcp(
                     black_box(&superframe),
                     hdr,
                     &mut scratch,
@@ -204,7 +204,7 @@ fn tunnel_paths(c: &mut Criterion) {
     });
     // The receiving side: the same 64 KB as 46 segments merged back into one super-frame
     // (each segment's checksum verified on the way).
-    let segs = offload::segment_tcp4(&superframe, hdr, &mut scratch, 0).unwrap();
+    let segs = offload::segment_tcp(&superframe, hdr, &mut scratch, 0).unwrap();
     let frames: Vec<Vec<u8>> = (0..segs.count)
         .map(|i| scratch[i * segs.stride..((i + 1) * segs.stride).min(segs.len)].to_vec())
         .collect();
@@ -449,11 +449,13 @@ fn many_peers(c: &mut Criterion) {
             let net = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + (i << 8));
             table.insert_peer(PeerRoute {
                 pod_cidr: ipnet::Ipv4Net::new(net, 24).unwrap(),
+                pod_cidr_v6: None,
                 mac: mac_for_ip(net),
             });
         }
         let last = table.insert_peer(PeerRoute {
             pod_cidr: "10.244.2.0/24".parse().unwrap(),
+            pod_cidr_v6: None,
             mac: mac_for_ip(Ipv4Addr::new(10, 244, 2, 1)),
         });
         let mut reply = [0u8; 256];

@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use switchd::datapath::coalesce::Coalescer;
 use switchd::datapath::craft;
 use switchd::datapath::frame::{ETH_HDR_LEN, VNET_HDR_LEN};
-use switchd::datapath::offload::{segment_tcp4, segment_udp4, VnetHdr, GSO_UDP_L4};
+use switchd::datapath::offload::{segment_tcp, segment_udp, VnetHdr, GSO_UDP_L4};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
         sf[1] = GSO_UDP_L4;
         sf[4..6].copy_from_slice(&mss.to_le_bytes());
         let s =
-            segment_udp4(&sf, VnetHdr::read(&sf), &mut out, 8).expect("our own USO frame segments");
+            segment_udp(&sf, VnetHdr::read(&sf), &mut out, 8).expect("our own USO frame segments");
         assert_eq!(s.count, payload.len().div_ceil(usize::from(mss)));
         let mut joined = Vec::new();
         for i in 0..s.count {
@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
         let sf = craft::tcp4_super_frame(payload, 1000, mss);
-        let s = segment_tcp4(&sf, VnetHdr::read(&sf), &mut out, 0)
+        let s = segment_tcp(&sf, VnetHdr::read(&sf), &mut out, 0)
             .expect("our own super-frame segments");
         assert_eq!(s.count, payload.len().div_ceil(usize::from(mss)));
         let mut c = Coalescer::new();
@@ -78,8 +78,8 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(merged, payload, "segment then merge gives back the payload");
     } else {
         let hdr = VnetHdr::read(rest);
-        let _ = segment_tcp4(rest, hdr, &mut out, 8);
-        let _ = segment_udp4(rest, hdr, &mut out, 8);
+        let _ = segment_tcp(rest, hdr, &mut out, 8);
+        let _ = segment_udp(rest, hdr, &mut out, 8);
         let mut c = Coalescer::new();
         for chunk in rest.chunks(1514.min(rest.len().max(1))) {
             if !c.push(chunk, 2) {

@@ -3,15 +3,15 @@
 //! Every key is checked at start; an unknown key or an invalid value stops switchd with a
 //! message that names the key, because a typo silently ignored is a 3 a.m. outage later.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 use crate::datapath::frame::{mac_for_ip, parse_mac};
-use crate::datapath::table::gateway_of;
+use crate::datapath::table::{gateway_of, gateway_of_v6};
 
 /// Bytes a VXLAN tunnel adds to every frame over IPv4 (outer IP 20 + UDP 8 + VXLAN 8 +
 /// inner Ethernet 14), kept off the pod MTU so pod traffic fits the underlay.
@@ -56,6 +56,11 @@ pub struct FileConfig {
     pub node_name: Option<String>,
     pub pod_cidr: Option<String>,
     pub cluster_cidr: Option<String>,
+    /// This node's IPv6 pod prefix (a /64 is usual); with `cluster_cidr_v6`, makes the
+    /// node dual-stack (`docs/dual-stack.md`).
+    pub pod_cidr_v6: Option<String>,
+    /// The IPv6 prefix every node's IPv6 pod prefix lies in.
+    pub cluster_cidr_v6: Option<String>,
     pub socket: Option<PathBuf>,
     /// A group (name or number) whose members may use the control socket besides root.
     pub socket_group: Option<String>,
@@ -109,6 +114,8 @@ pub struct PeerEntry {
     pub addr: String,
     /// The peer's pod CIDR.
     pub pod_cidr: String,
+    /// The peer's IPv6 pod prefix, if it is dual-stack.
+    pub pod_cidr_v6: Option<String>,
     /// The peer's router/VTEP MAC: the inner destination MAC of frames sent to it.
     pub mac: String,
     /// The peer's VXLAN port, if it differs from ours.
@@ -133,6 +140,8 @@ pub struct Peer {
     pub name: String,
     pub addr: SocketAddrV4,
     pub pod_cidr: Ipv4Net,
+    /// The peer's IPv6 pod prefix; `None` if it has none, or this node is IPv4-only.
+    pub pod_cidr_v6: Option<Ipv6Net>,
     pub mac: [u8; 6],
     /// How to reach the peer over WireGuard, if it has a key.
     pub wireguard: Option<WireGuardPeer>,
@@ -221,11 +230,45 @@ pub fn format_wireguard_key(key: &[u8; 32]) -> String {
 /// Values given on the command line; each replaces the file's. Same keys as the file.
 pub type Overrides = FileConfig;
 
+/// The IPv6 half of a dual-stack node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Config {
+    pub pod_cidr: Ipv6Net,
+    pub cluster_cidr: Ipv6Net,
+    /// In etcd mode without `pod_cidr_v6`: the prefix is the /64 of `cluster_cidr_v6`
+    /// with the leased IPv4 subnet's index, so it follows that lease (same one back after
+    /// a restart) and no second lease is needed. Set by [`Config::assign_pod_cidr`].
+    pub derived: bool,
+}
+
+impl Ipv6Config {
+    /// The /64 of `cluster_cidr_v6` whose index is that of `subnet` in `cluster_cidr`.
+    pub fn derive(cluster: Ipv6Net, cluster_v4: Ipv4Net, subnet: Ipv4Net) -> Result<Ipv6Net> {
+        let index = (u32::from(subnet.network()) - u32::from(cluster_v4.network()))
+            >> (32 - subnet.prefix_len());
+        let bits = 64 - u32::from(cluster.prefix_len());
+        if cluster.prefix_len() > 64 || (bits < 32 && u64::from(index) >= 1u64 << bits) {
+            bail!("cluster_cidr_v6: {cluster} has no /64 for subnet {subnet} (number {index} of cluster_cidr); use a /48 or /56 so every IPv4 subnet has its /64");
+        }
+        let net = u128::from(cluster.network()) | (u128::from(index) << 64);
+        Ok(Ipv6Net::new(Ipv6Addr::from(net), 64).expect("64 is a valid length"))
+    }
+}
+
+impl Ipv6Config {
+    /// The pods' IPv6 gateway: the prefix's `::1`, on the host port.
+    pub fn gateway(&self) -> Ipv6Addr {
+        gateway_of_v6(self.pod_cidr)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub node_name: String,
     pub pod_cidr: Ipv4Net,
     pub cluster_cidr: Ipv4Net,
+    /// IPv6 prefixes of a dual-stack node; `None`: IPv4 only.
+    pub ipv6: Option<Ipv6Config>,
     pub socket: PathBuf,
     /// Members of this group (name, gid) may use the control socket too; it is then
     /// mode 0660 and owned by the group.
@@ -363,10 +406,17 @@ impl Config {
                         bail!("{}: required with encryption = \"wireguard\" (the peer's `wg pubkey`, or `switchd --keygen` on a switchd node); while a rollout reaches peers without a key in clear, set encryption_plain = \"send\" or \"accept\"", key("public_key"));
                     }
                 }
+                let pod_cidr_v6 = match &p.pod_cidr_v6 {
+                    Some(s) => Some(parse_cidr_v6(&key("pod_cidr_v6"), s)?),
+                    None => None,
+                };
                 Ok(Peer {
                     name: p.name.clone(),
                     addr: SocketAddrV4::new(addr, p.port.unwrap_or(self.tunnel_port)),
                     pod_cidr: parse_cidr(&key("pod_cidr"), &p.pod_cidr)?,
+                    // An IPv4-only node has no use for it (a cluster turning dual-stack
+                    // one node at a time has both kinds).
+                    pod_cidr_v6: pod_cidr_v6.filter(|_| self.ipv6.is_some()),
                     mac,
                     wireguard,
                 })
@@ -396,6 +446,22 @@ impl Config {
                     self.pod_cidr
                 );
             }
+            if let (Some(v6), Some(net)) = (self.ipv6, p.pod_cidr_v6) {
+                if !v6.cluster_cidr.contains(&net) {
+                    bail!(
+                        "peer {}: pod_cidr_v6 {net} is not inside cluster_cidr_v6 {}",
+                        p.name,
+                        v6.cluster_cidr
+                    );
+                }
+                if overlaps_v6(net, v6.pod_cidr) {
+                    bail!(
+                        "peer {}: pod_cidr_v6 {net} overlaps this node's pod_cidr_v6 {}",
+                        p.name,
+                        v6.pod_cidr
+                    );
+                }
+            }
             if Some(*p.addr.ip()) == self.underlay_addr {
                 bail!(
                     "peer {}: addr {} is this node's own underlay_addr",
@@ -415,6 +481,15 @@ impl Config {
                         q.name,
                         q.pod_cidr
                     );
+                }
+                if let (Some(a), Some(b)) = (p.pod_cidr_v6, q.pod_cidr_v6) {
+                    if overlaps_v6(a, b) {
+                        bail!(
+                            "peer {}: pod_cidr_v6 {a} overlaps peer {}'s {b}",
+                            p.name,
+                            q.name
+                        );
+                    }
                 }
                 if q.addr.ip() == p.addr.ip() {
                     bail!(
@@ -467,6 +542,7 @@ impl Config {
         if !cluster_cidr.contains(&pod_cidr) {
             bail!("pod_cidr: {pod_cidr} is not inside cluster_cidr {cluster_cidr}");
         }
+        let ipv6 = parse_ipv6(&file, &o, matches!(membership, Membership::Etcd(_)))?;
         let mtu = o.mtu.or(file.mtu);
         if let Some(m) = mtu {
             if !(576..=65_535).contains(&m) {
@@ -521,6 +597,7 @@ impl Config {
             node_name,
             pod_cidr,
             cluster_cidr,
+            ipv6,
             socket,
             socket_group: match o.socket_group.or(file.socket_group) {
                 None => None,
@@ -603,6 +680,9 @@ impl Config {
                 self.cluster_cidr
             );
         }
+        if let Some(v6) = self.ipv6.as_mut().filter(|v6| v6.derived) {
+            v6.pod_cidr = Ipv6Config::derive(v6.cluster_cidr, self.cluster_cidr, subnet)?;
+        }
         self.pod_cidr = subnet;
         self.pod_cidr_pending = false;
         if !self.router_mac_explicit {
@@ -621,6 +701,53 @@ impl Config {
     pub fn gateway(&self) -> Ipv4Addr {
         gateway_of(self.pod_cidr)
     }
+}
+
+/// `pod_cidr_v6` and `cluster_cidr_v6`: both, or neither, or in etcd mode the cluster's
+/// alone (the node's is then derived from its leased IPv4 subnet).
+fn parse_ipv6(file: &FileConfig, o: &Overrides, etcd: bool) -> Result<Option<Ipv6Config>> {
+    let pod = pick(&o.pod_cidr_v6, &file.pod_cidr_v6);
+    let cluster = pick(&o.cluster_cidr_v6, &file.cluster_cidr_v6);
+    let (pod, cluster) = match (pod, cluster) {
+        (None, None) => return Ok(None),
+        (Some(p), Some(c)) => (
+            parse_cidr_v6("pod_cidr_v6", &p)?,
+            parse_cidr_v6("cluster_cidr_v6", &c)?,
+        ),
+        (None, Some(c)) if etcd => {
+            let cluster = parse_cidr_v6("cluster_cidr_v6", &c)?;
+            if cluster.prefix_len() > 64 {
+                bail!("cluster_cidr_v6: {cluster} is smaller than a /64; nodes get a /64 each");
+            }
+            let placeholder = Ipv6Net::new(cluster.network(), 64).expect("checked length");
+            return Ok(Some(Ipv6Config {
+                pod_cidr: placeholder,
+                cluster_cidr: cluster,
+                derived: true,
+            }));
+        }
+        (Some(_), None) => bail!("cluster_cidr_v6: required with pod_cidr_v6, e.g. cluster_cidr_v6 = \"fd10:244::/56\" (the prefix every node's IPv6 pod prefix lies in)"),
+        (None, Some(_)) => bail!("pod_cidr_v6: required with cluster_cidr_v6, e.g. pod_cidr_v6 = \"fd10:244:1::/64\" (this node's share of cluster_cidr_v6)"),
+    };
+    if pod.prefix_len() > 120 {
+        bail!("pod_cidr_v6: {pod} is too small for pods; use a /120 or larger (a /64 is usual)");
+    }
+    if !cluster.contains(&pod) {
+        bail!("pod_cidr_v6: {pod} is not inside cluster_cidr_v6 {cluster}");
+    }
+    let net = pod.network();
+    if net.is_multicast()
+        || net.is_loopback()
+        || net.is_unspecified()
+        || (net.segments()[0] & 0xffc0) == 0xfe80
+    {
+        bail!("pod_cidr_v6: {pod} is not a unicast prefix pods can be reached on (use a ULA such as fd10:244:1::/64 or a global prefix)");
+    }
+    Ok(Some(Ipv6Config {
+        pod_cidr: pod,
+        cluster_cidr: cluster,
+        derived: false,
+    }))
 }
 
 fn parse_encryption(file: &FileConfig, o: &Overrides) -> Result<Encryption> {
@@ -778,6 +905,23 @@ fn parse_cidr(key: &str, s: &str) -> Result<Ipv4Net> {
 /// Do two CIDRs share any address?
 pub fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
+}
+
+pub fn overlaps_v6(a: Ipv6Net, b: Ipv6Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn parse_cidr_v6(key: &str, s: &str) -> Result<Ipv6Net> {
+    let net: Ipv6Net = s.parse().with_context(|| {
+        format!("{key}: {s:?} is not an IPv6 prefix such as \"fd10:244:1::/64\"")
+    })?;
+    if net.trunc() != net {
+        bail!(
+            "{key}: {s} has host bits set; did you mean {}?",
+            net.trunc()
+        );
+    }
+    Ok(net)
 }
 
 fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {

@@ -380,6 +380,7 @@ impl Switch {
         for (i, p) in peers.iter().enumerate() {
             table.insert_peer(PeerRoute {
                 pod_cidr: p.peer.pod_cidr,
+                pod_cidr_v6: p.peer.pod_cidr_v6,
                 mac: p.peer.mac,
             });
             peer_by_addr.insert(u32::from(*p.peer.addr.ip()), i);

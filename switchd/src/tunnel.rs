@@ -15,7 +15,9 @@ use std::io::IoSliceMut;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 
-use crate::datapath::offload::{self, Segments, VnetHdr, GSO_NONE, GSO_TCPV4, GSO_UDP_L4};
+use crate::datapath::offload::{
+    self, Segments, VnetHdr, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4,
+};
 use crate::datapath::vxlan::{self, DATAGRAM_OFFSET, VXLAN_HDR_LEN};
 use crate::datapath::DropReason;
 use crate::port::PortCounters;
@@ -190,9 +192,9 @@ impl Tunnel {
                     stats,
                 );
             }),
-            GSO_TCPV4 => offload::segment_tcp4(buf, hdr, scratch, VXLAN_HDR_LEN)
+            GSO_TCPV4 | GSO_TCPV6 => offload::segment_tcp(buf, hdr, scratch, VXLAN_HDR_LEN)
                 .map(|segs| self.send_segments(tx, scratch, segs, peer, stats)),
-            GSO_UDP_L4 => offload::segment_udp4(buf, hdr, scratch, VXLAN_HDR_LEN)
+            GSO_UDP_L4 => offload::segment_udp(buf, hdr, scratch, VXLAN_HDR_LEN)
                 .map(|segs| self.send_segments(tx, scratch, segs, peer, stats)),
             _ => Err(DropReason::UnsupportedProtocol),
         };

@@ -34,6 +34,12 @@ pub fn pseudo_header_v4(src: [u8; 4], dst: [u8; 4], protocol: u8, len: usize) ->
     sum(&src, 0) + sum(&dst, 0) + u64::from(protocol) + len as u64
 }
 
+/// The IPv6 pseudo-header of a TCP, UDP or ICMPv6 checksum (RFC 8200 section 8.1).
+#[inline]
+pub fn pseudo_header_v6(src: &[u8; 16], dst: &[u8; 16], next_header: u8, len: usize) -> u64 {
+    sum(src, 0) + sum(dst, 0) + u64::from(next_header) + len as u64
+}
+
 /// Recompute an IPv4 header's checksum in place.
 #[inline]
 pub fn fix_ipv4_header(ip_header: &mut [u8]) {

@@ -1,5 +1,5 @@
 //! Receive-side coalescing: TCP segments that arrived through the tunnel are merged back into
-//! one super-frame before the TAP write, the reverse of `offload::segment_tcp4`.
+//! one super-frame before the TAP write, the reverse of `offload::segment_tcp`.
 //!
 //! Writing 64 KiB to a TAP costs one system call and one pass through the pod's stack;
 //! writing 45 segments of 1448 bytes costs 45 of each. The merged frame carries a virtio-net
@@ -222,13 +222,13 @@ impl Coalescer {
 mod tests {
     use super::*;
     use crate::datapath::craft;
-    use crate::datapath::offload::{finish_checksum, segment_tcp4, VnetHdr};
+    use crate::datapath::offload::{finish_checksum, segment_tcp, VnetHdr};
 
     /// Segment a super-frame the way the sending switch does; return the frames.
     fn segments(payload: &[u8], mss: u16) -> Vec<Vec<u8>> {
         let sf = craft::tcp4_super_frame(payload, 5000, mss);
         let mut out = vec![0u8; 200_000];
-        let s = segment_tcp4(&sf, VnetHdr::read(&sf), &mut out, 0).unwrap();
+        let s = segment_tcp(&sf, VnetHdr::read(&sf), &mut out, 0).unwrap();
         (0..s.count)
             .map(|i| out[i * s.stride..((i + 1) * s.stride).min(s.len)].to_vec())
             .collect()
@@ -253,7 +253,7 @@ mod tests {
         );
         // Splitting it again gives the same segments (checksums included).
         let mut out = vec![0u8; 200_000];
-        let again = segment_tcp4(merged, hdr, &mut out, 0).unwrap();
+        let again = segment_tcp(merged, hdr, &mut out, 0).unwrap();
         for (i, s) in segs.iter().enumerate() {
             let a = &out[i * again.stride..((i + 1) * again.stride).min(again.len)];
             assert_eq!(&a[..ETH_HDR_LEN + 4], &s[..ETH_HDR_LEN + 4]);

@@ -1,11 +1,13 @@
 //! Frames built by hand: the bytes a TAP would hand us. Unit tests and benchmarks use
 //! them, and so does `switchctl trace`, whose probe frame is decided by the live datapath.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::Ipv4Net;
 
-use super::frame::{mac_for_ip, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETH_HDR_LEN, VNET_HDR_LEN};
+use super::frame::{
+    mac_for_ip, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HDR_LEN, VNET_HDR_LEN,
+};
 use super::table::{gateway_of, Table};
 
 /// A table for the demo node `10.244.1.0/24` in cluster `10.244.0.0/16`, MTU 1450.
@@ -192,7 +194,155 @@ pub fn demo_table_with_peer() -> Table {
     t.tunnel_mtu = 1450;
     t.insert_peer(super::table::PeerRoute {
         pod_cidr: "10.244.2.0/24".parse().unwrap(),
+        pod_cidr_v6: None,
         mac: mac_for_ip(Ipv4Addr::new(10, 244, 2, 1)),
     });
     t
+}
+
+/// The demo node made dual-stack: `fd10:244:1::/64` in cluster `fd10:244::/32`.
+pub fn demo_table_dual_stack() -> Table {
+    let mut t = demo_table();
+    t.enable_ipv6(
+        "fd10:244:1::/64".parse().unwrap(),
+        "fd10:244::/32".parse().unwrap(),
+    );
+    t
+}
+
+/// [`demo_table_dual_stack`] with a peer owning `10.244.2.0/24` and `fd10:244:2::/64`.
+pub fn demo_table_dual_stack_with_peer() -> Table {
+    let mut t = demo_table_dual_stack();
+    t.tunnel_mtu = 1450;
+    t.insert_peer(super::table::PeerRoute {
+        pod_cidr: "10.244.2.0/24".parse().unwrap(),
+        pod_cidr_v6: Some("fd10:244:2::/64".parse().unwrap()),
+        mac: mac_for_ip(Ipv4Addr::new(10, 244, 2, 1)),
+    });
+    t
+}
+
+/// virtio-net header + Ethernet + IPv6 (hop limit `hop_limit`) + `payload` as it is.
+fn ipv6_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next_header: u8,
+    hop_limit: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(VNET_HDR_LEN + ETH_HDR_LEN + 40 + payload.len());
+    eth(dst_mac, src_mac, ETHERTYPE_IPV6, &mut out);
+    out.extend_from_slice(&[0x60, 0, 0, 0]);
+    out.extend_from_slice(&(payload.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+    out.push(next_header);
+    out.push(hop_limit);
+    out.extend_from_slice(&src.octets());
+    out.extend_from_slice(&dst.octets());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// virtio-net header + Ethernet + IPv6 + UDP (checksum left zero) + `payload` zero bytes.
+pub fn ipv6_udp(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    payload: usize,
+) -> Vec<u8> {
+    let mut udp = vec![0u8; 8 + payload];
+    udp[0..2].copy_from_slice(&4000u16.to_be_bytes());
+    udp[2..4].copy_from_slice(&5000u16.to_be_bytes());
+    udp[4..6].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+    ipv6_frame(src_mac, dst_mac, src, dst, 17, 64, &udp)
+}
+
+/// An ICMPv6 message of `icmp_type` with `len` bytes of body after the 4-byte header, hop
+/// limit 255 and a valid checksum, to `dst` (a multicast `dst` gets its multicast MAC).
+pub fn icmpv6(
+    src_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    icmp_type: u8,
+    len: usize,
+) -> Vec<u8> {
+    let mut body = vec![0u8; 4 + len];
+    body[0] = icmp_type;
+    icmpv6_with(src_mac, src, dst, body)
+}
+
+fn icmpv6_with(src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, mut body: Vec<u8>) -> Vec<u8> {
+    let sum = super::checksum::sum(
+        &body,
+        super::checksum::pseudo_header_v6(&src.octets(), &dst.octets(), 58, body.len()),
+    );
+    body[2..4].copy_from_slice(&super::checksum::finish(sum).to_be_bytes());
+    let d = dst.octets();
+    let dst_mac = if d[0] == 0xff {
+        [0x33, 0x33, d[12], d[13], d[14], d[15]]
+    } else {
+        [0x0a, 0x58, 0, 0, 0, 1]
+    };
+    ipv6_frame(src_mac, dst_mac, src, dst, 58, 255, &body)
+}
+
+/// A Neighbor Solicitation from (`src_mac`, `src`) for `target`, to the target's
+/// solicited-node multicast address, with the source link-layer option.
+pub fn neighbor_solicitation(src_mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let t = target.octets();
+    let solicited = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(t[13]),
+        u16::from_be_bytes([t[14], t[15]]),
+    );
+    let mut body = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    body.extend_from_slice(&t);
+    body.extend_from_slice(&[1, 1]);
+    body.extend_from_slice(&src_mac);
+    icmpv6_with(src_mac, src, solicited, body)
+}
+
+/// An unsolicited Neighbor Advertisement from `src_mac` claiming `target`, to all nodes.
+pub fn neighbor_advertisement(src_mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let mut body = vec![136, 0, 0, 0, 0x20, 0, 0, 0];
+    body.extend_from_slice(&target.octets());
+    body.extend_from_slice(&[2, 1]);
+    body.extend_from_slice(&src_mac);
+    icmpv6_with(src_mac, src, "ff02::1".parse().unwrap(), body)
+}
+
+/// A TCPv6 super-frame as a pod's kernel hands it over with TSO (`gso_type` TCPv6), from
+/// `fd10:244:1::2` to `fd10:244:2::2`, partial checksum, flags ACK|PSH.
+pub fn tcp6_super_frame(payload: &[u8], seq: u32, mss: u16) -> Vec<u8> {
+    let a: Ipv6Addr = "fd10:244:1::2".parse().unwrap();
+    let b: Ipv6Addr = "fd10:244:2::2".parse().unwrap();
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&5201u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x18; // ACK|PSH
+    tcp[14..16].copy_from_slice(&64000u16.to_be_bytes());
+    let pseudo = super::checksum::pseudo_header_v6(&a.octets(), &b.octets(), 6, 20 + payload.len());
+    let partial = !super::checksum::finish(pseudo);
+    tcp[16..18].copy_from_slice(&partial.to_be_bytes());
+    tcp.extend_from_slice(payload);
+    let mut out = ipv6_frame(
+        mac_for_ip(Ipv4Addr::new(10, 244, 1, 2)),
+        mac_for_ip(Ipv4Addr::new(10, 244, 1, 1)),
+        a,
+        b,
+        6,
+        64,
+        &tcp,
+    );
+    super::offload::VnetHdr::write_tcp6_gso(&mut out, mss, (ETH_HDR_LEN + 40) as u16);
+    out
 }

@@ -4,12 +4,13 @@ use etherparse::{Ethernet2HeaderSlice, Ipv4HeaderSlice};
 
 use super::flows::{self, FlowTable};
 use super::frame::{
-    eth_dst, set_eth_dst, set_eth_src, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETH_HDR_LEN, VNET_HDR_LEN,
+    eth_dst, set_eth_dst, set_eth_src, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HDR_LEN,
+    VNET_HDR_LEN,
 };
-use super::offload::{self, VnetHdr, GSO_NONE, GSO_TCPV4, GSO_UDP_L4};
-use super::table::{PortId, Table, HOST_PORT};
+use super::offload::{self, VnetHdr, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4};
+use super::table::{Endpoint, PortId, Table, HOST_PORT};
 use super::DropReason;
-use super::{arp, icmp};
+use super::{arp, icmp, ipv6, ndp};
 
 /// What to do with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,7 @@ pub fn forward(
     };
     match ethertype {
         ETHERTYPE_IPV4 => forward_ipv4(frame, vnet, in_port, table, flows, now, reply),
+        ETHERTYPE_IPV6 => forward_ipv6(frame, vnet, in_port, table, reply),
         ETHERTYPE_ARP => match arp::answer(frame, in_port, table, reply) {
             Ok(len) => Verdict::Reply(len),
             Err(reason) => Verdict::Drop(reason),
@@ -116,6 +118,60 @@ fn forward_ipv4(
         return to_node(frame, table);
     }
     route(frame, vnet, dst, dst_addr, in_port, table, reply)
+}
+
+/// An IPv6 frame: link signalling is answered or absorbed here, everything else routed
+/// like IPv4 by the node's IPv6 table. Kept out of line so the IPv4 path stays as it was.
+#[inline(never)]
+fn forward_ipv6(
+    frame: &mut [u8],
+    vnet: VnetHdr,
+    in_port: PortId,
+    table: &Table,
+    reply: &mut [u8],
+) -> Verdict {
+    let info = match ipv6::parse(&frame[ETH_HDR_LEN..]) {
+        Ok(info) => info,
+        Err(reason) => return Verdict::Drop(reason),
+    };
+    if ndp::icmp_type(&frame[ETH_HDR_LEN..], &info).is_some_and(ndp::is_link_signalling) {
+        return match ndp::answer(frame, &info, in_port, table, reply) {
+            Ok(len) => Verdict::Reply(len),
+            Err(reason) => Verdict::Drop(reason),
+        };
+    }
+    let Some(v6) = table.v6.as_ref() else {
+        return Verdict::Drop(DropReason::UnsupportedProtocol);
+    };
+    if vnet.gso_type == GSO_NONE && frame.len() - ETH_HDR_LEN > table.mtu as usize {
+        return too_big(frame, table, table.mtu, reply);
+    }
+    match table.ports.get(&in_port) {
+        Some(_) if in_port == HOST_PORT => {}
+        Some(p) if p.allowed_src6.is_some_and(|a| a.octets() == info.src) => {}
+        Some(_) => return Verdict::Drop(DropReason::SpoofedSource),
+        None => return Verdict::Drop(DropReason::NoRoute),
+    }
+    if ipv6::is_multicast(&info.dst) {
+        return Verdict::Drop(DropReason::Multicast);
+    }
+    if ipv6::is_link_local(&info.dst) {
+        return Verdict::Drop(DropReason::NoRoute);
+    }
+    if let Some(ep) = table.lookup6(info.dst) {
+        return deliver_to(frame, *ep, in_port, table);
+    }
+    if let Some(peer) = table.lookup_peer6(info.dst) {
+        return encap_to_peer(frame, vnet, peer, table, reply);
+    }
+    let dst = std::net::Ipv6Addr::from(info.dst);
+    if v6.pod_cidr.contains(&dst) || in_port == HOST_PORT {
+        return Verdict::Drop(DropReason::NoRoute);
+    }
+    if v6.cluster_cidr.contains(&dst) {
+        return Verdict::Drop(DropReason::NoPeer);
+    }
+    to_node(frame, table)
 }
 
 /// A frame the node sent into the switch. When it carries a pod's source address to a pod
@@ -192,8 +248,14 @@ fn deliver_local(
     table: &Table,
 ) -> Option<Verdict> {
     let ep = table.lookup(dst)?;
+    Some(deliver_to(frame, *ep, in_port, table))
+}
+
+/// To `ep`, the port holding the destination address.
+#[inline(always)]
+fn deliver_to(frame: &mut [u8], ep: Endpoint, in_port: PortId, table: &Table) -> Verdict {
     if ep.port == in_port {
-        return Some(Verdict::Drop(DropReason::Loop));
+        return Verdict::Drop(DropReason::Loop);
     }
     // Switched frames already carry the pod's MAC; routed ones (sent to the gateway MAC,
     // or arriving from the tunnel) get the pod's MAC and the router's as their source.
@@ -201,7 +263,7 @@ fn deliver_local(
         set_eth_dst(frame, ep.mac);
         set_eth_src(frame, table.router_mac);
     }
-    Some(Verdict::Forward(ep.port))
+    Verdict::Forward(ep.port)
 }
 
 #[inline]
@@ -215,11 +277,11 @@ fn encap_to_peer(
     // A super-frame crosses as segments of its headers plus gso_size each.
     let ip_len = match vnet.gso_type {
         GSO_NONE => frame.len() - ETH_HDR_LEN,
-        GSO_TCPV4 => match offload::tcp4_segment_ip_len(frame, vnet.gso_size) {
+        GSO_TCPV4 | GSO_TCPV6 => match offload::tcp_segment_ip_len(frame, vnet.gso_size) {
             Ok(len) => len,
             Err(reason) => return Verdict::Drop(reason),
         },
-        GSO_UDP_L4 => match offload::udp4_segment_ip_len(frame, vnet.gso_size) {
+        GSO_UDP_L4 => match offload::udp_segment_ip_len(frame, vnet.gso_size) {
             Ok(len) => len,
             Err(reason) => return Verdict::Drop(reason),
         },
@@ -234,9 +296,19 @@ fn encap_to_peer(
     Verdict::Encap(peer)
 }
 
-/// Answer a packet the tunnel cannot carry: ICMP "fragmentation needed" when enabled.
+/// Answer a packet the tunnel cannot carry: ICMP "fragmentation needed" when enabled, and
+/// for IPv6 always ICMPv6 "packet too big", without which IPv6 has no way through.
 #[inline]
 pub fn too_big(frame: &[u8], table: &Table, mtu: u32, reply: &mut [u8]) -> Verdict {
+    if frame[12..14] == ETHERTYPE_IPV6.to_be_bytes() {
+        return match icmp::packet_too_big(frame, table, mtu, reply) {
+            0 => Verdict::Drop(DropReason::TooBig),
+            len => Verdict::Reject {
+                len,
+                reason: DropReason::TooBig,
+            },
+        };
+    }
     if table.icmp_frag_needed {
         let len = icmp::frag_needed(frame, table, mtu, reply);
         Verdict::Reject {
@@ -263,6 +335,9 @@ pub fn forward_from_tunnel(
     let frame = &mut buf[VNET_HDR_LEN..];
     match Ethernet2HeaderSlice::from_slice(frame) {
         Ok(eth) if eth.ether_type().0 == ETHERTYPE_IPV4 => {}
+        Ok(eth) if eth.ether_type().0 == ETHERTYPE_IPV6 => {
+            return from_tunnel_ipv6(frame, peer, table)
+        }
         Ok(_) => return Verdict::Drop(DropReason::UnsupportedProtocol),
         Err(_) => return Verdict::Drop(DropReason::Malformed),
     }
@@ -282,6 +357,29 @@ pub fn forward_from_tunnel(
         return to_node(frame, table);
     }
     deliver_local(frame, dst, PortId::MAX, table).unwrap_or(Verdict::Drop(DropReason::NoRoute))
+}
+
+/// An IPv6 frame from peer `peer`: from the peer's IPv6 prefix, for this node only.
+#[inline(never)]
+fn from_tunnel_ipv6(frame: &mut [u8], peer: usize, table: &Table) -> Verdict {
+    let info = match ipv6::parse(&frame[ETH_HDR_LEN..]) {
+        Ok(info) => info,
+        Err(reason) => return Verdict::Drop(reason),
+    };
+    if ndp::icmp_type(&frame[ETH_HDR_LEN..], &info).is_some_and(ndp::is_link_signalling) {
+        return Verdict::Drop(DropReason::NdIgnored);
+    }
+    let Some(route) = table.peers.get(peer) else {
+        return Verdict::Drop(DropReason::UnknownPeer);
+    };
+    let src = std::net::Ipv6Addr::from(info.src);
+    if !route.pod_cidr_v6.is_some_and(|net| net.contains(&src)) {
+        return Verdict::Drop(DropReason::SpoofedSource);
+    }
+    match table.lookup6(info.dst) {
+        Some(ep) => deliver_to(frame, *ep, PortId::MAX, table),
+        None => Verdict::Drop(DropReason::NoRoute),
+    }
 }
 
 #[cfg(test)]
@@ -311,7 +409,7 @@ mod tests {
     }
 
     fn run_with(buf: &mut [u8], in_port: PortId, t: &Table, f: &FlowTable) -> (Verdict, Vec<u8>) {
-        let mut reply = [0u8; 128];
+        let mut reply = [0u8; icmp::MAX_REPLY_LEN];
         let v = forward(buf, in_port, t, f, 0, &mut reply);
         let r = match v {
             Verdict::Reply(n) | Verdict::Reject { len: n, .. } => reply[..n].to_vec(),
@@ -364,9 +462,31 @@ mod tests {
                 DropReason::Malformed,
             ),
             (
-                craft::ethertype(0x86dd, 60),
+                craft::ethertype(0x88cc, 60),
                 1,
                 DropReason::UnsupportedProtocol,
+            ),
+            (
+                craft::ipv6_udp(
+                    mac_for_ip(A),
+                    t.router_mac,
+                    "fd10:244:1::2".parse().unwrap(),
+                    "fd10:244:1::3".parse().unwrap(),
+                    10,
+                ),
+                1,
+                DropReason::UnsupportedProtocol,
+            ),
+            (
+                craft::icmpv6(
+                    mac_for_ip(A),
+                    "fe80::1".parse().unwrap(),
+                    "ff02::2".parse().unwrap(),
+                    133,
+                    4,
+                ),
+                1,
+                DropReason::NdIgnored,
             ),
             (
                 craft::ipv4_udp(
@@ -749,5 +869,269 @@ mod tests {
         let (s, d) = ([f[l4], f[l4 + 1]], [f[l4 + 2], f[l4 + 3]]);
         f[l4..l4 + 2].copy_from_slice(&d);
         f[l4 + 2..l4 + 4].copy_from_slice(&s);
+    }
+
+    mod ipv6 {
+        use super::*;
+        use std::net::Ipv6Addr;
+
+        fn a6() -> Ipv6Addr {
+            "fd10:244:1::2".parse().unwrap()
+        }
+        fn b6() -> Ipv6Addr {
+            "fd10:244:1::3".parse().unwrap()
+        }
+        fn remote6() -> Ipv6Addr {
+            "fd10:244:2::7".parse().unwrap()
+        }
+        fn gw6() -> Ipv6Addr {
+            "fd10:244:1::1".parse().unwrap()
+        }
+
+        fn dual() -> Table {
+            let mut t = craft::demo_table_dual_stack_with_peer();
+            t.insert_pod(1, A, mac_for_ip(A));
+            t.insert_pod_v6(1, a6(), mac_for_ip(A));
+            t.insert_pod(2, B, mac_for_ip(B));
+            t.insert_pod_v6(2, b6(), mac_for_ip(B));
+            // A pod attached before the node had IPv6: IPv4 only.
+            t.insert_pod(3, Ipv4Addr::new(10, 244, 1, 4), [2; 6]);
+            t
+        }
+
+        #[test]
+        fn pods_the_node_and_peers_are_reached_over_ipv6() {
+            let t = dual();
+            let mut f = craft::ipv6_udp(mac_for_ip(A), mac_for_ip(B), a6(), b6(), 100);
+            let before = f.clone();
+            assert_eq!(run(&mut f, 1, &t).0, Verdict::Forward(2));
+            assert_eq!(f, before, "switched, not rewritten");
+            let mut f = craft::ipv6_udp(mac_for_ip(A), t.router_mac, a6(), b6(), 100);
+            assert_eq!(run(&mut f, 1, &t).0, Verdict::Forward(2));
+            assert_eq!(&f[VNET_HDR_LEN..VNET_HDR_LEN + 6], &mac_for_ip(B), "routed");
+            let mut f = craft::ipv6_udp(mac_for_ip(A), t.router_mac, a6(), gw6(), 10);
+            assert_eq!(run(&mut f, 1, &t).0, Verdict::Forward(HOST_PORT));
+            let mut f = craft::ipv6_udp(t.router_mac, t.router_mac, gw6(), a6(), 10);
+            assert_eq!(run(&mut f, HOST_PORT, &t).0, Verdict::Forward(1));
+            let outside: Ipv6Addr = "2001:db8::1".parse().unwrap();
+            let mut f = craft::ipv6_udp(mac_for_ip(A), t.router_mac, a6(), outside, 10);
+            assert_eq!(run(&mut f, 1, &t).0, Verdict::Forward(HOST_PORT), "egress");
+            let mut f = craft::ipv6_udp(mac_for_ip(A), t.router_mac, a6(), remote6(), 100);
+            assert_eq!(run(&mut f, 1, &t).0, Verdict::Encap(0));
+            assert_eq!(&f[VNET_HDR_LEN..VNET_HDR_LEN + 6], &t.peers[0].mac);
+            let mut f = craft::ipv6_udp(t.router_mac, t.router_mac, gw6(), remote6(), 100);
+            assert_eq!(
+                run(&mut f, HOST_PORT, &t).0,
+                Verdict::Encap(0),
+                "node to remote pod"
+            );
+        }
+
+        #[test]
+        fn spoofed_unknown_and_multicast_ipv6_is_dropped_with_its_reason() {
+            let t = dual();
+            let cases: Vec<(Vec<u8>, PortId, DropReason)> = vec![
+                (
+                    craft::ipv6_udp(mac_for_ip(A), t.router_mac, b6(), gw6(), 10),
+                    1,
+                    DropReason::SpoofedSource,
+                ),
+                (
+                    craft::ipv6_udp(
+                        mac_for_ip(A),
+                        t.router_mac,
+                        "fe80::2".parse().unwrap(),
+                        gw6(),
+                        10,
+                    ),
+                    1,
+                    DropReason::SpoofedSource,
+                ),
+                (
+                    craft::ipv6_udp(
+                        [2; 6],
+                        t.router_mac,
+                        "fd10:244:1::4".parse().unwrap(),
+                        gw6(),
+                        10,
+                    ),
+                    3,
+                    DropReason::SpoofedSource,
+                ),
+                (
+                    craft::ipv6_udp(
+                        mac_for_ip(A),
+                        t.router_mac,
+                        a6(),
+                        "fd10:244:1::99".parse().unwrap(),
+                        10,
+                    ),
+                    1,
+                    DropReason::NoRoute,
+                ),
+                (
+                    craft::ipv6_udp(
+                        mac_for_ip(A),
+                        t.router_mac,
+                        a6(),
+                        "fd10:244:9::9".parse().unwrap(),
+                        10,
+                    ),
+                    1,
+                    DropReason::NoPeer,
+                ),
+                (
+                    craft::ipv6_udp(
+                        mac_for_ip(A),
+                        [0x33, 0x33, 0, 0, 0, 0xfb],
+                        a6(),
+                        "ff02::fb".parse().unwrap(),
+                        10,
+                    ),
+                    1,
+                    DropReason::Multicast,
+                ),
+                (
+                    craft::ipv6_udp(
+                        mac_for_ip(A),
+                        t.router_mac,
+                        a6(),
+                        "fe80::1".parse().unwrap(),
+                        10,
+                    ),
+                    1,
+                    DropReason::NoRoute,
+                ),
+                (
+                    craft::ipv6_udp(
+                        t.router_mac,
+                        t.router_mac,
+                        gw6(),
+                        "2001:db8::1".parse().unwrap(),
+                        10,
+                    ),
+                    HOST_PORT,
+                    DropReason::NoRoute,
+                ),
+                (
+                    craft::truncate(
+                        craft::ipv6_udp(mac_for_ip(A), t.router_mac, a6(), b6(), 10),
+                        VNET_HDR_LEN + ETH_HDR_LEN + 30,
+                    ),
+                    1,
+                    DropReason::Malformed,
+                ),
+                (
+                    craft::neighbor_advertisement(mac_for_ip(A), a6(), b6()),
+                    1,
+                    DropReason::SpoofedSource,
+                ),
+            ];
+            for (i, (mut f, port, reason)) in cases.into_iter().enumerate() {
+                assert_eq!(run(&mut f, port, &t).0, Verdict::Drop(reason), "case {i}");
+            }
+        }
+
+        #[test]
+        fn a_solicitation_is_answered_in_the_datapath() {
+            let t = dual();
+            let mut ns = craft::neighbor_solicitation(mac_for_ip(A), a6(), gw6());
+            let (v, reply) = run(&mut ns, 1, &t);
+            assert_eq!(v, Verdict::Reply(ndp::REPLY_LEN));
+            assert_eq!(&reply[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12], &t.router_mac);
+        }
+
+        #[test]
+        fn too_big_for_the_tunnel_gets_packet_too_big_even_with_frag_needed_off() {
+            let mut t = dual();
+            t.mtu = 1500;
+            t.tunnel_mtu = 1350;
+            t.icmp_frag_needed = false;
+            let mut f = craft::ipv6_udp(mac_for_ip(A), t.router_mac, a6(), remote6(), 1400);
+            let (v, reply) = run(&mut f, 1, &t);
+            let Verdict::Reject { len, reason } = v else {
+                panic!("{v:?}")
+            };
+            assert_eq!((reason, len), (DropReason::TooBig, reply.len()));
+            let ip = &reply[VNET_HDR_LEN + ETH_HDR_LEN..];
+            assert_eq!(&reply[VNET_HDR_LEN..VNET_HDR_LEN + 6], &mac_for_ip(A));
+            assert_eq!((ip[0] >> 4, ip[6]), (6, 58));
+            assert_eq!(&ip[8..24], &gw6().octets());
+            assert_eq!(&ip[24..40], &a6().octets());
+            let icmp = &ip[40..];
+            assert_eq!((icmp[0], icmp[1]), (2, 0), "packet too big");
+            assert_eq!(u32::from_be_bytes(icmp[4..8].try_into().unwrap()), 1350);
+            assert_eq!(
+                &icmp[8 + 8..8 + 40],
+                &f[VNET_HDR_LEN + ETH_HDR_LEN + 8..VNET_HDR_LEN + ETH_HDR_LEN + 40],
+                "quotes the addresses"
+            );
+            let sum = crate::datapath::checksum::sum(
+                icmp,
+                crate::datapath::checksum::pseudo_header_v6(
+                    &gw6().octets(),
+                    &a6().octets(),
+                    58,
+                    icmp.len(),
+                ),
+            );
+            assert_eq!(crate::datapath::checksum::finish(sum), 0);
+            // A TSO super-frame whose segments fit goes through; one whose segments do not is refused.
+            let mut f = craft::tcp6_super_frame(&[0u8; 5000], 1, 1200);
+            assert_eq!(run(&mut f, 1, &t).0, Verdict::Encap(0));
+            let mut f = craft::tcp6_super_frame(&[0u8; 5000], 1, 1400);
+            assert!(matches!(
+                run(&mut f, 1, &t).0,
+                Verdict::Reject {
+                    reason: DropReason::TooBig,
+                    ..
+                }
+            ));
+        }
+
+        #[test]
+        fn tunnel_ipv6_reaches_local_pods_only_from_the_peers_own_prefix() {
+            let t = dual();
+            let peer_mac = t.peers[0].mac;
+            let mut f = craft::ipv6_udp(peer_mac, t.router_mac, remote6(), a6(), 100);
+            assert_eq!(
+                forward_from_tunnel(&mut f, 0, &t, &no_flows(), 0),
+                Verdict::Forward(1)
+            );
+            assert_eq!(&f[VNET_HDR_LEN..VNET_HDR_LEN + 6], &mac_for_ip(A));
+            let mut f = craft::ipv6_udp(peer_mac, t.router_mac, remote6(), gw6(), 100);
+            assert_eq!(
+                forward_from_tunnel(&mut f, 0, &t, &no_flows(), 0),
+                Verdict::Forward(HOST_PORT)
+            );
+            let mut f = craft::ipv6_udp(
+                peer_mac,
+                t.router_mac,
+                "fd10:244:3::3".parse().unwrap(),
+                a6(),
+                100,
+            );
+            assert_eq!(
+                forward_from_tunnel(&mut f, 0, &t, &no_flows(), 0),
+                Verdict::Drop(DropReason::SpoofedSource)
+            );
+            let mut f = craft::ipv6_udp(
+                peer_mac,
+                t.router_mac,
+                remote6(),
+                "2001:db8::1".parse().unwrap(),
+                100,
+            );
+            assert_eq!(
+                forward_from_tunnel(&mut f, 0, &t, &no_flows(), 0),
+                Verdict::Drop(DropReason::NoRoute),
+                "never relayed"
+            );
+            let mut f = craft::neighbor_solicitation(peer_mac, remote6(), a6());
+            assert_eq!(
+                forward_from_tunnel(&mut f, 0, &t, &no_flows(), 0),
+                Verdict::Drop(DropReason::NdIgnored)
+            );
+        }
     }
 }

@@ -7,6 +7,7 @@ pub const VNET_HDR_LEN: usize = 12;
 pub const ETH_HDR_LEN: usize = 14;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 
 /// Write an all-zero virtio-net header: a plain frame with a complete checksum.
 #[inline]

@@ -13,6 +13,8 @@ pub mod flows;
 pub mod forward;
 pub mod frame;
 pub mod icmp;
+pub mod ipv6;
+pub mod ndp;
 pub mod offload;
 pub mod probe;
 pub mod ratelimit;
@@ -32,9 +34,9 @@ pub use table::{Endpoint, PeerRoute, PortEntry, PortId, Table, HOST_PORT};
 pub enum DropReason {
     /// Too short, or a header that does not parse.
     Malformed,
-    /// Neither IPv4 nor ARP (IPv6 is not routed yet).
+    /// Neither IPv4, IPv6 nor ARP; or IPv6 on a node without an IPv6 prefix.
     UnsupportedProtocol,
-    /// Broadcast or multicast IPv4; the switch does not flood.
+    /// Broadcast or multicast IP; the switch does not flood.
     Multicast,
     /// The destination is in a pod network but no pod has that address.
     NoRoute,
@@ -70,10 +72,16 @@ pub enum DropReason {
     /// Plain VXLAN where WireGuard is required, in either direction (a peer without a key
     /// while `encryption_plain` is "refuse").
     Unencrypted,
+    /// IPv6 link chatter the switch absorbs: router solicitations, MLD reports,
+    /// duplicate-address probes, a port's advertisements of its own addresses, and
+    /// solicitations of its own address. Normal whenever an interface comes up.
+    NdIgnored,
+    /// A Neighbor Solicitation for an IPv6 address the switch does not know.
+    NdUnknownTarget,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::Malformed,
         DropReason::UnsupportedProtocol,
         DropReason::Multicast,
@@ -92,6 +100,8 @@ impl DropReason {
         DropReason::NotAuthenticated,
         DropReason::NoSession,
         DropReason::Unencrypted,
+        DropReason::NdIgnored,
+        DropReason::NdUnknownTarget,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -114,6 +124,8 @@ impl DropReason {
             DropReason::NotAuthenticated => "not_authenticated",
             DropReason::NoSession => "no_session",
             DropReason::Unencrypted => "unencrypted",
+            DropReason::NdIgnored => "nd_ignored",
+            DropReason::NdUnknownTarget => "nd_unknown_target",
         }
     }
 }

@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 /// A port number. 0 is always the host port (`switchd0`).
 pub type PortId = u32;
@@ -25,6 +25,20 @@ pub struct PortEntry {
     /// The only source address this port may send from; `None` for the host port, which
     /// carries the node's traffic from any of its addresses.
     pub allowed_src: Option<Ipv4Addr>,
+    /// The only IPv6 source a pod port may send from; `None` on a pod port without an
+    /// IPv6 address (it may send none). The host port is never checked.
+    pub allowed_src6: Option<Ipv6Addr>,
+}
+
+/// The IPv6 half of a dual-stack node: its own prefix, the cluster's, and the pods in it.
+#[derive(Debug, Clone)]
+pub struct Table6 {
+    /// The prefix's `::1`: the pods' IPv6 gateway, on the host port.
+    pub gateway: Ipv6Addr,
+    pub pod_cidr: Ipv6Net,
+    pub cluster_cidr: Ipv6Net,
+    /// Every IPv6 address the switch answers for: pods, and the gateway on the host port.
+    pub by_ip: HashMap<u128, Endpoint, FastU32>,
 }
 
 #[derive(Debug, Clone)]
@@ -46,13 +60,28 @@ pub struct Table {
     pub peers: Vec<PeerRoute>,
     peer_index: HashMap<u64, usize, FastU32>,
     peer_prefix_lens: Vec<u8>,
+    /// IPv6, on a dual-stack node; `None` on an IPv4-only one.
+    pub v6: Option<Table6>,
+    peer_index6: HashMap<(u8, u128), usize, FastU32>,
+    peer_prefix_lens6: Vec<u8>,
 }
 
-/// Another node: the pod CIDR it owns and its router (VTEP) MAC.
+/// Another node: the pod CIDRs it owns and its router (VTEP) MAC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerRoute {
     pub pod_cidr: Ipv4Net,
+    pub pod_cidr_v6: Option<Ipv6Net>,
     pub mac: [u8; 6],
+}
+
+#[inline]
+fn peer_key6(prefix_len: u8, ip: u128) -> (u8, u128) {
+    let mask = if prefix_len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(prefix_len))
+    };
+    (prefix_len, ip & mask)
 }
 
 #[inline]
@@ -81,6 +110,9 @@ impl Table {
             peers: Vec::new(),
             peer_index: HashMap::default(),
             peer_prefix_lens: Vec::new(),
+            v6: None,
+            peer_index6: HashMap::default(),
+            peer_prefix_lens6: Vec::new(),
         };
         table.by_ip.insert(
             u32::from(gateway),
@@ -89,10 +121,34 @@ impl Table {
                 mac: router_mac,
             },
         );
+        table.ports.insert(
+            HOST_PORT,
+            PortEntry {
+                allowed_src: None,
+                allowed_src6: None,
+            },
+        );
         table
-            .ports
-            .insert(HOST_PORT, PortEntry { allowed_src: None });
-        table
+    }
+
+    /// Make the node dual-stack: pods may get addresses in `pod_cidr`, whose `::1` (the
+    /// IPv6 gateway) is the host port's.
+    pub fn enable_ipv6(&mut self, pod_cidr: Ipv6Net, cluster_cidr: Ipv6Net) {
+        let gateway = gateway_of_v6(pod_cidr);
+        let mut by_ip = HashMap::default();
+        by_ip.insert(
+            u128::from(gateway),
+            Endpoint {
+                port: HOST_PORT,
+                mac: self.router_mac,
+            },
+        );
+        self.v6 = Some(Table6 {
+            gateway,
+            pod_cidr,
+            cluster_cidr,
+            by_ip,
+        });
     }
 
     /// Add a pod port.
@@ -102,8 +158,18 @@ impl Table {
             port,
             PortEntry {
                 allowed_src: Some(ip),
+                allowed_src6: None,
             },
         );
+    }
+
+    /// Give a pod port, already inserted, its IPv6 address. Ignored on an IPv4-only node.
+    pub fn insert_pod_v6(&mut self, port: PortId, ip: Ipv6Addr, mac: [u8; 6]) {
+        let (Some(v6), Some(entry)) = (self.v6.as_mut(), self.ports.get_mut(&port)) else {
+            return;
+        };
+        v6.by_ip.insert(u128::from(ip), Endpoint { port, mac });
+        entry.allowed_src6 = Some(ip);
     }
 
     /// Add another node; returns its index in [`Table::peers`].
@@ -116,8 +182,35 @@ impl Table {
             self.peer_prefix_lens.push(len);
             self.peer_prefix_lens.sort_unstable_by(|a, b| b.cmp(a));
         }
+        if let Some(net6) = route.pod_cidr_v6 {
+            let len = net6.prefix_len();
+            self.peer_index6
+                .insert(peer_key6(len, u128::from(net6.network())), idx);
+            if !self.peer_prefix_lens6.contains(&len) {
+                self.peer_prefix_lens6.push(len);
+                self.peer_prefix_lens6.sort_unstable_by(|a, b| b.cmp(a));
+            }
+        }
         self.peers.push(route);
         idx
+    }
+
+    /// The peer whose IPv6 pod prefix holds `ip` (longest prefix first).
+    #[inline]
+    pub fn lookup_peer6(&self, ip: [u8; 16]) -> Option<usize> {
+        let ip = u128::from_be_bytes(ip);
+        for len in &self.peer_prefix_lens6 {
+            if let Some(&peer) = self.peer_index6.get(&peer_key6(*len, ip)) {
+                return Some(peer);
+            }
+        }
+        None
+    }
+
+    /// The pod (or the gateway) holding IPv6 address `ip` on this node.
+    #[inline]
+    pub fn lookup6(&self, ip: [u8; 16]) -> Option<&Endpoint> {
+        self.v6.as_ref()?.by_ip.get(&u128::from_be_bytes(ip))
     }
 
     /// The peer whose pod CIDR holds `ip` (longest prefix first).
@@ -145,6 +238,11 @@ pub fn gateway_of(pod_cidr: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(pod_cidr.network()) + 1)
 }
 
+/// The IPv6 gateway of a pod prefix: its `::1`, as the reference bridge plugin picks it.
+pub fn gateway_of_v6(pod_cidr: Ipv6Net) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(pod_cidr.network()) + 1)
+}
+
 /// A multiplicative hasher for the `u32` keys of the table. SipHash, the std default, guards
 /// against hash flooding by untrusted keys; these keys are addresses and port numbers that
 /// the control plane chose, so the cheaper hash is safe and the lookup is the hot path.
@@ -170,6 +268,15 @@ impl Hasher for U32Hasher {
     #[inline]
     fn write_u64(&mut self, n: u64) {
         self.0 = (n ^ (n >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    #[inline]
+    fn write_u128(&mut self, n: u128) {
+        let x = (n as u64) ^ ((n >> 64) as u64).rotate_left(29) ^ self.0;
+        self.0 = (x ^ (x >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    #[inline]
+    fn write_u8(&mut self, n: u8) {
+        self.0 = (self.0 ^ u64::from(n)).rotate_left(8);
     }
     #[inline]
     fn write_u32(&mut self, n: u32) {

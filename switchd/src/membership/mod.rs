@@ -37,6 +37,9 @@ pub struct NodeRecord {
     pub vni: u32,
     pub router_mac: String,
     pub pod_cidr: Ipv4Net,
+    /// The node's IPv6 pod prefix, when it is dual-stack; older records lack it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_v6: Option<ipnet::Ipv6Net>,
     pub version: String,
     /// When this node's switchd took its lease, seconds since the Unix epoch.
     pub since_unix: u64,
@@ -56,6 +59,7 @@ impl NodeRecord {
             vni: cfg.vni,
             router_mac: format_mac(cfg.router_mac),
             pod_cidr: cfg.pod_cidr,
+            pod_cidr_v6: cfg.ipv6.map(|v6| v6.pod_cidr),
             version: env!("CARGO_PKG_VERSION").into(),
             since_unix,
             public_key: cfg
@@ -84,6 +88,21 @@ impl NodeRecord {
         let mac = parse_mac(&self.router_mac)
             .filter(|m| m[0] & 1 == 0)
             .ok_or_else(|| format!("router_mac {:?} is not a unicast MAC", self.router_mac))?;
+        let pod_cidr_v6 = match (cfg.ipv6, self.pod_cidr_v6) {
+            (Some(ours), Some(net)) => {
+                if !ours.cluster_cidr.contains(&net) {
+                    return Err(format!(
+                        "its IPv6 prefix {net} is outside cluster_cidr_v6 {}",
+                        ours.cluster_cidr
+                    ));
+                }
+                if crate::config::overlaps_v6(net, ours.pod_cidr) {
+                    return Err(format!("its IPv6 prefix {net} overlaps ours"));
+                }
+                Some(net)
+            }
+            _ => None,
+        };
         let wireguard = match (&self.public_key, self.wireguard_port) {
             (Some(k), Some(port)) => Some(crate::config::WireGuardPeer {
                 public_key: crate::config::parse_wireguard_key(k)
@@ -101,6 +120,7 @@ impl NodeRecord {
             name: self.name.clone(),
             addr: std::net::SocketAddrV4::new(self.underlay_addr, self.tunnel_port),
             pod_cidr: self.pod_cidr,
+            pod_cidr_v6,
             mac,
             wireguard,
         })
@@ -283,6 +303,7 @@ mod tests {
             vni: 1,
             router_mac: "0a:58:0a:f4:02:01".into(),
             pod_cidr: net("10.244.2.0/24"),
+            pod_cidr_v6: None,
             version: "0".into(),
             since_unix: 0,
             public_key: None,
@@ -330,6 +351,7 @@ mod tests {
             vni: 1,
             router_mac: "0a:58:0a:f4:02:01".into(),
             pod_cidr: net(cidr),
+            pod_cidr_v6: None,
             version: "0".into(),
             since_unix: 0,
             public_key: None,
@@ -374,6 +396,7 @@ mod tests {
                     24,
                 )
                 .unwrap(),
+                pod_cidr_v6: None,
                 version: "0".into(),
                 since_unix: 0,
                 public_key: None,

@@ -31,7 +31,9 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 
 use crate::config::PlainPolicy;
 use crate::datapath::frame::{ETH_HDR_LEN, VNET_HDR_LEN};
-use crate::datapath::offload::{self, Segments, VnetHdr, GSO_NONE, GSO_TCPV4, GSO_UDP_L4};
+use crate::datapath::offload::{
+    self, Segments, VnetHdr, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4,
+};
 use crate::datapath::DropReason;
 use crate::stats::Stats;
 use crate::tunnel::{send_gso, transmit, PeerState, TunnelSocket, WireGuardSession};
@@ -175,8 +177,8 @@ impl WireGuard {
         let hdr = VnetHdr::read(buf);
         let segments = match hdr.gso_type {
             GSO_NONE => offload::finish_checksum(buf, hdr).map(|()| None),
-            GSO_TCPV4 => offload::segment_tcp4(buf, hdr, scratch, 0).map(Some),
-            GSO_UDP_L4 => offload::segment_udp4(buf, hdr, scratch, 0).map(Some),
+            GSO_TCPV4 | GSO_TCPV6 => offload::segment_tcp(buf, hdr, scratch, 0).map(Some),
+            GSO_UDP_L4 => offload::segment_udp(buf, hdr, scratch, 0).map(Some),
             _ => Err(DropReason::UnsupportedProtocol),
         };
         let mut tunn = lock(session);

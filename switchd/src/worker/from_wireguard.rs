@@ -9,7 +9,7 @@ use quinn_udp::RecvMeta;
 
 use super::from_tunnel::{ended, flush, route, Outcome};
 use crate::datapath::coalesce::Coalescer;
-use crate::datapath::frame::{ETH_HDR_LEN, VNET_HDR_LEN};
+use crate::datapath::frame::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HDR_LEN, VNET_HDR_LEN};
 use crate::datapath::DropReason;
 use crate::monitor::Source;
 use crate::snapshot::Snapshot;
@@ -81,8 +81,12 @@ impl Receiver {
                     Opened::Packet(len) => {
                         // The core routes by the IP header and sets both MACs for the pod.
                         let frame = &mut self.frame[..INNER + len];
+                        let ethertype = match frame.get(INNER).map(|b| b >> 4) {
+                            Some(6) => ETHERTYPE_IPV6,
+                            _ => ETHERTYPE_IPV4,
+                        };
                         frame[..INNER].fill(0);
-                        frame[INNER - 2..INNER].copy_from_slice(&0x0800u16.to_be_bytes());
+                        frame[INNER - 2..INNER].copy_from_slice(&ethertype.to_be_bytes());
                         route(
                             frame,
                             n,

@@ -360,6 +360,7 @@ fn null_port(id: u32, ip: Ipv4Addr) -> std::sync::Arc<switchd::port::Port> {
         more_queues: Vec::new(),
         owner: switchd::port::PortOwner::Host,
         address: ip,
+        address_v6: None,
         mac: mac_for_ip(ip),
         counters: Default::default(),
         alive: AtomicBool::new(true),

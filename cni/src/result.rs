@@ -40,17 +40,29 @@ pub fn build(
     let index = interfaces.len();
     interfaces.push(Value::Object(iface));
 
-    let mut ip = Map::new();
-    if ips_have_version(cni_version) {
-        ip.insert("version".into(), json!("4"));
+    // IPv4 first when the pod has both: kubelet takes the first as the pod's primary IP.
+    let mut families = vec![(
+        "4",
+        format!("{}/{}", att.address, att.prefix_len),
+        att.gateway.to_string(),
+    )];
+    if let Some(v6) = &att.ipv6 {
+        families.push((
+            "6",
+            format!("{}/{}", v6.address, v6.prefix_len),
+            v6.gateway.to_string(),
+        ));
     }
-    ip.insert(
-        "address".into(),
-        json!(format!("{}/{}", att.address, att.prefix_len)),
-    );
-    ip.insert("gateway".into(), json!(att.gateway.to_string()));
-    ip.insert("interface".into(), json!(index));
-    ips.push(Value::Object(ip));
+    for (version, address, gateway) in families {
+        let mut ip = Map::new();
+        if ips_have_version(cni_version) {
+            ip.insert("version".into(), json!(version));
+        }
+        ip.insert("address".into(), json!(address));
+        ip.insert("gateway".into(), json!(gateway));
+        ip.insert("interface".into(), json!(index));
+        ips.push(Value::Object(ip));
+    }
 
     for r in &att.routes {
         routes.push(json!({ "dst": r.dst, "gw": r.gw.to_string() }));
@@ -82,9 +94,16 @@ fn normalise_ip(mut ip: Value, cni_version: &str) -> Value {
     ip
 }
 
-/// CHECK: the prevResult, if any, must still list our address on our interface.
+/// CHECK: the prevResult, if any, must still list our addresses on our interface.
 pub fn prev_result_matches(prev: &Value, att: &Attachment) -> Result<(), String> {
-    let want = format!("{}/{}", att.address, att.prefix_len);
+    prev_result_lists(prev, att, format!("{}/{}", att.address, att.prefix_len))?;
+    match &att.ipv6 {
+        Some(v6) => prev_result_lists(prev, att, format!("{}/{}", v6.address, v6.prefix_len)),
+        None => Ok(()),
+    }
+}
+
+fn prev_result_lists(prev: &Value, att: &Attachment, want: String) -> Result<(), String> {
     let interfaces = prev
         .get("interfaces")
         .and_then(Value::as_array)
@@ -130,7 +149,54 @@ mod tests {
                 gw: "10.244.1.1".parse().unwrap(),
             }],
             netns: "/var/run/netns/p".into(),
+            ipv6: None,
         }
+    }
+
+    fn dual() -> Attachment {
+        let mut a = att();
+        a.ipv6 = Some(switchd_proto::Ipv6Attachment {
+            address: "fd10:244:0:1::2".parse().unwrap(),
+            prefix_len: 64,
+            gateway: "fd10:244:0:1::1".parse().unwrap(),
+        });
+        a.routes.push(RouteInfo {
+            dst: "::/0".into(),
+            gw: "fd10:244:0:1::1".parse().unwrap(),
+        });
+        a
+    }
+
+    #[test]
+    fn a_dual_stack_result_lists_ipv4_first_then_ipv6_on_every_version() {
+        for v in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+            let r = build(v, &dual(), None, None);
+            let ips = r["ips"].as_array().unwrap();
+            assert_eq!(ips.len(), 2, "{v}");
+            assert_eq!(ips[0]["address"], "10.244.1.2/24");
+            assert_eq!(ips[1]["address"], "fd10:244:0:1::2/64");
+            assert_eq!(ips[1]["gateway"], "fd10:244:0:1::1");
+            assert_eq!(ips[1]["interface"], 0);
+            if v.starts_with("0.") {
+                assert_eq!(
+                    (ips[0]["version"].as_str(), ips[1]["version"].as_str()),
+                    (Some("4"), Some("6")),
+                    "{v}"
+                );
+            } else {
+                assert!(ips[1].get("version").is_none(), "{v}");
+            }
+            assert_eq!(
+                r["routes"][1],
+                json!({"dst": "::/0", "gw": "fd10:244:0:1::1"})
+            );
+        }
+        // CHECK wants both addresses in the cached result.
+        let ok = build("1.0.0", &dual(), None, None);
+        assert!(prev_result_matches(&ok, &dual()).is_ok());
+        let v4_only = build("1.0.0", &att(), None, None);
+        let err = prev_result_matches(&v4_only, &dual()).unwrap_err();
+        assert!(err.contains("fd10:244:0:1::2/64"), "{err}");
     }
 
     #[test]

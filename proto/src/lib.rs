@@ -10,7 +10,7 @@
 //! the daemon reads the same frames from tokio streams.
 
 use std::io::{self, Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -246,15 +246,26 @@ pub struct Attachment {
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
     pub mtu: u32,
-    /// Routes installed in the pod, as (destination CIDR, gateway).
+    /// Routes installed in the pod, as (destination CIDR, gateway), both families.
     pub routes: Vec<RouteInfo>,
     pub netns: String,
+    /// The pod's IPv6 address, on a dual-stack node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Attachment>,
+}
+
+/// The IPv6 half of a dual-stack attachment.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Ipv6Attachment {
+    pub address: Ipv6Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv6Addr,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RouteInfo {
     pub dst: String,
-    pub gw: Ipv4Addr,
+    pub gw: IpAddr,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -341,6 +352,9 @@ pub struct PortInfo {
     pub ifname: String,
     pub mac: String,
     pub address: Ipv4Addr,
+    /// The pod's IPv6 address (the gateway's, for the host port), on a dual-stack node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_v6: Option<Ipv6Addr>,
     pub counters: Counters,
     /// The pod's rate limits, when it has any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -349,7 +363,7 @@ pub struct PortInfo {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TableEntry {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub mac: String,
     pub port: u32,
     pub port_name: String,
@@ -609,11 +623,22 @@ mod tests {
             prefix_len: 24,
             gateway: Ipv4Addr::new(10, 244, 1, 1),
             mtu: 1450,
-            routes: vec![RouteInfo {
-                dst: "0.0.0.0/0".into(),
-                gw: Ipv4Addr::new(10, 244, 1, 1),
-            }],
+            routes: vec![
+                RouteInfo {
+                    dst: "0.0.0.0/0".into(),
+                    gw: Ipv4Addr::new(10, 244, 1, 1).into(),
+                },
+                RouteInfo {
+                    dst: "::/0".into(),
+                    gw: "fd10:244:0:1::1".parse().unwrap(),
+                },
+            ],
             netns: "/var/run/netns/x".into(),
+            ipv6: Some(Ipv6Attachment {
+                address: "fd10:244:0:1::2".parse().unwrap(),
+                prefix_len: 64,
+                gateway: "fd10:244:0:1::1".parse().unwrap(),
+            }),
         });
         let bytes = encode(&resp).unwrap();
         let back: Response = read_message(&mut &bytes[..]).unwrap();

@@ -1001,6 +1001,70 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_keys_are_checked_and_name_themselves() {
+        let base =
+            "node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nunderlay_addr = \"192.168.0.1\"\n";
+        let v6 = "pod_cidr_v6 = \"fd10:244:0:1::/64\"\ncluster_cidr_v6 = \"fd10:244::/48\"\n";
+        let peer = |extra: &str| {
+            format!("[[peers]]\nname = \"b\"\naddr = \"192.168.0.2\"\npod_cidr = \"10.244.2.0/24\"\nmac = \"0a:58:0a:f4:02:01\"\n{extra}")
+        };
+        let c = parse(&format!(
+            "{base}{v6}{}",
+            peer("pod_cidr_v6 = \"fd10:244:0:2::/64\"\n")
+        ))
+        .unwrap();
+        let ipv6 = c.ipv6.unwrap();
+        assert_eq!(
+            ipv6.gateway(),
+            "fd10:244:0:1::1".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            c.peers[0].pod_cidr_v6,
+            Some("fd10:244:0:2::/64".parse().unwrap())
+        );
+        assert_eq!(parse(base).unwrap().ipv6, None, "IPv4 only by default");
+        // An IPv4-only node ignores a dual-stack peer's prefix.
+        let c = parse(&format!(
+            "{base}{}",
+            peer("pod_cidr_v6 = \"fd10:244:0:2::/64\"\n")
+        ))
+        .unwrap();
+        assert_eq!(c.peers[0].pod_cidr_v6, None);
+        for (text, want) in [
+            (format!("{base}pod_cidr_v6 = \"fd10:244:0:1::/64\"\n"), "cluster_cidr_v6: required"),
+            (format!("{base}cluster_cidr_v6 = \"fd10:244::/48\"\n"), "pod_cidr_v6: required"),
+            (format!("{base}pod_cidr_v6 = \"10.0.0.0/8\"\ncluster_cidr_v6 = \"fd10:244::/48\"\n"), "pod_cidr_v6: \"10.0.0.0/8\" is not an IPv6 prefix"),
+            (format!("{base}pod_cidr_v6 = \"fd10:244:0:1::5/64\"\ncluster_cidr_v6 = \"fd10:244::/48\"\n"), "host bits set"),
+            (format!("{base}pod_cidr_v6 = \"fd10:245::/64\"\ncluster_cidr_v6 = \"fd10:244::/48\"\n"), "is not inside cluster_cidr_v6"),
+            (format!("{base}pod_cidr_v6 = \"fd10:244::/124\"\ncluster_cidr_v6 = \"fd10:244::/48\"\n"), "too small"),
+            (format!("{base}pod_cidr_v6 = \"fe80::/64\"\ncluster_cidr_v6 = \"fe80::/10\"\n"), "not a unicast prefix"),
+            (format!("{base}{v6}{}", peer("pod_cidr_v6 = \"fd10:244:0:1::/64\"\n")), "overlaps this node's pod_cidr_v6"),
+            (format!("{base}{v6}{}", peer("pod_cidr_v6 = \"fd99::/64\"\n")), "is not inside cluster_cidr_v6"),
+        ] {
+            let err = format!("{:#}", parse(&text).unwrap_err());
+            assert!(err.contains(want), "{want:?} not in {err:?}");
+        }
+    }
+
+    #[test]
+    fn an_etcd_node_derives_its_ipv6_prefix_from_its_ipv4_subnet() {
+        let text = "node_name = \"n\"\nunderlay_addr = \"192.168.0.1\"\nmembership = \"etcd\"\netcd_endpoints = [\"http://127.0.0.1:2379\"]\ncluster_cidr_v6 = \"fd10:244::/48\"\n";
+        let mut c = parse(text).unwrap();
+        assert!(c.ipv6.unwrap().derived);
+        c.assign_pod_cidr("10.244.7.0/24".parse().unwrap()).unwrap();
+        assert_eq!(
+            c.ipv6.unwrap().pod_cidr,
+            "fd10:244:0:7::/64".parse().unwrap()
+        );
+        let tiny = text.replace("fd10:244::/48", "fd10:244::/62");
+        let mut c = parse(&tiny).unwrap();
+        let err = c
+            .assign_pod_cidr("10.244.7.0/24".parse().unwrap())
+            .unwrap_err();
+        assert!(err.to_string().contains("has no /64 for subnet"), "{err}");
+    }
+
+    #[test]
     fn wireguard_peers_carry_their_key_and_port() {
         let base = "node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nunderlay_addr = \"192.168.0.1\"\nencryption = \"wireguard\"\n";
         let key = format_wireguard_key(&[9u8; 32]);

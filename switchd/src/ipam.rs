@@ -1,4 +1,6 @@
-//! Address allocation for the node's pod CIDR, keyed by CNI (container id, ifname).
+//! Address allocation for the node's pod CIDR, keyed by CNI (container id, ifname); on a
+//! dual-stack node one IPv4 and one IPv6 address per attachment, taken and released
+//! together in the same write.
 //!
 //! Round-robin like the reference `host-local` plugin: the search starts after the address
 //! handed out last, so a just-released address is not reused at once (a late packet for a
@@ -9,10 +11,10 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use switchd_proto::{AttachmentKey, Bandwidth, PodRef};
 
@@ -27,8 +29,18 @@ pub struct Record {
     pub netns: String,
     pub pod: PodRef,
     pub address: Ipv4Addr,
+    /// The IPv6 address, on a dual-stack node (pods attached before it became one have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_v6: Option<Ipv6Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<Bandwidth>,
+}
+
+/// The addresses one attachment got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addresses {
+    pub v4: Ipv4Addr,
+    pub v6: Option<Ipv6Addr>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -36,6 +48,10 @@ struct State {
     version: u32,
     pod_cidr: Option<Ipv4Net>,
     last_reserved: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pod_cidr_v6: Option<Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_reserved_v6: Option<Ipv6Addr>,
     records: Vec<Record>,
 }
 
@@ -47,7 +63,7 @@ pub enum IpamError {
         address: Ipv4Addr,
     },
     #[error("no free address left in {cidr} ({used} in use): release pods on this node or give it a larger pod_cidr")]
-    Exhausted { cidr: Ipv4Net, used: usize },
+    Exhausted { cidr: String, used: usize },
     #[error("cannot write IPAM state {path}: {source}; nothing was changed (is the disk full or read-only?)")]
     Persist { path: PathBuf, source: io::Error },
     #[error("cannot read IPAM state {path}: {detail}")]
@@ -58,12 +74,18 @@ pub enum IpamError {
 pub struct Ipam {
     dir: PathBuf,
     pod_cidr: Ipv4Net,
+    pod_cidr_v6: Option<Ipv6Net>,
     state: State,
 }
 
 impl Ipam {
     /// Load the state from `dir` (creating the directory if needed), or start empty.
-    pub fn open(dir: &Path, pod_cidr: Ipv4Net) -> Result<Ipam, IpamError> {
+    /// `pod_cidr_v6`: the node's IPv6 prefix, on a dual-stack node.
+    pub fn open(
+        dir: &Path,
+        pod_cidr: Ipv4Net,
+        pod_cidr_v6: Option<Ipv6Net>,
+    ) -> Result<Ipam, IpamError> {
         let path = dir.join(STATE_FILE);
         let load_err = |detail: String| IpamError::Load {
             path: path.clone(),
@@ -93,11 +115,27 @@ impl Ipam {
                 outside.address, outside.key.container_id
             )));
         }
+        if let Some((r, a)) = state.records.iter().find_map(|r| {
+            r.address_v6
+                .filter(|a| !pod_cidr_v6.is_some_and(|net| net.contains(a)))
+                .map(|a| (r, a))
+        }) {
+            let why = match pod_cidr_v6 {
+                Some(net) => format!("lies outside pod_cidr_v6 {net}; was pod_cidr_v6 changed while pods were attached?"),
+                None => "is left from when the node had pod_cidr_v6; set it again, or delete those pods first".into(),
+            };
+            return Err(load_err(format!(
+                "IPv6 address {a} of container {} {why}",
+                r.key.container_id
+            )));
+        }
         let mut state = state;
         state.pod_cidr = Some(pod_cidr);
+        state.pod_cidr_v6 = pod_cidr_v6;
         Ok(Ipam {
             dir: dir.to_path_buf(),
             pod_cidr,
+            pod_cidr_v6,
             state,
         })
     }
@@ -110,7 +148,7 @@ impl Ipam {
         self.state.records.iter().find(|r| &r.key == key)
     }
 
-    /// Reserve the next free address for `key` and persist it.
+    /// Reserve the next free address (one per family) for `key` and persist them.
     pub fn allocate(
         &mut self,
         key: AttachmentKey,
@@ -118,7 +156,7 @@ impl Ipam {
         netns: &str,
         pod: PodRef,
         bandwidth: Option<Bandwidth>,
-    ) -> Result<Ipv4Addr, IpamError> {
+    ) -> Result<Addresses, IpamError> {
         if let Some(r) = self.get(&key) {
             return Err(IpamError::AlreadyAllocated {
                 key,
@@ -126,24 +164,40 @@ impl Ipam {
             });
         }
         let address = self.next_free().ok_or(IpamError::Exhausted {
-            cidr: self.pod_cidr,
+            cidr: self.pod_cidr.to_string(),
             used: self.state.records.len(),
         })?;
+        let address_v6 = match self.pod_cidr_v6 {
+            Some(net) => Some(self.next_free_v6(net).ok_or(IpamError::Exhausted {
+                cidr: net.to_string(),
+                used: self.state.records.len(),
+            })?),
+            None => None,
+        };
         let previous_last = self.state.last_reserved.replace(address);
+        let previous_last_v6 = self.state.last_reserved_v6;
+        if address_v6.is_some() {
+            self.state.last_reserved_v6 = address_v6;
+        }
         self.state.records.push(Record {
             key,
             network: network.into(),
             netns: netns.into(),
             pod,
             address,
+            address_v6,
             bandwidth,
         });
         if let Err(e) = self.persist() {
             self.state.records.pop();
             self.state.last_reserved = previous_last;
+            self.state.last_reserved_v6 = previous_last_v6;
             return Err(e);
         }
-        Ok(address)
+        Ok(Addresses {
+            v4: address,
+            v6: address_v6,
+        })
     }
 
     /// Release `key`'s address. `Ok(None)` when it had none.
@@ -180,6 +234,26 @@ impl Ipam {
         (0..size)
             .map(|i| Ipv4Addr::from(first + (start + i) % size))
             .find(|candidate| !self.state.records.iter().any(|r| r.address == *candidate))
+    }
+
+    /// The next free IPv6 address after the one handed out last, skipping the prefix's
+    /// `::` (the subnet-router anycast address) and `::1` (the gateway). However large the
+    /// prefix, one more candidate than there are records always finds a free one.
+    fn next_free_v6(&self, net: Ipv6Net) -> Option<Ipv6Addr> {
+        let first = u128::from(net.network()) + 2;
+        let last = u128::from(net.broadcast());
+        if last < first {
+            return None;
+        }
+        let size = last - first + 1;
+        let start = match self.state.last_reserved_v6.map(u128::from) {
+            Some(l) if (first..=last).contains(&l) => (l - first + 1) % size,
+            _ => 0,
+        };
+        let tries = (self.state.records.len() as u128 + 1).min(size);
+        (0..tries)
+            .map(|i| Ipv6Addr::from(first + (start + i) % size))
+            .find(|c| !self.state.records.iter().any(|r| r.address_v6 == Some(*c)))
     }
 
     fn persist(&self) -> Result<(), IpamError> {
@@ -231,12 +305,13 @@ mod tests {
 
     fn alloc(ipam: &mut Ipam, i: usize) -> Result<Ipv4Addr, IpamError> {
         ipam.allocate(key(i), "net", "/ns", PodRef::default(), None)
+            .map(|a| a.v4)
     }
 
     #[test]
     fn first_pod_gets_dot_two_and_released_addresses_are_not_reused_at_once() {
         let dir = tempdir("rr");
-        let mut ipam = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap()).unwrap();
+        let mut ipam = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap(), None).unwrap();
         assert_eq!(alloc(&mut ipam, 0).unwrap(), Ipv4Addr::new(10, 244, 1, 2));
         assert_eq!(alloc(&mut ipam, 1).unwrap(), Ipv4Addr::new(10, 244, 1, 3));
         ipam.release(&key(0)).unwrap().unwrap();
@@ -256,7 +331,7 @@ mod tests {
     fn exhaustion_is_reported_and_wraps_around_to_freed_addresses() {
         let dir = tempdir("full");
         // /29: .0 network, .1 gateway, .2-.6 usable, .7 broadcast.
-        let mut ipam = Ipam::open(&dir, "10.244.1.0/29".parse().unwrap()).unwrap();
+        let mut ipam = Ipam::open(&dir, "10.244.1.0/29".parse().unwrap(), None).unwrap();
         let got: Vec<_> = (0..5).map(|i| alloc(&mut ipam, i).unwrap()).collect();
         assert_eq!(got.last(), Some(&Ipv4Addr::new(10, 244, 1, 6)));
         let err = alloc(&mut ipam, 9).unwrap_err();
@@ -274,12 +349,12 @@ mod tests {
         let dir = tempdir("restart");
         let cidr: Ipv4Net = "10.244.1.0/24".parse().unwrap();
         {
-            let mut ipam = Ipam::open(&dir, cidr).unwrap();
+            let mut ipam = Ipam::open(&dir, cidr, None).unwrap();
             alloc(&mut ipam, 0).unwrap();
             alloc(&mut ipam, 1).unwrap();
             ipam.release(&key(1)).unwrap();
         }
-        let mut ipam = Ipam::open(&dir, cidr).unwrap();
+        let mut ipam = Ipam::open(&dir, cidr, None).unwrap();
         assert_eq!(ipam.records().len(), 1);
         assert_eq!(
             ipam.get(&key(0)).unwrap().address,
@@ -293,12 +368,12 @@ mod tests {
     #[test]
     fn a_changed_pod_cidr_or_a_corrupt_file_is_a_clear_error() {
         let dir = tempdir("bad");
-        let mut ipam = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap()).unwrap();
+        let mut ipam = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap(), None).unwrap();
         alloc(&mut ipam, 0).unwrap();
-        let err = Ipam::open(&dir, "10.244.2.0/24".parse().unwrap()).unwrap_err();
+        let err = Ipam::open(&dir, "10.244.2.0/24".parse().unwrap(), None).unwrap_err();
         assert!(err.to_string().contains("was pod_cidr changed"), "{err}");
         fs::write(dir.join(STATE_FILE), b"{not json").unwrap();
-        let err = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap()).unwrap_err();
+        let err = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap(), None).unwrap_err();
         assert!(err.to_string().contains("move the file aside"), "{err}");
         fs::remove_dir_all(dir).unwrap();
     }
@@ -306,7 +381,7 @@ mod tests {
     #[test]
     fn a_failed_write_changes_nothing() {
         let dir = tempdir("ro");
-        let mut ipam = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap()).unwrap();
+        let mut ipam = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap(), None).unwrap();
         alloc(&mut ipam, 0).unwrap();
         // Make the temp file path a directory so the write fails the way a full disk would.
         fs::create_dir(dir.join("ipam.tmp")).unwrap();
@@ -316,5 +391,50 @@ mod tests {
         assert!(ipam.release(&key(0)).is_err());
         assert_eq!(ipam.records().len(), 1, "release rolled back too");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_dual_stack_attachment_gets_one_address_per_family_released_together() {
+        let dir = tempdir("dual");
+        let v4: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let v6: Ipv6Net = "fd10:244:0:1::/64".parse().unwrap();
+        let mut ipam = Ipam::open(&dir, v4, Some(v6)).unwrap();
+        let a = ipam
+            .allocate(key(1), "net", "/ns", PodRef::default(), None)
+            .unwrap();
+        assert_eq!(a.v4, "10.244.1.2".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(a.v6, Some("fd10:244:0:1::2".parse().unwrap()));
+        let b = ipam
+            .allocate(key(2), "net", "/ns", PodRef::default(), None)
+            .unwrap();
+        assert_eq!(b.v6, Some("fd10:244:0:1::3".parse().unwrap()));
+        let released = ipam.release(&key(1)).unwrap().unwrap();
+        assert_eq!(released.address_v6, a.v6, "both go with the record");
+        // Round robin per family, and the state survives a restart.
+        drop(ipam);
+        let mut ipam = Ipam::open(&dir, v4, Some(v6)).unwrap();
+        let c = ipam
+            .allocate(key(3), "net", "/ns", PodRef::default(), None)
+            .unwrap();
+        assert_eq!(c.v6, Some("fd10:244:0:1::4".parse().unwrap()));
+        assert_eq!(ipam.get(&key(2)).unwrap().address_v6, b.v6);
+        // The prefix changed under attached pods, or IPv6 turned off: a clear error.
+        drop(ipam);
+        let err = Ipam::open(&dir, v4, Some("fd10:244:0:2::/64".parse().unwrap())).unwrap_err();
+        assert!(err.to_string().contains("outside pod_cidr_v6"), "{err}");
+        let err = Ipam::open(&dir, v4, None).unwrap_err();
+        assert!(err.to_string().contains("set it again"), "{err}");
+    }
+
+    #[test]
+    fn a_small_ipv6_prefix_runs_out_and_says_which() {
+        let dir = tempdir("dual-small");
+        let v6: Ipv6Net = "fd10:244:0:1::/126".parse().unwrap();
+        let mut ipam = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap(), Some(v6)).unwrap();
+        alloc(&mut ipam, 1).unwrap();
+        alloc(&mut ipam, 2).unwrap();
+        let err = alloc(&mut ipam, 3).unwrap_err();
+        assert!(err.to_string().contains("fd10:244:0:1::/126"), "{err}");
+        assert_eq!(ipam.records().len(), 2, "nothing half-allocated");
     }
 }

@@ -7,13 +7,13 @@
 //! therefore belongs to the namespace.
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
@@ -30,6 +30,8 @@ pub struct PodIface {
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
     pub mtu: u32,
+    /// The IPv6 address, prefix length and gateway, on a dual-stack node.
+    pub ipv6: Option<switchd_proto::Ipv6Attachment>,
 }
 
 /// Errors a caller must tell apart (the rest are plain context chains).
@@ -214,7 +216,44 @@ async fn configure_pod_link(h: &Handle, idx: u32, iface: &PodIface) -> Result<()
         .execute()
         .await
         .with_context(|| format!("adding default route via {}", iface.gateway))?;
+    if let Some(v6) = iface.ipv6 {
+        add_ipv6_nodad(h, idx, v6.address, v6.prefix_len)
+            .await
+            .with_context(|| {
+                format!(
+                    "adding {}/{} to {}",
+                    v6.address, v6.prefix_len, iface.ifname
+                )
+            })?;
+        let route = RouteMessageBuilder::<Ipv6Addr>::new()
+            .gateway(v6.gateway)
+            .output_interface(idx)
+            .build();
+        h.route()
+            .add(route)
+            .execute()
+            .await
+            .with_context(|| format!("adding IPv6 default route via {}", v6.gateway))?;
+    }
     Ok(())
+}
+
+/// Add an IPv6 address without duplicate-address detection. The switch knows every
+/// address on the link, so nothing can collide, and DAD would keep the address tentative
+/// (unusable) for a second or more after the pod starts.
+async fn add_ipv6_nodad(
+    h: &Handle,
+    idx: u32,
+    address: Ipv6Addr,
+    prefix_len: u8,
+) -> Result<(), rtnetlink::Error> {
+    let mut request = h.address().add(idx, IpAddr::V6(address), prefix_len);
+    let message = request.message_mut();
+    message.header.flags |= AddressHeaderFlags::Nodad;
+    message
+        .attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    request.execute().await
 }
 
 /// Re-open a pod's persistent TAP after a restart. `Ok(None)` when the interface is gone.
@@ -282,6 +321,20 @@ pub fn check_pod_iface(netns: &str, iface: PodIface) -> Result<()> {
                     iface.prefix_len
                 );
             }
+            if let Some(v6) = iface.ipv6 {
+                let has_v6 = addrs.iter().any(|m| {
+                    m.header.prefix_len == v6.prefix_len
+                        && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V6(ip)) if *ip == v6.address))
+                });
+                if !has_v6 {
+                    bail!(
+                        "interface {} lacks address {}/{}",
+                        iface.ifname,
+                        v6.address,
+                        v6.prefix_len
+                    );
+                }
+            }
             let routes = ipv4_routes(h).await?;
             let has_default = routes.iter().any(|r| {
                 r.header.destination_prefix_length == 0
@@ -327,6 +380,7 @@ pub fn setup_host_port(
     gateway: Ipv4Addr,
     pod_cidr: Ipv4Net,
     cluster_cidr: Ipv4Net,
+    ipv6: Option<crate::config::Ipv6Config>,
 ) -> Result<Vec<Tap>> {
     let name = name.to_string();
     run_in("/proc/self/ns/net", move |h| {
@@ -372,6 +426,27 @@ pub fn setup_host_port(
                     .execute()
                     .await
                     .with_context(|| format!("adding route {cluster_cidr} dev {name}"))?;
+            }
+            if let Some(v6) = ipv6 {
+                let (gw, len) = (v6.gateway(), v6.pod_cidr.prefix_len());
+                if let Err(e) = add_ipv6_nodad(h, idx, gw, len).await {
+                    if !is_errno(&e, libc::EEXIST) {
+                        return Err(e).with_context(|| format!("adding {gw}/{len} to {name} (is IPv6 disabled on this node? net.ipv6.conf.{name}.disable_ipv6)"));
+                    }
+                }
+                if v6.cluster_cidr != v6.pod_cidr {
+                    let net = v6.cluster_cidr;
+                    let route = RouteMessageBuilder::<Ipv6Addr>::new()
+                        .destination_prefix(net.network(), net.prefix_len())
+                        .output_interface(idx)
+                        .build();
+                    h.route()
+                        .add(route)
+                        .replace()
+                        .execute()
+                        .await
+                        .with_context(|| format!("adding route {net} dev {name}"))?;
+                }
             }
             Ok(taps)
         })

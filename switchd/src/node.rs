@@ -16,13 +16,22 @@ const SYSCTL: &str = "/proc/sys/net";
 /// other networks and Services through it), and no ICMP redirects, neither from `all` nor
 /// from the host port: the node now sends a Service's replies back out of `switchd0`, the
 /// interface they came in on, and a redirect would tell a pod to bypass the node.
-pub fn prepare_forwarding(host_port: &str) -> Result<()> {
+///
+/// A dual-stack node also gets `net.ipv6.conf.all.forwarding = 1` (pods' IPv6 egress and
+/// Services). Note that Linux then ignores Router Advertisements on interfaces whose
+/// `accept_ra` is 1: a node that takes its own IPv6 default route from RAs needs
+/// `accept_ra = 2` on that interface (`docs/dual-stack.md`). IPv6 has no `send_redirects`;
+/// the switch never passes the node's redirects on to pods.
+pub fn prepare_forwarding(host_port: &str, ipv6: bool) -> Result<()> {
     for (key, value) in [
         ("ipv4/ip_forward".to_string(), "1"),
         ("ipv4/conf/all/send_redirects".to_string(), "0"),
         (format!("ipv4/conf/{host_port}/send_redirects"), "0"),
     ] {
         set(&key, value)?;
+    }
+    if ipv6 {
+        set("ipv6/conf/all/forwarding", "1")?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! wait. `dashmap` stays where it fits, in the control-plane maps below.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
@@ -16,8 +16,8 @@ use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use switchd_proto::{
-    Attachment, AttachmentKey, Bandwidth, ErrorKind, ErrorReply, PeerInfo, PodRef, PortInfo,
-    RouteInfo, StatsInfo, TableEntry,
+    Attachment, AttachmentKey, Bandwidth, ErrorKind, ErrorReply, Ipv6Attachment, PeerInfo, PodRef,
+    PortInfo, RouteInfo, StatsInfo, TableEntry,
 };
 
 use crate::config::{Config, Peer, HOST_PORT_NAME, TUNNEL_OVERHEAD, WIREGUARD_OVERHEAD};
@@ -118,7 +118,7 @@ impl Switch {
             tunnel_mtu = tunnel_mtu.min(underlay_mtu.saturating_sub(WIREGUARD_OVERHEAD) & !15);
         }
         let mtu = cfg.mtu.unwrap_or(tunnel_mtu);
-        let ipam = Ipam::open(&cfg.state_dir, cfg.pod_cidr)?;
+        let ipam = Ipam::open(&cfg.state_dir, cfg.pod_cidr, cfg.ipv6.map(|v6| v6.pod_cidr))?;
         let state_lock = lock_state_dir(&cfg.state_dir)?;
         let settings = worker::Settings {
             threads: cfg.datapath_threads,
@@ -149,6 +149,7 @@ impl Switch {
         };
         let router_mac = cfg.router_mac;
         let (gateway, pod_cidr, cluster_cidr) = (cfg.gateway(), cfg.pod_cidr, cfg.cluster_cidr);
+        let ipv6 = cfg.ipv6;
         let kept_host = match take_kept(&mut inherited, HOST_FD_NAME) {
             Some(fds) => Some(adopt_fds(fds, HOST_PORT_NAME)?),
             None => None,
@@ -164,13 +165,14 @@ impl Switch {
                 gateway,
                 pod_cidr,
                 cluster_cidr,
+                ipv6,
             )
         })
         .await
         .context("setting up the host port")?;
-        if let Err(e) = crate::node::prepare_forwarding(HOST_PORT_NAME) {
+        if let Err(e) = crate::node::prepare_forwarding(HOST_PORT_NAME, ipv6.is_some()) {
             // Pods still reach each other; Services and egress need the node to forward.
-            tracing::error!(error = %format!("{e:#}"), "cannot prepare the node to forward pod traffic; set net.ipv4.ip_forward=1 and send_redirects=0 by hand");
+            tracing::error!(error = %format!("{e:#}"), "cannot prepare the node to forward pod traffic; set net.ipv4.ip_forward=1 and send_redirects=0 (and net.ipv6.conf.all.forwarding=1 on a dual-stack node) by hand");
         }
         let timeouts = crate::node::conntrack_timeouts();
         let (flows, flow_file) = open_flow_table(&cfg, timeouts);
@@ -186,6 +188,7 @@ impl Switch {
         ));
 
         let table = Table::new(cfg.pod_cidr, cfg.cluster_cidr, router_mac, mtu);
+        let gateway_v6 = cfg.ipv6.map(|v6| v6.gateway());
         let peers = cfg
             .peers
             .iter()
@@ -248,7 +251,7 @@ impl Switch {
             HOST_PORT,
             host_tap,
             PortOwner::Host,
-            gateway,
+            (gateway, gateway_v6),
             router_mac,
             None,
         );
@@ -291,7 +294,7 @@ impl Switch {
                         id,
                         tap,
                         owner,
-                        rec.address,
+                        (rec.address, rec.address_v6),
                         mac_for_ip(rec.address),
                         rec.bandwidth,
                     );
@@ -317,7 +320,7 @@ impl Switch {
         id: PortId,
         taps: Vec<Tap>,
         owner: PortOwner,
-        address: Ipv4Addr,
+        (address, address_v6): (Ipv4Addr, Option<Ipv6Addr>),
         mac: [u8; 6],
         bandwidth: Option<Bandwidth>,
     ) {
@@ -341,6 +344,7 @@ impl Switch {
             more_queues: taps.collect(),
             owner,
             address,
+            address_v6,
             mac,
             counters: PortCounters::default(),
             alive: AtomicBool::new(true),
@@ -375,6 +379,9 @@ impl Switch {
         );
         table.tunnel_mtu = self.tunnel_mtu;
         table.icmp_frag_needed = self.cfg.icmp_frag_needed;
+        if let Some(v6) = self.cfg.ipv6 {
+            table.enable_ipv6(v6.pod_cidr, v6.cluster_cidr);
+        }
         let peers = self.peers.lock().unwrap().clone();
         let mut peer_by_addr = HashMap::default();
         for (i, p) in peers.iter().enumerate() {
@@ -390,6 +397,9 @@ impl Switch {
             let p = &slot.port;
             if p.id != HOST_PORT {
                 table.insert_pod(p.id, p.address, p.mac);
+                if let Some(a) = p.address_v6 {
+                    table.insert_pod_v6(p.id, a, p.mac);
+                }
             }
             ports.insert(p.id, p.clone());
         }
@@ -461,20 +471,14 @@ impl Switch {
                 format!("network namespace {netns} does not exist"),
             ));
         }
-        let address = self
+        let addresses = self
             .ipam
             .lock()
             .unwrap()
             .allocate(key.clone(), &network, &netns, pod.clone(), bandwidth)
             .map_err(ipam_error)?;
-        let iface = PodIface {
-            ifname: key.ifname.clone(),
-            mac: mac_for_ip(address),
-            address,
-            prefix_len: self.cfg.pod_cidr.prefix_len(),
-            gateway: self.cfg.gateway(),
-            mtu: self.mtu,
-        };
+        let address = addresses.v4;
+        let iface = self.pod_iface(&key.ifname, address, addresses.v6);
         let (ns, spec) = (netns.clone(), iface.clone());
         let queues = self.workers.len();
         let tap = match blocking(move || netns::create_pod_tap(&ns, spec, queues)).await {
@@ -499,15 +503,52 @@ impl Switch {
             network,
             netns: netns.clone(),
         };
-        self.add_port(id, tap, owner, address, iface.mac, bandwidth);
+        self.add_port(
+            id,
+            tap,
+            owner,
+            (address, addresses.v6),
+            iface.mac,
+            bandwidth,
+        );
         self.by_key.insert(key.clone(), id);
         self.publish();
         self.stats.attaches.fetch_add(1, Relaxed);
-        tracing::info!(port = id, container = %key.container_id, ifname = %key.ifname, pod = %pod.name, namespace = %pod.namespace, address = %address, bandwidth = ?bandwidth, "attached pod");
+        tracing::info!(port = id, container = %key.container_id, ifname = %key.ifname, pod = %pod.name, namespace = %pod.namespace, address = %address, address_v6 = ?addresses.v6, bandwidth = ?bandwidth, "attached pod");
         Ok(self.attachment_of(&iface, netns))
     }
 
+    /// How a pod's interface must look, from its addresses.
+    fn pod_iface(&self, ifname: &str, address: Ipv4Addr, address_v6: Option<Ipv6Addr>) -> PodIface {
+        PodIface {
+            ifname: ifname.to_string(),
+            mac: mac_for_ip(address),
+            address,
+            prefix_len: self.cfg.pod_cidr.prefix_len(),
+            gateway: self.cfg.gateway(),
+            mtu: self.mtu,
+            ipv6: match (address_v6, self.cfg.ipv6) {
+                (Some(address), Some(v6)) => Some(Ipv6Attachment {
+                    address,
+                    prefix_len: v6.pod_cidr.prefix_len(),
+                    gateway: v6.gateway(),
+                }),
+                _ => None,
+            },
+        }
+    }
+
     fn attachment_of(&self, iface: &PodIface, netns: String) -> Attachment {
+        let mut routes = vec![RouteInfo {
+            dst: "0.0.0.0/0".into(),
+            gw: iface.gateway.into(),
+        }];
+        if let Some(v6) = iface.ipv6 {
+            routes.push(RouteInfo {
+                dst: "::/0".into(),
+                gw: v6.gateway.into(),
+            });
+        }
         Attachment {
             ifname: iface.ifname.clone(),
             mac: format_mac(iface.mac),
@@ -515,11 +556,9 @@ impl Switch {
             prefix_len: iface.prefix_len,
             gateway: iface.gateway,
             mtu: iface.mtu,
-            routes: vec![RouteInfo {
-                dst: "0.0.0.0/0".into(),
-                gw: iface.gateway,
-            }],
+            routes,
             netns,
+            ipv6: iface.ipv6,
         }
     }
 
@@ -584,14 +623,7 @@ impl Switch {
                 ),
             ));
         }
-        let iface = PodIface {
-            ifname: key.ifname.clone(),
-            mac: mac_for_ip(rec.address),
-            address: rec.address,
-            prefix_len: self.cfg.pod_cidr.prefix_len(),
-            gateway: self.cfg.gateway(),
-            mtu: self.mtu,
-        };
+        let iface = self.pod_iface(&key.ifname, rec.address, rec.address_v6);
         let (ns, spec) = (netns.to_string(), iface.clone());
         blocking(move || netns::check_pod_iface(&ns, spec))
             .await
@@ -636,6 +668,7 @@ impl Switch {
                     ifname: p.tap.name().into(),
                     mac: format_mac(p.mac),
                     address: p.address,
+                    address_v6: p.address_v6,
                     counters: p.counters.snapshot(),
                     bandwidth: p.limits.config,
                 }
@@ -647,21 +680,28 @@ impl Switch {
 
     pub fn table(&self) -> Vec<TableEntry> {
         let snap = self.cell.load();
-        let mut out: Vec<TableEntry> = snap
+        let entry = |address: IpAddr, ep: &crate::datapath::Endpoint| TableEntry {
+            address,
+            mac: format_mac(ep.mac),
+            port: ep.port,
+            port_name: snap
+                .ports
+                .get(&ep.port)
+                .map(|p| p.tap.name().to_string())
+                .unwrap_or_default(),
+        };
+        let v4 = snap
             .table
             .by_ip
             .iter()
-            .map(|(ip, ep)| TableEntry {
-                address: Ipv4Addr::from(*ip),
-                mac: format_mac(ep.mac),
-                port: ep.port,
-                port_name: snap
-                    .ports
-                    .get(&ep.port)
-                    .map(|p| p.tap.name().to_string())
-                    .unwrap_or_default(),
-            })
-            .collect();
+            .map(|(ip, ep)| entry(Ipv4Addr::from(*ip).into(), ep));
+        let v6 = snap
+            .table
+            .v6
+            .iter()
+            .flat_map(|v6| v6.by_ip.iter())
+            .map(|(ip, ep)| entry(Ipv6Addr::from(*ip).into(), ep));
+        let mut out: Vec<TableEntry> = v4.chain(v6).collect();
         out.sort_by_key(|e| e.address);
         out
     }

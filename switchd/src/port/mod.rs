@@ -70,6 +70,8 @@ pub struct Port {
     pub more_queues: Vec<Tap>,
     pub owner: PortOwner,
     pub address: Ipv4Addr,
+    /// The pod's IPv6 address (the IPv6 gateway, for the host port), on a dual-stack node.
+    pub address_v6: Option<std::net::Ipv6Addr>,
     pub mac: [u8; 6],
     pub counters: PortCounters,
     /// Cleared when the device disappeared under us (deleted by hand, namespace gone).

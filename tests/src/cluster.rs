@@ -84,8 +84,13 @@ pub struct NodeInfo {
     pub name: String,
     pub underlay: Ipv4Addr,
     pub pod_cidr: String,
+    /// The node's IPv6 pod prefix, when it is dual-stack (cluster `fd10:244::/48`).
+    pub pod_cidr_v6: Option<String>,
     pub mac: String,
 }
+
+/// The IPv6 cluster prefix of dual-stack test clusters.
+pub const CLUSTER_CIDR_V6: &str = "fd10:244::/48";
 
 impl NodeInfo {
     /// Node `i` of a test cluster: pod CIDR `10.244.i.0/24`, switchd's default router MAC.
@@ -94,7 +99,30 @@ impl NodeInfo {
             name: format!("node{i}"),
             underlay,
             pod_cidr: format!("10.244.{i}.0/24"),
+            pod_cidr_v6: None,
             mac: format!("0a:58:0a:f4:{i:02x}:01"),
+        }
+    }
+
+    /// Node `i` of a dual-stack test cluster: also `fd10:244:0:i::/64`.
+    pub fn dual_stack(i: u8, underlay: Ipv4Addr) -> NodeInfo {
+        NodeInfo {
+            pod_cidr_v6: Some(format!("fd10:244:0:{i:x}::/64")),
+            ..NodeInfo::numbered(i, underlay)
+        }
+    }
+
+    /// The node's IPv6 gateway (its prefix's `::1`), when it is dual-stack.
+    pub fn gateway_v6(&self) -> Option<std::net::Ipv6Addr> {
+        let net: std::net::Ipv6Addr = self.pod_cidr_v6.as_ref()?.split('/').next()?.parse().ok()?;
+        Some(std::net::Ipv6Addr::from(u128::from(net) + 1))
+    }
+
+    /// The config keys that make this node dual-stack (empty when it is not).
+    pub fn ipv6_toml(&self) -> String {
+        match &self.pod_cidr_v6 {
+            Some(p) => format!("pod_cidr_v6 = \"{p}\"\ncluster_cidr_v6 = \"{CLUSTER_CIDR_V6}\"\n"),
+            None => String::new(),
         }
     }
 
@@ -110,8 +138,13 @@ pub fn peers_toml(nodes: &[NodeInfo], me: &str) -> String {
         .iter()
         .filter(|n| n.name != me)
         .map(|n| {
+            let v6 = n
+                .pod_cidr_v6
+                .as_ref()
+                .map(|p| format!("pod_cidr_v6 = \"{p}\"\n"))
+                .unwrap_or_default();
             format!(
-                "[[peers]]\nname = \"{}\"\naddr = \"{}\"\npod_cidr = \"{}\"\nmac = \"{}\"\n\n",
+                "[[peers]]\nname = \"{}\"\naddr = \"{}\"\npod_cidr = \"{}\"\n{v6}mac = \"{}\"\n\n",
                 n.name, n.underlay, n.pod_cidr, n.mac
             )
         })
@@ -127,7 +160,11 @@ pub fn start_switchd(ns: Netns, me: &NodeInfo, nodes: &[NodeInfo], extra: &str) 
 
 /// Like [`start_switchd`] without starting it (to set its environment first).
 pub fn prepare_switchd(ns: Netns, me: &NodeInfo, nodes: &[NodeInfo], extra: &str) -> Node {
-    let config = format!("underlay_addr = \"{}\"\n{extra}", me.underlay);
+    let config = format!(
+        "underlay_addr = \"{}\"\n{}{extra}",
+        me.underlay,
+        me.ipv6_toml()
+    );
     Node::prepare(
         ns,
         &me.pod_cidr,

@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -108,8 +108,9 @@ impl Netns {
             .args(args))
     }
 
-    /// Does at least one ping to `addr` come back?
-    pub fn ping(&self, addr: Ipv4Addr) -> bool {
+    /// Does at least one ping to `addr` (either family) come back?
+    pub fn ping(&self, addr: impl Into<IpAddr>) -> bool {
+        let addr = addr.into();
         self.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &addr.to_string()])
             .status
             .success()
@@ -475,6 +476,16 @@ impl CniOutput {
             .unwrap_or_else(|| panic!("no address in {}", self.json));
         cidr.split('/').next().unwrap().parse().unwrap()
     }
+
+    /// The IPv6 address in the result, if there is one.
+    pub fn address_v6(&self) -> Option<Ipv6Addr> {
+        self.json["ips"]
+            .as_array()?
+            .iter()
+            .filter_map(|ip| ip["address"].as_str())
+            .find(|a| a.contains(':'))
+            .and_then(|a| a.split('/').next()?.parse().ok())
+    }
 }
 
 /// Execute `switchd-cni` exactly as a runtime does: environment plus config on stdin.
@@ -599,7 +610,7 @@ pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
 pub fn tcp_transfer(
     from: &Netns,
     to: &Netns,
-    addr: Ipv4Addr,
+    addr: impl Into<IpAddr>,
     total: usize,
 ) -> (usize, u64, usize, u64, SocketAddr) {
     tcp_transfer_while(from, to, addr, move |sent| sent < total)
@@ -636,12 +647,17 @@ pub fn streams_both_ways_while(
 pub fn tcp_transfer_while(
     from: &Netns,
     to: &Netns,
-    addr: Ipv4Addr,
+    addr: impl Into<IpAddr>,
     more: impl Fn(usize) -> bool + Send + 'static,
 ) -> (usize, u64, usize, u64, SocketAddr) {
+    let addr = addr.into();
+    let any: IpAddr = match addr {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = to.spawn(move || {
-        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 5201)).expect("bind server");
+        let listener = TcpListener::bind((any, 5201)).expect("bind server");
         ready_tx.send(()).unwrap();
         let (mut conn, peer) = listener.accept().expect("accept");
         conn.set_read_timeout(Some(Duration::from_secs(60)))

@@ -223,6 +223,7 @@ impl WgHost {
             name: "wghost".into(),
             underlay: self.underlay,
             pod_cidr: self.cidr.clone(),
+            pod_cidr_v6: None,
             mac: "0a:58:0a:f4:63:01".into(),
         }
     }

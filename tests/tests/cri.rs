@@ -189,7 +189,7 @@ fn a_sandbox_whose_cni_add_failed_while_switchd_was_down_is_retried_without_a_le
     assert_eq!(node.pod_ports(), 1);
     let (_, ip) = cri.sandbox_status(&sandbox);
     assert!(
-        node.ns.ping(ip.parse().unwrap()),
+        node.ns.ping(ip.parse::<std::net::IpAddr>().unwrap()),
         "the retried sandbox is reachable"
     );
     cri.stop_and_remove(&sandbox).unwrap();

@@ -291,6 +291,7 @@ mod tests {
                 sport,
                 dport: 8080,
                 fragment: false,
+                v6: false,
             },
             tcp_flags: 0x02,
             more_fragments: false,

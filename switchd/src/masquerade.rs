@@ -1,7 +1,8 @@
 //! Egress masquerade: pods' traffic that leaves the cluster through the node goes out with
 //! the node's address, or the far side could not answer it (flannel's `ipMasq`, Calico's
-//! `natOutgoing`). One nftables table, `ip switchd`, written by `nft -f` in one atomic
-//! transaction, checked every few seconds and written again if someone removed it.
+//! `natOutgoing`). One nftables table, `ip switchd` (and `ip6 switchd` on a dual-stack
+//! node), written by `nft -f` in one atomic transaction, checked every few seconds and
+//! written again if someone removed it.
 //!
 //! Why the `nft` command and not a netlink crate: it is the tool operators use to read the
 //! rules back (`nft list table ip switchd`), its parser is the reference, and a whole table
@@ -15,7 +16,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 pub const TABLE: &str = "switchd";
 /// kube-proxy's masquerade mark: traffic it marked is masqueraded by kube-proxy itself.
@@ -26,17 +27,26 @@ const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// (pod↔pod and node↔pod keep their addresses), what kube-proxy marked for its own
 /// masquerade, and multicast.
 pub fn ruleset(cluster_cidr: Ipv4Net) -> String {
+    family_ruleset("ip", &cluster_cidr.to_string(), "224.0.0.0/4")
+}
+
+/// The IPv6 twin of [`ruleset`], table `ip6 switchd`.
+pub fn ruleset_v6(cluster_cidr: Ipv6Net) -> String {
+    family_ruleset("ip6", &cluster_cidr.to_string(), "ff00::/8")
+}
+
+fn family_ruleset(family: &str, cluster_cidr: &str, multicast: &str) -> String {
     format!(
-        "add table ip {TABLE}\n\
-         delete table ip {TABLE}\n\
-         table ip {TABLE} {{\n\
+        "add table {family} {TABLE}\n\
+         delete table {family} {TABLE}\n\
+         table {family} {TABLE} {{\n\
          \tcomment \"switchd: masquerade pod traffic that leaves {cluster_cidr} (config key masquerade)\"\n\
          \tchain egress {{\n\
          \t\ttype nat hook postrouting priority srcnat + 10; policy accept;\n\
-         \t\tip saddr != {cluster_cidr} return\n\
-         \t\tip daddr {cluster_cidr} return\n\
+         \t\t{family} saddr != {cluster_cidr} return\n\
+         \t\t{family} daddr {cluster_cidr} return\n\
          \t\tmeta mark & {KUBE_PROXY_MASQ_MARK:#x} == {KUBE_PROXY_MASQ_MARK:#x} return\n\
-         \t\tip daddr 224.0.0.0/4 return\n\
+         \t\t{family} daddr {multicast} return\n\
          \t\tmasquerade fully-random\n\
          \t}}\n\
          }}\n"
@@ -51,10 +61,16 @@ pub struct Masquerade {
     /// Times the table was found missing or changed and written again.
     pub reapplied: AtomicU64,
     cluster_cidr: Option<Ipv4Net>,
+    cluster_cidr_v6: Option<Ipv6Net>,
 }
 
 impl Masquerade {
-    pub fn new(enabled: bool, cluster_cidr: Ipv4Net) -> Masquerade {
+    /// `cluster_cidr_v6`: also masquerade IPv6 egress, on a dual-stack node.
+    pub fn new(
+        enabled: bool,
+        cluster_cidr: Ipv4Net,
+        cluster_cidr_v6: Option<Ipv6Net>,
+    ) -> Masquerade {
         Masquerade {
             state: Mutex::new((
                 if enabled { "pending" } else { "off" }.into(),
@@ -62,6 +78,7 @@ impl Masquerade {
             )),
             reapplied: AtomicU64::new(0),
             cluster_cidr: enabled.then_some(cluster_cidr),
+            cluster_cidr_v6: cluster_cidr_v6.filter(|_| enabled),
         }
     }
 
@@ -80,18 +97,33 @@ impl Masquerade {
             let _ = tokio::task::spawn_blocking(remove).await;
             return;
         };
-        let wanted = ruleset(cidr);
+        let mut wanted = vec![("ip", ruleset(cidr))];
+        match self.cluster_cidr_v6 {
+            Some(v6) => wanted.push(("ip6", ruleset_v6(v6))),
+            // A node that was dual-stack before keeps no IPv6 rules of ours.
+            None => {
+                let _ = tokio::task::spawn_blocking(|| remove_family("ip6")).await;
+            }
+        }
         let mut first = true;
         loop {
             let w = wanted.clone();
-            let result = tokio::task::spawn_blocking(move || ensure(&w))
-                .await
-                .unwrap_or_else(|e| Err(anyhow::anyhow!("nft worker failed: {e}")));
+            let result = tokio::task::spawn_blocking(move || {
+                let mut outcome = Ensured::Present;
+                for (family, rules) in &w {
+                    if let Ensured::Written = ensure(family, rules)? {
+                        outcome = Ensured::Written;
+                    }
+                }
+                Ok(outcome)
+            })
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("nft worker failed: {e}")));
             match result {
                 Ok(Ensured::Present) => {}
                 Ok(Ensured::Written) => {
                     if first {
-                        tracing::info!(table = TABLE, cluster_cidr = %cidr, "egress masquerade installed");
+                        tracing::info!(table = TABLE, cluster_cidr = %cidr, cluster_cidr_v6 = ?self.cluster_cidr_v6, "egress masquerade installed");
                     } else {
                         self.reapplied.fetch_add(1, Relaxed);
                         tracing::warn!(
@@ -120,14 +152,14 @@ enum Ensured {
     Written,
 }
 
-/// Write the table unless it is already exactly what we want.
-fn ensure(wanted: &str) -> Result<Ensured> {
-    if let Ok(current) = nft(&["list", "table", "ip", TABLE], None) {
+/// Write the table of `family` unless it is already exactly what we want.
+fn ensure(family: &str, wanted: &str) -> Result<Ensured> {
+    if let Ok(current) = nft(&["list", "table", family, TABLE], None) {
         if same_rules(&current, wanted) {
             return Ok(Ensured::Present);
         }
     }
-    nft(&["-f", "-"], Some(wanted)).context("writing table ip switchd")?;
+    nft(&["-f", "-"], Some(wanted)).with_context(|| format!("writing table {family} {TABLE}"))?;
     Ok(Ensured::Written)
 }
 
@@ -145,13 +177,19 @@ fn same_rules(listed: &str, wanted: &str) -> bool {
     !want.is_empty() && have == want
 }
 
-/// Remove switchd's table (masquerade turned off, or uninstall); absent is fine.
+/// Remove switchd's tables (masquerade turned off, or uninstall); absent is fine.
 pub fn remove() -> Result<()> {
-    if nft(&["list", "table", "ip", TABLE], None).is_ok() {
-        nft(&["delete", "table", "ip", TABLE], None)?;
+    remove_family("ip")?;
+    remove_family("ip6")
+}
+
+fn remove_family(family: &str) -> Result<()> {
+    if nft(&["list", "table", family, TABLE], None).is_ok() {
+        nft(&["delete", "table", family, TABLE], None)?;
         tracing::info!(
             table = TABLE,
-            "egress masquerade removed (masquerade = false)"
+            family,
+            "egress masquerade removed (masquerade off, or no IPv6 any more)"
         );
     }
     Ok(())
@@ -201,6 +239,16 @@ mod tests {
         assert!(r.contains("meta mark & 0x4000 == 0x4000 return"));
         assert!(r.contains("type nat hook postrouting priority srcnat + 10;"));
         assert!(r.trim_end().ends_with('}'));
+    }
+
+    #[test]
+    fn the_ipv6_ruleset_is_the_same_rules_for_ip6() {
+        let r = ruleset_v6("fd10:244::/48".parse().unwrap());
+        assert!(r.starts_with("add table ip6 switchd\ndelete table ip6 switchd\n"));
+        assert!(r.contains("ip6 saddr != fd10:244::/48 return"));
+        assert!(r.contains("ip6 daddr fd10:244::/48 return"));
+        assert!(r.contains("ip6 daddr ff00::/8 return"));
+        assert!(r.contains("masquerade fully-random"));
     }
 
     #[test]

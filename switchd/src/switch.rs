@@ -185,6 +185,7 @@ impl Switch {
         let masquerade = Arc::new(crate::masquerade::Masquerade::new(
             cfg.masquerade,
             cfg.cluster_cidr,
+            cfg.ipv6.map(|v6| v6.cluster_cidr),
         ));
 
         let table = Table::new(cfg.pod_cidr, cfg.cluster_cidr, router_mac, mtu);

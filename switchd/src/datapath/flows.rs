@@ -46,6 +46,7 @@ pub const WAYS: usize = 8;
 const PROTO_ICMP: u8 = 1;
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
+const PROTO_ICMPV6: u8 = 58;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -92,6 +93,9 @@ pub struct FlowKey {
     pub dport: u16,
     /// Set for the entry that carries a fragmented datagram's later fragments.
     pub fragment: bool,
+    /// An IPv6 flow: `src` and `dst` are then [`fold6`] digests of the addresses, and
+    /// ICMPv6 is keyed as ICMP (proto 1), whose state and timeout it shares.
+    pub v6: bool,
 }
 
 impl FlowKey {
@@ -176,6 +180,7 @@ pub fn parse(ip: &[u8]) -> Option<Packet> {
             sport,
             dport,
             fragment: false,
+            v6: false,
         },
         tcp_flags,
         more_fragments,
@@ -206,7 +211,69 @@ fn quoted_flow(inner: &[u8]) -> Option<FlowKey> {
         sport,
         dport,
         fragment: false,
+        v6: false,
     })
+}
+
+/// A 32-bit digest of an IPv6 address, for [`FlowKey`]. Two addresses that share one can
+/// only send a frame through the node needlessly, never wrongly.
+#[inline]
+pub fn fold6(addr: &[u8; 16]) -> u32 {
+    let x = u128::from_be_bytes(*addr);
+    let h = ((x as u64) ^ ((x >> 64) as u64).rotate_left(23)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> 32) as u32
+}
+
+/// Read the flow of an IPv6 packet (`ip` starts at its header, `info` is its parse).
+/// `None` for a later fragment (untracked: IPv6 fragments of a Service's replies are not
+/// followed to the node) or a transport header cut short.
+pub fn parse6(ip: &[u8], info: &super::ipv6::Ipv6Info) -> Option<Packet> {
+    let l4 = ip.get(info.upper_at?..info.len)?;
+    let (src, dst) = (fold6(&info.src), fold6(&info.dst));
+    let (proto, sport, dport, tcp_flags) = match info.upper {
+        PROTO_TCP => {
+            let h = l4.get(..14)?;
+            (PROTO_TCP, be16(h, 0), be16(h, 2), h[13])
+        }
+        p @ (PROTO_UDP | 132) => {
+            let h = l4.get(..4)?;
+            (p, be16(h, 0), be16(h, 2), 0)
+        }
+        PROTO_ICMPV6 => {
+            let h = l4.get(..8)?;
+            match h[0] {
+                // Echo request / reply: by identifier.
+                128 | 129 => (PROTO_ICMP, be16(h, 4), be16(h, 4), 0),
+                // Unreachable, packet too big, time exceeded, parameter problem.
+                1..=4 => return quoted_flow6(&l4[8..]).map(Packet::IcmpError),
+                _ => (PROTO_ICMP, 0, 0, 0),
+            }
+        }
+        p => (p, 0, 0, 0),
+    };
+    Some(Packet::Flow {
+        key: FlowKey {
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+            fragment: false,
+            v6: true,
+        },
+        tcp_flags,
+        more_fragments: false,
+        ip_id: 0,
+    })
+}
+
+/// The flow of the IPv6 packet an ICMPv6 error quotes.
+fn quoted_flow6(inner: &[u8]) -> Option<FlowKey> {
+    let info = super::ipv6::parse(inner).ok()?;
+    match parse6(inner, &info)? {
+        Packet::Flow { key, .. } => Some(key),
+        _ => None,
+    }
 }
 
 fn fragment_key(src: u32, dst: u32, proto: u8, ip_id: u16) -> FlowKey {
@@ -217,6 +284,7 @@ fn fragment_key(src: u32, dst: u32, proto: u8, ip_id: u16) -> FlowKey {
         sport: ip_id,
         dport: 0,
         fragment: true,
+        v6: false,
     }
 }
 
@@ -463,6 +531,15 @@ impl FlowTable {
     fn gate_index(&self, addr: u32) -> usize {
         ((u64::from(addr) ^ self.seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - GATE_BITS))
             as usize
+    }
+
+    /// [`FlowTable::is_reply_frame`] for an IPv6 frame (`ip` at its header, `info` its parse).
+    #[inline]
+    pub fn is_reply_frame6(&self, ip: &[u8], info: &super::ipv6::Ipv6Info, now: u32) -> bool {
+        if info.upper != PROTO_ICMPV6 && !self.may_hold_replies_from(fold6(&info.src)) {
+            return false;
+        }
+        parse6(ip, info).is_some_and(|p| self.is_reply_of_translated(&p, now))
     }
 
     /// The whole check for a frame from a pod or the tunnel (`ip` starts at its IPv4
@@ -826,6 +903,7 @@ fn hash(key: &FlowKey, seed: u64) -> u64 {
     let b = (u64::from(key.sport) << 48)
         | (u64::from(key.dport) << 32)
         | (u64::from(key.proto) << 8)
+        | (u64::from(key.v6) << 1)
         | u64::from(key.fragment);
     let mut h = seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     h = (h ^ (h >> 32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
@@ -908,6 +986,7 @@ mod tests {
                 sport,
                 dport,
                 fragment: false,
+                v6: false,
             },
             tcp_flags: flags,
             more_fragments: false,

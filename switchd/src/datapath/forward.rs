@@ -56,7 +56,7 @@ pub fn forward(
     };
     match ethertype {
         ETHERTYPE_IPV4 => forward_ipv4(frame, vnet, in_port, table, flows, now, reply),
-        ETHERTYPE_IPV6 => forward_ipv6(frame, vnet, in_port, table, reply),
+        ETHERTYPE_IPV6 => forward_ipv6(frame, vnet, in_port, table, flows, now, reply),
         ETHERTYPE_ARP => match arp::answer(frame, in_port, table, reply) {
             Ok(len) => Verdict::Reply(len),
             Err(reason) => Verdict::Drop(reason),
@@ -128,6 +128,8 @@ fn forward_ipv6(
     vnet: VnetHdr,
     in_port: PortId,
     table: &Table,
+    flows: &FlowTable,
+    now: u32,
     reply: &mut [u8],
 ) -> Verdict {
     let info = match ipv6::parse(&frame[ETH_HDR_LEN..]) {
@@ -158,6 +160,46 @@ fn forward_ipv6(
     if ipv6::is_link_local(&info.dst) {
         return Verdict::Drop(DropReason::NoRoute);
     }
+    let (src, dst) = (
+        std::net::Ipv6Addr::from(info.src),
+        std::net::Ipv6Addr::from(info.dst),
+    );
+    if in_port == HOST_PORT {
+        // As for IPv4: a pod's packet the node forwarded (a Service's DNAT) records its
+        // reply, which must come back through the node.
+        let v = route6(frame, vnet, &info, in_port, table, reply);
+        let delivered =
+            matches!(v, Verdict::Forward(p) if p != HOST_PORT) || matches!(v, Verdict::Encap(_));
+        if delivered && v6.cluster_cidr.contains(&src) && src != v6.gateway {
+            if let Some(p) = flows::parse6(&frame[ETH_HDR_LEN..], &info) {
+                flows.track_translated(&p, now);
+            }
+        }
+        return v;
+    }
+    if v6.cluster_cidr.contains(&dst)
+        && dst != v6.gateway
+        && flows.is_reply_frame6(&frame[ETH_HDR_LEN..], &info, now)
+    {
+        return to_node(frame, table);
+    }
+    route6(frame, vnet, &info, in_port, table, reply)
+}
+
+/// Where a checked IPv6 frame goes by its destination: a pod here, a peer node, or out
+/// through the node.
+#[inline]
+fn route6(
+    frame: &mut [u8],
+    vnet: VnetHdr,
+    info: &ipv6::Ipv6Info,
+    in_port: PortId,
+    table: &Table,
+    reply: &mut [u8],
+) -> Verdict {
+    let Some(v6) = table.v6.as_ref() else {
+        return Verdict::Drop(DropReason::UnsupportedProtocol);
+    };
     if let Some(ep) = table.lookup6(info.dst) {
         return deliver_to(frame, *ep, in_port, table);
     }
@@ -336,7 +378,7 @@ pub fn forward_from_tunnel(
     match Ethernet2HeaderSlice::from_slice(frame) {
         Ok(eth) if eth.ether_type().0 == ETHERTYPE_IPV4 => {}
         Ok(eth) if eth.ether_type().0 == ETHERTYPE_IPV6 => {
-            return from_tunnel_ipv6(frame, peer, table)
+            return from_tunnel_ipv6(frame, peer, table, flows, now)
         }
         Ok(_) => return Verdict::Drop(DropReason::UnsupportedProtocol),
         Err(_) => return Verdict::Drop(DropReason::Malformed),
@@ -361,7 +403,13 @@ pub fn forward_from_tunnel(
 
 /// An IPv6 frame from peer `peer`: from the peer's IPv6 prefix, for this node only.
 #[inline(never)]
-fn from_tunnel_ipv6(frame: &mut [u8], peer: usize, table: &Table) -> Verdict {
+fn from_tunnel_ipv6(
+    frame: &mut [u8],
+    peer: usize,
+    table: &Table,
+    flows: &FlowTable,
+    now: u32,
+) -> Verdict {
     let info = match ipv6::parse(&frame[ETH_HDR_LEN..]) {
         Ok(info) => info,
         Err(reason) => return Verdict::Drop(reason),
@@ -375,6 +423,13 @@ fn from_tunnel_ipv6(frame: &mut [u8], peer: usize, table: &Table) -> Verdict {
     let src = std::net::Ipv6Addr::from(info.src);
     if !route.pod_cidr_v6.is_some_and(|net| net.contains(&src)) {
         return Verdict::Drop(DropReason::SpoofedSource);
+    }
+    let to_gateway = table
+        .v6
+        .as_ref()
+        .is_some_and(|v6| v6.gateway.octets() == info.dst);
+    if !to_gateway && flows.is_reply_frame6(&frame[ETH_HDR_LEN..], &info, now) {
+        return to_node(frame, table);
     }
     match table.lookup6(info.dst) {
         Some(ep) => deliver_to(frame, *ep, PortId::MAX, table),
@@ -1132,6 +1187,64 @@ mod tests {
                 forward_from_tunnel(&mut f, 0, &t, &no_flows(), 0),
                 Verdict::Drop(DropReason::NdIgnored)
             );
+        }
+
+        #[test]
+        fn replies_of_ipv6_flows_the_node_translated_go_back_to_the_node() {
+            let t = dual();
+            let flows = no_flows();
+            let service: Ipv6Addr = "fd00:96::10".parse().unwrap();
+            let mut f = craft::ipv6_udp(mac_for_ip(B), t.router_mac, b6(), service, 100);
+            assert_eq!(
+                run_with(&mut f, 2, &t, &flows).0,
+                Verdict::Forward(HOST_PORT)
+            );
+            // DNATed by the node to A, B's address intact.
+            let mut f = craft::ipv6_udp(t.router_mac, t.router_mac, b6(), a6(), 100);
+            assert_eq!(
+                run_with(&mut f, HOST_PORT, &t, &flows).0,
+                Verdict::Forward(1)
+            );
+            assert_eq!(tracked(&flows), 1);
+            let swap = |f: &mut Vec<u8>| {
+                let l4 = VNET_HDR_LEN + ETH_HDR_LEN + 40;
+                let (s, d) = ([f[l4], f[l4 + 1]], [f[l4 + 2], f[l4 + 3]]);
+                f[l4..l4 + 2].copy_from_slice(&d);
+                f[l4 + 2..l4 + 4].copy_from_slice(&s);
+            };
+            let mut reply = craft::ipv6_udp(mac_for_ip(A), mac_for_ip(B), a6(), b6(), 100);
+            swap(&mut reply);
+            assert_eq!(
+                run_with(&mut reply, 1, &t, &flows).0,
+                Verdict::Forward(HOST_PORT),
+                "the reply goes to the node"
+            );
+            let mut other = craft::ipv6_udp(mac_for_ip(A), mac_for_ip(B), a6(), b6(), 100);
+            assert_eq!(
+                run_with(&mut other, 1, &t, &flows).0,
+                Verdict::Forward(2),
+                "other traffic stays switched"
+            );
+            // The same reply from a remote endpoint arrives through the tunnel.
+            let mut f = craft::ipv6_udp(t.router_mac, t.router_mac, b6(), remote6(), 100);
+            assert_eq!(run_with(&mut f, HOST_PORT, &t, &flows).0, Verdict::Encap(0));
+            let mut reply = craft::ipv6_udp(t.peers[0].mac, t.router_mac, remote6(), b6(), 100);
+            swap(&mut reply);
+            assert_eq!(
+                forward_from_tunnel(&mut reply, 0, &t, &flows, 0),
+                Verdict::Forward(HOST_PORT)
+            );
+            // The node's own traffic (from its gateway address) records nothing.
+            let mut f = craft::ipv6_udp(t.router_mac, mac_for_ip(A), gw6(), a6(), 10);
+            assert_eq!(
+                run_with(&mut f, HOST_PORT, &t, &flows).0,
+                Verdict::Forward(1)
+            );
+            assert_eq!(tracked(&flows), 2);
+            // An IPv4 flow with the same ports is a different flow.
+            let mut v4 = craft::ipv4_udp(mac_for_ip(A), mac_for_ip(B), A, B, 100);
+            swap_ports(&mut v4);
+            assert_eq!(run_with(&mut v4, 1, &t, &flows).0, Verdict::Forward(2));
         }
     }
 }

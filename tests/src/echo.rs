@@ -4,7 +4,7 @@
 //! a namespace and stops when dropped.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,12 +19,17 @@ pub struct EchoServer {
 
 impl EchoServer {
     pub fn start(ns: &Netns, name: &str, port: u16) -> EchoServer {
+        EchoServer::start_on(ns, name, Ipv4Addr::UNSPECIFIED.into(), port)
+    }
+
+    /// Listen on `any` (`0.0.0.0`, or `::` for IPv6 clients too) instead.
+    pub fn start_on(ns: &Netns, name: &str, any: IpAddr, port: u16) -> EchoServer {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let tcp = {
             let (stop, name, ready) = (stop.clone(), name.to_string(), ready_tx.clone());
             ns.spawn(move || {
-                let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind tcp");
+                let l = TcpListener::bind((any, port)).expect("bind tcp");
                 l.set_nonblocking(true).unwrap();
                 ready.send(()).unwrap();
                 while !stop.load(Ordering::Relaxed) {
@@ -44,7 +49,7 @@ impl EchoServer {
         let udp = {
             let (stop, name, ready) = (stop.clone(), name.to_string(), ready_tx);
             ns.spawn(move || {
-                let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind udp");
+                let s = UdpSocket::bind((any, port)).expect("bind udp");
                 s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
                 ready.send(()).unwrap();
                 let mut buf = vec![0u8; 65536];
@@ -92,7 +97,7 @@ impl Drop for EchoServer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     pub server: String,
-    pub client: Ipv4Addr,
+    pub client: IpAddr,
     /// UDP: the size of the request as the server received it; and of the whole reply.
     pub request_len: usize,
     pub reply_len: usize,
@@ -116,7 +121,8 @@ fn parse(bytes: &[u8]) -> Result<Answer, String> {
 }
 
 /// Ask over TCP from inside `ns`.
-pub fn ask_tcp(ns: &Netns, to: Ipv4Addr, port: u16) -> Result<Answer, String> {
+pub fn ask_tcp(ns: &Netns, to: impl Into<IpAddr>, port: u16) -> Result<Answer, String> {
+    let to = to.into();
     ns.spawn(move || {
         let mut c =
             TcpStream::connect_timeout(&SocketAddr::from((to, port)), Duration::from_secs(3))
@@ -136,13 +142,18 @@ pub fn ask_tcp(ns: &Netns, to: Ipv4Addr, port: u16) -> Result<Answer, String> {
 /// of `reply_len`; retried a few times (UDP may lose the first datagram while ARP settles).
 pub fn ask_udp(
     ns: &Netns,
-    to: Ipv4Addr,
+    to: impl Into<IpAddr>,
     port: u16,
     request_len: usize,
     reply_len: usize,
 ) -> Result<Answer, String> {
+    let to = to.into();
+    let any: IpAddr = match to {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
     ns.spawn(move || {
-        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| e.to_string())?;
+        let s = UdpSocket::bind((any, 0)).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_millis(700)))
             .unwrap();
         let mut req = format!("size {reply_len} ").into_bytes();

@@ -9,7 +9,7 @@
 //! `ctstate INVALID` drop. Chain names are readable instead of kube-proxy's hashes.
 
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 
 use crate::Netns;
@@ -49,9 +49,10 @@ pub struct Service {
     /// Short and unique; used in chain names.
     pub name: String,
     pub proto: Proto,
-    pub cluster_ip: Ipv4Addr,
+    /// IPv4 or IPv6: kube-proxy writes each family's Services into that family's tables.
+    pub cluster_ip: IpAddr,
     pub port: u16,
-    pub endpoints: Vec<SocketAddrV4>,
+    pub endpoints: Vec<SocketAddr>,
     /// sessionAffinity: ClientIP (timeout 10800 s).
     pub affinity: bool,
     /// externalTrafficPolicy: Cluster.
@@ -59,11 +60,11 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(name: &str, proto: Proto, cluster_ip: Ipv4Addr, port: u16) -> Service {
+    pub fn new(name: &str, proto: Proto, cluster_ip: impl Into<IpAddr>, port: u16) -> Service {
         Service {
             name: name.into(),
             proto,
-            cluster_ip,
+            cluster_ip: cluster_ip.into(),
             port,
             endpoints: Vec::new(),
             affinity: false,
@@ -71,8 +72,8 @@ impl Service {
         }
     }
 
-    pub fn endpoint(mut self, ip: Ipv4Addr, port: u16) -> Service {
-        self.endpoints.push(SocketAddrV4::new(ip, port));
+    pub fn endpoint(mut self, ip: impl Into<IpAddr>, port: u16) -> Service {
+        self.endpoints.push(SocketAddr::new(ip.into(), port));
         self
     }
 
@@ -304,6 +305,21 @@ pub fn apply(ns: &Netns, mode: Mode, cluster_cidr: &str, node_ip: Ipv4Addr, serv
             &nftables_rules(cluster_cidr, node_ip, services),
         ),
     }
+}
+
+/// The IPv6 half of a dual-stack node's rules: kube-proxy's iptables mode writes IPv6
+/// Services into ip6tables with the same rule shapes (`cluster_cidr` is then the IPv6
+/// cluster prefix). iptables-nft only.
+pub fn apply_v6(ns: &Netns, cluster_cidr: &str, services: &[Service]) {
+    for table in ["nat", "filter"] {
+        ns.exec(&["ip6tables-nft", "-t", table, "-F"]);
+        ns.exec(&["ip6tables-nft", "-t", table, "-X"]);
+    }
+    feed(
+        ns,
+        &["ip6tables-nft-restore", "--noflush"],
+        &iptables_rules(cluster_cidr, services),
+    );
 }
 
 fn iptables_binaries(mode: Mode) -> (&'static str, &'static str) {

@@ -6,7 +6,11 @@
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeSet;
+
 use switchd_e2e::cluster::{start_switchd, NodeInfo, Underlay, CLUSTER_CIDR_V6};
+use switchd_e2e::echo::{ask_tcp, ask_udp, EchoServer};
+use switchd_e2e::kube_proxy::{self, Proto, Service};
 use switchd_e2e::*;
 
 const GW6: &str = "fd10:244:0:1::1";
@@ -324,4 +328,180 @@ fn a_pod_sending_more_than_the_tunnel_carries_gets_packet_too_big() {
     assert!(p1.ping(b6));
     let (sent, sent_hash, received, received_hash, _) = tcp_transfer(&p1, &p2, b6, 8 << 20);
     assert_eq!((received, received_hash), (sent, sent_hash));
+}
+
+/// Two dual-stack switchd nodes and a host outside the cluster, on an underlay with IPv6
+/// too (`fd00:77::/64`): the outside host is the nodes' default router in both families.
+struct WithOutside {
+    nodes: Vec<Node>,
+    /// The nodes' own IPv6 addresses on the underlay.
+    node6: Vec<Ipv6Addr>,
+    outside: Netns,
+    outside6: Ipv6Addr,
+    _underlay: Underlay,
+}
+
+fn dual_stack_cluster_with_outside() -> WithOutside {
+    let mut underlay = Underlay::new();
+    let spaces = [Netns::new("n"), Netns::new("n")];
+    let infos: Vec<NodeInfo> = spaces
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| NodeInfo::dual_stack(i as u8 + 1, underlay.attach(ns, 1500)))
+        .collect();
+    let outside = Netns::new("out");
+    let outside4 = underlay.attach(&outside, 1500);
+    let run = |ns: &Netns, cmd: &[&str]| {
+        let out = ns.exec(cmd);
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let address6 = |ns: &Netns, n: u8| -> Ipv6Addr {
+        let a = format!("fd00:77::{n}");
+        run(
+            ns,
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{a}/64"),
+                "dev",
+                "u0",
+                "nodad",
+            ],
+        );
+        a.parse().unwrap()
+    };
+    let outside6 = address6(&outside, 9);
+    let node6: Vec<Ipv6Addr> = spaces
+        .iter()
+        .zip(1..)
+        .map(|(ns, n)| address6(ns, n))
+        .collect();
+    for ns in &spaces {
+        run(
+            ns,
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &outside4.to_string(),
+            ],
+        );
+        run(
+            ns,
+            &[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &outside6.to_string(),
+            ],
+        );
+    }
+    let nodes = spaces
+        .into_iter()
+        .zip(&infos)
+        .map(|(ns, me)| start_switchd(ns, me, &infos, ""))
+        .collect();
+    WithOutside {
+        nodes,
+        node6,
+        outside,
+        outside6,
+        _underlay: underlay,
+    }
+}
+
+/// sig-network's "Granular Checks: Services" for IPv6, with the ip6tables rules
+/// kube-proxy's iptables mode writes on a dual-stack node, and IPv6 egress.
+#[test]
+fn ipv6_services_through_kube_proxys_ip6tables_rules_and_masqueraded_ipv6_egress() {
+    let c = dual_stack_cluster_with_outside();
+    let (ep1, ep2) = (Netns::new("ep"), Netns::new("ep"));
+    let ep1_6 = add(&c.nodes[0], &ep1);
+    let ep2_6 = add(&c.nodes[1], &ep2);
+    let clients: Vec<(Netns, Ipv6Addr)> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            let ns = Netns::new("c");
+            let a = add(n, &ns);
+            (ns, a)
+        })
+        .collect();
+    let solo: Ipv6Addr = "fd00:96::23".parse().unwrap();
+    let pair: Ipv6Addr = "fd00:96::30".parse().unwrap();
+    let services = vec![
+        Service::new("solo6", Proto::Tcp, solo, 80).endpoint(ep1_6, 8086),
+        Service::new("solo6u", Proto::Udp, solo, 80).endpoint(ep1_6, 8086),
+        Service::new("pair6", Proto::Tcp, pair, 80)
+            .endpoint(ep1_6, 8086)
+            .endpoint(ep2_6, 8086),
+    ];
+    for node in &c.nodes {
+        kube_proxy::apply_v6(&node.ns, CLUSTER_CIDR_V6, &services);
+    }
+    let any6: IpAddr = Ipv6Addr::UNSPECIFIED.into();
+    let _servers = [
+        EchoServer::start_on(&ep1, "ep1", any6, 8086),
+        EchoServer::start_on(&ep2, "ep2", any6, 8086),
+        EchoServer::start_on(&c.outside, "outside", any6, 9000),
+    ];
+    for (i, (ns, addr)) in clients.iter().enumerate() {
+        let on = format!("client on node {}", i + 1);
+        let a = ask_tcp(ns, solo, 80).unwrap_or_else(|e| panic!("{on}: TCP to ClusterIP: {e}"));
+        assert_eq!(a.server, "ep1", "{on}");
+        assert_eq!(
+            a.client,
+            IpAddr::V6(*addr),
+            "{on}: the client's address is kept"
+        );
+        // 3,000-byte replies leave the endpoint as IPv6 fragments; every one of them must
+        // follow the first to the node that translated the flow.
+        let a = ask_udp(ns, solo, 80, 100, 3000)
+            .unwrap_or_else(|e| panic!("{on}: UDP to ClusterIP: {e}"));
+        assert_eq!(
+            (a.client, a.reply_len),
+            (IpAddr::V6(*addr), 3000),
+            "{on}: UDP"
+        );
+        let mut seen = BTreeSet::new();
+        for _ in 0..30 {
+            let a = ask_tcp(ns, pair, 80).unwrap_or_else(|e| panic!("{on}: two endpoints: {e}"));
+            assert_eq!(a.client, IpAddr::V6(*addr), "{on}");
+            seen.insert(a.server);
+        }
+        assert_eq!(seen, ["ep1".to_string(), "ep2".into()].into(), "{on}");
+    }
+    for node in &c.nodes {
+        let a = ask_tcp(&node.ns, solo, 80).expect("node to ClusterIP");
+        assert_eq!(a.server, "ep1");
+    }
+    // Egress: a pod reaches the outside host, which sees the node's own IPv6 address.
+    for ((ns, _), node6) in clients.iter().zip(&c.node6) {
+        let a = ask_tcp(ns, c.outside6, 9000).expect("IPv6 egress");
+        assert_eq!(
+            (a.server.as_str(), a.client),
+            ("outside", IpAddr::V6(*node6))
+        );
+    }
+    for node in &c.nodes {
+        let stats = node.query("stats");
+        assert!(stats["flows"]["tracked"].as_u64().unwrap() >= 1, "{stats}");
+        assert!(stats["flows"]["returned"].as_u64().unwrap() >= 1, "{stats}");
+        let table = text(node.ns.exec(&["nft", "list", "table", "ip6", "switchd"]));
+        assert!(
+            table.contains(&format!("ip6 saddr != {CLUSTER_CIDR_V6} return")),
+            "{table}"
+        );
+    }
 }

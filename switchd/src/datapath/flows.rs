@@ -120,7 +120,8 @@ pub enum Packet {
         tcp_flags: u8,
         /// This is a first fragment with more to follow.
         more_fragments: bool,
-        ip_id: u16,
+        /// The IP identification (IPv4's 16 bits, IPv6's Fragment header's 32).
+        ip_id: u32,
     },
     /// A later fragment: no ports, only the datagram's identification.
     Fragment(FlowKey),
@@ -145,7 +146,13 @@ pub fn parse(ip: &[u8]) -> Option<Packet> {
     let src = be32(ip, 12);
     let dst = be32(ip, 16);
     if offset != 0 {
-        return Some(Packet::Fragment(fragment_key(src, dst, proto, ip_id)));
+        return Some(Packet::Fragment(fragment_key(
+            src,
+            dst,
+            proto,
+            u32::from(ip_id),
+            false,
+        )));
     }
     let l4 = &ip[ihl..];
     let (sport, dport, tcp_flags) = match proto {
@@ -184,7 +191,7 @@ pub fn parse(ip: &[u8]) -> Option<Packet> {
         },
         tcp_flags,
         more_fragments,
-        ip_id,
+        ip_id: u32::from(ip_id),
     })
 }
 
@@ -225,11 +232,16 @@ pub fn fold6(addr: &[u8; 16]) -> u32 {
 }
 
 /// Read the flow of an IPv6 packet (`ip` starts at its header, `info` is its parse).
-/// `None` for a later fragment (untracked: IPv6 fragments of a Service's replies are not
-/// followed to the node) or a transport header cut short.
+/// `None` when the transport header is cut short.
 pub fn parse6(ip: &[u8], info: &super::ipv6::Ipv6Info) -> Option<Packet> {
-    let l4 = ip.get(info.upper_at?..info.len)?;
     let (src, dst) = (fold6(&info.src), fold6(&info.dst));
+    let Some(upper_at) = info.upper_at else {
+        let (id, _) = info.fragment?;
+        return Some(Packet::Fragment(fragment_key(
+            src, dst, info.upper, id, true,
+        )));
+    };
+    let l4 = ip.get(upper_at..info.len)?;
     let (proto, sport, dport, tcp_flags) = match info.upper {
         PROTO_TCP => {
             let h = l4.get(..14)?;
@@ -262,8 +274,8 @@ pub fn parse6(ip: &[u8], info: &super::ipv6::Ipv6Info) -> Option<Packet> {
             v6: true,
         },
         tcp_flags,
-        more_fragments: false,
-        ip_id: 0,
+        more_fragments: info.fragment.is_some_and(|(_, more)| more),
+        ip_id: info.fragment.map_or(0, |(id, _)| id),
     })
 }
 
@@ -276,15 +288,15 @@ fn quoted_flow6(inner: &[u8]) -> Option<FlowKey> {
     }
 }
 
-fn fragment_key(src: u32, dst: u32, proto: u8, ip_id: u16) -> FlowKey {
+fn fragment_key(src: u32, dst: u32, proto: u8, ip_id: u32, v6: bool) -> FlowKey {
     FlowKey {
         src,
         dst,
         proto,
-        sport: ip_id,
-        dport: 0,
+        sport: ip_id as u16,
+        dport: (ip_id >> 16) as u16,
         fragment: true,
-        v6: false,
+        v6,
     }
 }
 
@@ -637,7 +649,7 @@ impl FlowTable {
                     self.reply_step(key.proto, s, tcp_flags)
                 });
                 if hit && more_fragments {
-                    let frag = fragment_key(key.src, key.dst, key.proto, ip_id);
+                    let frag = fragment_key(key.src, key.dst, key.proto, ip_id, key.v6);
                     let (bucket, fp) = self.locate(&frag);
                     self.upsert(bucket, fp, now_t, |_| Some(State::New));
                 }
@@ -1089,9 +1101,9 @@ mod tests {
             ip_id: 4242,
         };
         assert!(t.is_reply_of_translated(&first, 1));
-        let later = Packet::Fragment(fragment_key(A, B, PROTO_UDP, 4242));
+        let later = Packet::Fragment(fragment_key(A, B, PROTO_UDP, 4242, false));
         assert!(t.is_reply_of_translated(&later, 1));
-        let other = Packet::Fragment(fragment_key(A, B, PROTO_UDP, 4243));
+        let other = Packet::Fragment(fragment_key(A, B, PROTO_UDP, 4243, false));
         assert!(!t.is_reply_of_translated(&other, 1));
         // A's "port unreachable" about B's datagram quotes B→A.
         let Packet::Flow { key: quoted, .. } = udp(B, A, 7000, 9000) else {
@@ -1118,7 +1130,7 @@ mod tests {
         ip[4..6].copy_from_slice(&77u16.to_be_bytes());
         assert_eq!(
             parse(&ip),
-            Some(Packet::Fragment(fragment_key(B, A, PROTO_TCP, 77)))
+            Some(Packet::Fragment(fragment_key(B, A, PROTO_TCP, 77, false)))
         );
         // ICMP echo request: keyed by identifier both ways.
         let mut ping = vec![0u8; 28];

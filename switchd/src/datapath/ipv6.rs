@@ -32,6 +32,9 @@ pub struct Ipv6Info {
     /// Length of the packet by its header (40 + payload length), never more than the
     /// bytes at hand; Ethernet padding is not part of it.
     pub len: usize,
+    /// The Fragment header's identification and whether more fragments follow, when the
+    /// packet is a fragment.
+    pub fragment: Option<(u32, bool)>,
 }
 
 /// Parse the IPv6 packet at the start of `ip`.
@@ -45,6 +48,7 @@ pub fn parse(ip: &[u8]) -> Result<Ipv6Info, DropReason> {
     let mut next = ip[6];
     let mut at = IPV6_HDR_LEN;
     let mut upper_at = Some(at);
+    let mut fragment = None;
     for _ in 0..MAX_EXTENSION_HEADERS {
         let ext_len = match next {
             HOP_BY_HOP | ROUTING | DEST_OPTIONS => {
@@ -57,9 +61,12 @@ pub fn parse(ip: &[u8]) -> Result<Ipv6Info, DropReason> {
             }
             FRAGMENT => {
                 let h = ip.get(at..at + 8).ok_or(DropReason::Malformed)?;
-                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                let offset_flags = u16::from_be_bytes([h[2], h[3]]);
+                if offset_flags & 0xfff8 != 0 {
                     upper_at = None;
                 }
+                let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                fragment = Some((id, offset_flags & 1 != 0));
                 8
             }
             _ => {
@@ -70,6 +77,7 @@ pub fn parse(ip: &[u8]) -> Result<Ipv6Info, DropReason> {
                     upper: next,
                     upper_at: upper_at.map(|_| at),
                     len,
+                    fragment,
                 });
             }
         };
@@ -130,11 +138,19 @@ mod tests {
         chain.extend_from_slice(&[0; 8]);
         let i = parse(&header(DEST_OPTIONS, &chain)).unwrap();
         assert_eq!((i.upper, i.upper_at), (17, Some(56)));
+        assert_eq!(
+            i.fragment,
+            Some((7, true)),
+            "a first fragment, more to follow"
+        );
         // A later fragment has no upper-layer header.
         let mut later = vec![NEXT_HEADER_UDP, 0, 0x05, 0x01, 0, 0, 0, 7];
         later.extend_from_slice(&[0; 8]);
         let i = parse(&header(FRAGMENT, &later)).unwrap();
-        assert_eq!((i.upper, i.upper_at), (17, None));
+        assert_eq!(
+            (i.upper, i.upper_at, i.fragment),
+            (17, None, Some((7, true)))
+        );
     }
 
     #[test]

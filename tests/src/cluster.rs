@@ -354,8 +354,107 @@ impl KernelNode {
         run(pod, &["ip", "route", "add", "default", "via", &gw]);
     }
 
+    /// Make the node dual-stack the way flannel's vxlan backend carries IPv6 over the same
+    /// device: `fd10:244:0:i::/64` on `cni0` (gateway `::1`), the pod at `::2` with its
+    /// default route, forwarding on. Returns the pod's IPv6 address; [`KernelNode::add_remote`]
+    /// then also routes the remote's IPv6 prefix.
+    pub fn enable_ipv6(&mut self) -> std::net::Ipv6Addr {
+        let i = self
+            .info
+            .name
+            .trim_start_matches("node")
+            .parse::<u8>()
+            .unwrap();
+        let prefix = format!("fd10:244:0:{i:x}::");
+        self.info.pod_cidr_v6 = Some(format!("{prefix}/64"));
+        let gw = format!("{prefix}1");
+        let pod6: std::net::Ipv6Addr = format!("{prefix}2").parse().unwrap();
+        let run = |ns: &Netns, cmd: &[&str]| {
+            let out = ns.exec(cmd);
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(
+            &self.ns,
+            &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+        );
+        run(
+            &self.ns,
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{gw}/64"),
+                "dev",
+                "cni0",
+                "nodad",
+            ],
+        );
+        run(
+            &self.pod,
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{pod6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+        run(
+            &self.pod,
+            &["ip", "-6", "route", "add", "default", "via", &gw],
+        );
+        pod6
+    }
+
     /// Point the kernel node at a remote node, as flannel does for each lease it sees.
     pub fn add_remote(&self, remote: &NodeInfo) {
+        if let (Some(_), Some(theirs)) = (&self.info.pod_cidr_v6, &remote.pod_cidr_v6) {
+            // Flannel's IPv6 recipe: an onlink route via the remote's prefix address, whose
+            // neighbour entry is the remote's VTEP MAC (the FDB entry below is shared).
+            let vtep = theirs.trim_end_matches("/64");
+            for cmd in [
+                vec![
+                    "ip",
+                    "-6",
+                    "route",
+                    "add",
+                    theirs,
+                    "via",
+                    vtep,
+                    "dev",
+                    "flannel.1",
+                    "onlink",
+                ],
+                vec![
+                    "ip",
+                    "-6",
+                    "neigh",
+                    "add",
+                    vtep,
+                    "lladdr",
+                    &remote.mac,
+                    "dev",
+                    "flannel.1",
+                    "nud",
+                    "permanent",
+                ],
+            ] {
+                let out = self.ns.exec(&cmd);
+                assert!(
+                    out.status.success(),
+                    "{cmd:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
         let vtep = remote.pod_cidr.replace(".0/24", ".0");
         let underlay = remote.underlay.to_string();
         for cmd in [

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::BTreeSet;
 
-use switchd_e2e::cluster::{start_switchd, NodeInfo, Underlay, CLUSTER_CIDR_V6};
+use switchd_e2e::cluster::{start_switchd, KernelNode, NodeInfo, Underlay, CLUSTER_CIDR_V6};
 use switchd_e2e::echo::{ask_tcp, ask_udp, EchoServer};
 use switchd_e2e::kube_proxy::{self, Proto, Service};
 use switchd_e2e::*;
@@ -503,5 +503,65 @@ fn ipv6_services_through_kube_proxys_ip6tables_rules_and_masqueraded_ipv6_egress
             table.contains(&format!("ip6 saddr != {CLUSTER_CIDR_V6} return")),
             "{table}"
         );
+    }
+}
+
+/// A flannel-style kernel VXLAN node is a peer for IPv6 pods too: its IPv6 pod prefix
+/// rides the same VXLAN device, and switchd's pods and node reach its pod both ways.
+#[test]
+fn a_kernel_vxlan_node_is_an_ipv6_peer() {
+    let mut underlay = Underlay::new();
+    let spaces = [Netns::new("n"), Netns::new("n")];
+    let mut infos: Vec<NodeInfo> = spaces
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| NodeInfo::dual_stack(i as u8 + 1, underlay.attach(ns, 1500)))
+        .collect();
+    let mut kernel = KernelNode::new(&mut underlay, 9);
+    let kernel_pod6 = kernel.enable_ipv6();
+    infos.push(kernel.info.clone());
+    let nodes: Vec<Node> = spaces
+        .into_iter()
+        .zip(infos.clone())
+        .map(|(ns, me)| start_switchd(ns, &me, &infos, ""))
+        .collect();
+    for remote in &infos[..2] {
+        kernel.add_remote(remote);
+    }
+    let pods: Vec<(Netns, Ipv6Addr)> = nodes
+        .iter()
+        .map(|n| {
+            let ns = Netns::new("p");
+            let a = add(n, &ns);
+            (ns, a)
+        })
+        .collect();
+    for (from, name, to) in [
+        (&pods[0].0, "pod1 -> kernel pod", kernel_pod6),
+        (&pods[1].0, "pod2 -> kernel pod", kernel_pod6),
+        (&kernel.pod, "kernel pod -> pod1", pods[0].1),
+        (&kernel.pod, "kernel pod -> pod2", pods[1].1),
+        (&nodes[0].ns, "node1 -> kernel pod", kernel_pod6),
+    ] {
+        assert!(from.ping(to), "{name} ({to})");
+    }
+    let (sent, sent_hash, received, received_hash, peer) =
+        tcp_transfer(&pods[0].0, &kernel.pod, kernel_pod6, 32 << 20);
+    assert_eq!(
+        (received, received_hash),
+        (sent, sent_hash),
+        "to the kernel pod"
+    );
+    assert_eq!(peer.ip(), IpAddr::V6(pods[0].1));
+    let (sent, sent_hash, received, received_hash, _) =
+        tcp_transfer(&kernel.pod, &pods[1].0, pods[1].1, 32 << 20);
+    assert_eq!(
+        (received, received_hash),
+        (sent, sent_hash),
+        "from the kernel pod"
+    );
+    for node in &nodes {
+        assert_eq!(node.drops("spoofed_source"), 0);
+        assert_eq!(node.drops("malformed"), 0);
     }
 }

@@ -1,6 +1,6 @@
 //! iperf3 runs between two network namespaces, read from its JSON output.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ fn server(ns: &Netns) -> Child {
     child
 }
 
-fn client(ns: &Netns, addr: Ipv4Addr, extra: &[&str], seconds: u32) -> Value {
+fn client(ns: &Netns, addr: IpAddr, extra: &[&str], seconds: u32) -> Value {
     let secs = seconds.to_string();
     let addr = addr.to_string();
     let out = Command::new("ip")
@@ -45,16 +45,16 @@ fn finish(mut server: Child) {
     let _ = server.wait();
 }
 
-/// (Gbit/s received, segments the sender retransmitted).
+/// (Gbit/s received, segments the sender retransmitted); either family.
 pub fn iperf_tcp(
     from: &Netns,
     to: &Netns,
-    addr: Ipv4Addr,
+    addr: impl Into<IpAddr>,
     streams: usize,
     seconds: u32,
 ) -> (f64, f64) {
     let server = server(to);
-    let v = client(from, addr, &["-P", &streams.to_string()], seconds);
+    let v = client(from, addr.into(), &["-P", &streams.to_string()], seconds);
     finish(server);
     let gbps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
@@ -65,11 +65,17 @@ pub fn iperf_tcp(
 }
 
 /// Received packets per second (thousands) with `len`-byte UDP payloads, unlimited rate.
-pub fn iperf_udp(from: &Netns, to: &Netns, addr: Ipv4Addr, len: usize, seconds: u32) -> f64 {
+pub fn iperf_udp(
+    from: &Netns,
+    to: &Netns,
+    addr: impl Into<IpAddr>,
+    len: usize,
+    seconds: u32,
+) -> f64 {
     let server = server(to);
     let v = client(
         from,
-        addr,
+        addr.into(),
         &["-u", "-b", "0", "-l", &len.to_string()],
         seconds,
     );

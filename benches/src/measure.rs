@@ -2,7 +2,7 @@
 //! resident memory from `/proc`, and request/response latency between two pods.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -74,11 +74,16 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-/// 1-byte TCP ping-pong: (median, p99) round-trip time in microseconds.
-pub fn tcp_rr(from: &Netns, to: &Netns, addr: Ipv4Addr, count: usize) -> (f64, f64) {
+/// 1-byte TCP ping-pong: (median, p99) round-trip time in microseconds; either family.
+pub fn tcp_rr(from: &Netns, to: &Netns, addr: impl Into<IpAddr>, count: usize) -> (f64, f64) {
+    let addr = addr.into();
+    let any: IpAddr = match addr {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = to.spawn(move || {
-        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 5302)).expect("bind rr server");
+        let listener = TcpListener::bind((any, 5302)).expect("bind rr server");
         ready_tx.send(()).unwrap();
         let (mut conn, _) = listener.accept().expect("accept");
         conn.set_nodelay(true).unwrap();

@@ -352,6 +352,49 @@ impl KernelNode {
         run(pod, &["ip", "addr", "add", &cidr, "dev", "eth0"]);
         run(pod, &["ip", "link", "set", "eth0", "up"]);
         run(pod, &["ip", "route", "add", "default", "via", &gw]);
+        if self.info.pod_cidr_v6.is_some() {
+            self.plug_v6(pod, n.max(2));
+        }
+    }
+
+    /// The IPv6 address of the pod at `.{host}` (`::{host}` in hex), once IPv6 is on.
+    pub fn pod6(&self, host: u8) -> Option<std::net::Ipv6Addr> {
+        let net: std::net::Ipv6Addr = self
+            .info
+            .pod_cidr_v6
+            .as_ref()?
+            .split('/')
+            .next()?
+            .parse()
+            .ok()?;
+        Some(std::net::Ipv6Addr::from(u128::from(net) + u128::from(host)))
+    }
+
+    fn plug_v6(&self, pod: &Netns, host: u8) {
+        let run = |ns: &Netns, cmd: &[&str]| {
+            let out = ns.exec(cmd);
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let addr = self.pod6(host).unwrap();
+        let gw = self.pod6(1).unwrap().to_string();
+        run(
+            pod,
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+        run(pod, &["ip", "-6", "route", "add", "default", "via", &gw]);
     }
 
     /// Make the node dual-stack the way flannel's vxlan backend carries IPv6 over the same

@@ -8,7 +8,9 @@
 //! - floor: the least work a TAP-and-UDP-socket switch must do (`switchd_benches::floor`):
 //!   TAP to TAP on one node, TAP to UDP to TAP across two, no forwarding logic at all;
 //! - encryption: two switchd nodes with `encryption = "wireguard"`, and two hosts running
-//!   Debian's `wireguard-go` (this kernel has no WireGuard module), beside the plain pair.
+//!   Debian's `wireguard-go` (this kernel has no WireGuard module), beside the plain pair;
+//! - IPv6: both clusters are dual-stack; the same pods measured over IPv6 beside IPv4
+//!   (the kernel's bridge and VXLAN device carry IPv6 as flannel does).
 //!
 //! Measures iperf3 TCP (1 and 4 streams), UDP packets/s (64 and 1400-byte payloads), TCP
 //! request/response latency (1-byte ping-pong: median and p99), the same TCP and latency
@@ -18,7 +20,7 @@
 //! Usage (root): `cargo run --release -p switchd-benches --bin e2e -- [--quick] [--runs N]
 //! [--seconds S] [--switchd-config 'datapath_threads = 1\ndatapath_spin_us = 0']`
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use switchd_benches::floor::{self, Floor};
@@ -85,33 +87,48 @@ fn main() {
     let mut ul = Underlay::new();
     let (s1, s2) = (Netns::new("n"), Netns::new("n"));
     let infos = vec![
-        NodeInfo::numbered(1, ul.attach(&s1, 1500)),
-        NodeInfo::numbered(2, ul.attach(&s2, 1500)),
+        NodeInfo::dual_stack(1, ul.attach(&s1, 1500)),
+        NodeInfo::dual_stack(2, ul.attach(&s2, 1500)),
     ];
     let n1 = start_switchd(s1, &infos[0], &infos, &opts.switchd_config);
     let n2 = start_switchd(s2, &infos[1], &infos, &opts.switchd_config);
     let (a, b, c) = (Netns::new("a"), Netns::new("b"), Netns::new("c"));
-    n1.add_pod(&a);
-    let (addr_b, addr_c) = (n1.add_pod(&b), n2.add_pod(&c));
+    let add = |node: &Node, pod: &Netns| {
+        let r = node.cni("ADD", pod);
+        assert!(r.ok(), "ADD failed: {}", r.json);
+        (
+            r.address(),
+            IpAddr::from(r.address_v6().expect("an IPv6 address")),
+        )
+    };
+    add(&n1, &a);
+    let ((addr_b, addr_b6), (addr_c, addr_c6)) = (add(&n1, &b), add(&n2, &c));
 
     // kernel: nodes 8 and 9 on their own underlay of the same kind.
     let mut kul = Underlay::new();
-    let k8 = KernelNode::with_peers_in_userspace(&mut kul, 8, false);
-    let k9 = KernelNode::with_peers_in_userspace(&mut kul, 9, false);
+    let mut k8 = KernelNode::with_peers_in_userspace(&mut kul, 8, false);
+    let mut k9 = KernelNode::with_peers_in_userspace(&mut kul, 9, false);
+    k8.enable_ipv6();
+    let k9_pod6 = IpAddr::from(k9.enable_ipv6());
     k8.add_remote(&k9.info);
     k9.add_remote(&k8.info);
     let (kb, addr_kb) = k8.add_pod(3);
+    let addr_kb6 = IpAddr::from(k8.pod6(3).unwrap());
 
     // floor: the same two shapes with nothing but the unavoidable copies.
     let (f_same, f_cross) = (Floor::same_node(), Floor::cross_node());
 
     for (from, to) in [
-        (&a, addr_b),
-        (&a, addr_c),
-        (&k8.pod, addr_kb),
-        (&k8.pod, k9.pod_addr),
-        (&f_same.client, f_same.server_addr),
-        (&f_cross.client, f_cross.server_addr),
+        (&a, IpAddr::from(addr_b)),
+        (&a, addr_c.into()),
+        (&k8.pod, addr_kb.into()),
+        (&k8.pod, k9.pod_addr.into()),
+        (&f_same.client, f_same.server_addr.into()),
+        (&f_cross.client, f_cross.server_addr.into()),
+        (&a, addr_b6),
+        (&a, addr_c6),
+        (&k8.pod, addr_kb6),
+        (&k8.pod, k9_pod6),
     ] {
         assert!(from.ping(to), "setup: {} cannot reach {to}", from.name);
     }
@@ -288,6 +305,37 @@ fn main() {
     ));
     let flows = n1.query("stats")["flows"].clone();
 
+    // IPv6: the same pods over IPv6; each round measures switchd over IPv4, switchd over
+    // IPv6 and the kernel over IPv6, so the IPv6/IPv4 ratio comes from one run.
+    type Path6<'a> = (&'a Netns, &'a Netns, IpAddr);
+    fn v4<'n>(p: (&'n Netns, &'n Netns, Ipv4Addr)) -> (&'n Netns, &'n Netns, IpAddr) {
+        (p.0, p.1, p.2.into())
+    }
+    let mut v6_rows: Vec<(&str, [Samples; 3], bool)> = Vec::new();
+    let v6_paths: [(&str, &str, [Path6; 3]); 2] = [
+        (
+            "same node, TCP 1 stream (Gbit/s)",
+            "same node, RR latency median (µs)",
+            [v4(same), (&a, &b, addr_b6), (&k8.pod, &kb, addr_kb6)],
+        ),
+        (
+            "cross node, TCP 1 stream (Gbit/s)",
+            "cross node, RR latency median (µs)",
+            [v4(cross), (&a, &c, addr_c6), (&k8.pod, &k9.pod, k9_pod6)],
+        ),
+    ];
+    for (tcp_name, rr_name, paths) in v6_paths {
+        let (mut gbps, mut rr): ([Vec<f64>; 3], [Vec<f64>; 3]) = Default::default();
+        for _ in 0..runs {
+            for (who, p) in paths.into_iter().enumerate() {
+                gbps[who].push(iperf_tcp(p.0, p.1, p.2, 1, secs).0);
+                rr[who].push(tcp_rr(p.0, p.1, p.2, opts.rr_count).0);
+            }
+        }
+        v6_rows.push((tcp_name, gbps.map(Samples), true));
+        v6_rows.push((rr_name, rr.map(Samples), false));
+    }
+
     let ceiling = Samples(
         (0..runs)
             .map(|_| iperf_tcp(&n1.ns, &n2.ns, infos[1].underlay, 1, secs).0)
@@ -429,6 +477,19 @@ fn main() {
     println!(
         "| receiving node's not_authenticated drops | — | {enc_not_authenticated} | — | — | — |"
     );
+
+    println!();
+    println!("IPv6 (the same pods over both families, one run; the kernel's bridge and VXLAN carry IPv6):");
+    println!("| measurement | switchd IPv4 | switchd IPv6 | kernel IPv6 | switchd IPv6/IPv4 | switchd/kernel, IPv6 |");
+    println!("|---|---|---|---|---|---|");
+    for (name, [four, six, kernel], higher) in &v6_rows {
+        let note = if *higher { "" } else { " (lower is better)" };
+        println!(
+            "| {name} | {four} | {six} | {kernel} | {:.2}{note} | {:.2}{note} |",
+            six.median() / four.median(),
+            six.median() / kernel.median()
+        );
+    }
     // Namespaces, switchd processes and files are removed by the guards' Drop.
 }
 

@@ -3,9 +3,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::frame::{ETHERTYPE_ARP, ETHERTYPE_IPV4, ETH_HDR_LEN};
-
-const ETHERTYPE_IPV6: u16 = 0x86dd;
+use super::frame::{ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HDR_LEN};
 
 /// A frame's kind and endpoints, e.g. `("ipv4 tcp", "10.244.1.2:40000", "10.244.2.3:80")`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +21,23 @@ fn l4_name(protocol: u8) -> String {
         58 => "icmpv6".into(),
         p => format!("proto {p}"),
     }
+}
+
+fn icmpv6_name(icmp_type: u8) -> Option<&'static str> {
+    Some(match icmp_type {
+        1 => "unreachable",
+        2 => "packet too big",
+        3 => "time exceeded",
+        128 => "echo request",
+        129 => "echo reply",
+        130 | 131 | 132 | 143 => "mld",
+        133 => "router solicitation",
+        134 => "router advertisement",
+        135 => "neighbor solicitation",
+        136 => "neighbor advertisement",
+        137 => "redirect",
+        _ => return None,
+    })
 }
 
 /// Describe an Ethernet frame (no virtio-net header).
@@ -70,10 +85,33 @@ pub fn describe(frame: &[u8]) -> Described {
         ETHERTYPE_IPV6 if payload.len() >= 40 => {
             let ip =
                 |at: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&payload[at..at + 16]).unwrap());
+            let (src, dst) = (ip(8), ip(24));
+            // Behind any extension headers: the transport's ports, or what ICMPv6 says.
+            let info = super::ipv6::parse(payload).ok();
+            let upper = info.map_or(payload[6], |i| i.upper);
+            let l4 = info.and_then(|i| payload.get(i.upper_at?..i.len));
+            let ports = l4
+                .and_then(|l4| l4.get(..4))
+                .filter(|_| upper == 6 || upper == 17);
+            let mut kind = format!("ipv6 {}", l4_name(upper));
+            if let Some(name) = l4
+                .and_then(|l4| l4.first())
+                .filter(|_| upper == 58)
+                .and_then(|t| icmpv6_name(*t))
+            {
+                kind = format!("{kind} {name}");
+            }
+            let (src, dst) = match ports {
+                Some(p) => (
+                    format!("[{src}]:{}", u16::from_be_bytes([p[0], p[1]])),
+                    format!("[{dst}]:{}", u16::from_be_bytes([p[2], p[3]])),
+                ),
+                None => (src.to_string(), dst.to_string()),
+            };
             Described {
-                kind: format!("ipv6 {}", l4_name(payload[6])),
-                src: Some(ip(8).to_string()),
-                dst: Some(ip(24).to_string()),
+                kind,
+                src: Some(src),
+                dst: Some(dst),
             }
         }
         ETHERTYPE_IPV4 | ETHERTYPE_ARP | ETHERTYPE_IPV6 => {
@@ -115,6 +153,18 @@ mod tests {
         assert_eq!(
             describe(&arp[VNET_HDR_LEN..]).to_string(),
             "arp request 10.244.1.2 > 10.244.2.3"
+        );
+        let (a6, b6): (Ipv6Addr, Ipv6Addr) =
+            ("fd10:244:1::2".parse().unwrap(), "fd10:244:2::3".parse().unwrap());
+        let udp6 = craft::ipv6_udp(mac_for_ip(a), mac_for_ip(b), a6, b6, 10);
+        assert_eq!(
+            describe(&udp6[VNET_HDR_LEN..]).to_string(),
+            "ipv6 udp [fd10:244:1::2]:4000 > [fd10:244:2::3]:5000"
+        );
+        let ns = craft::neighbor_solicitation(mac_for_ip(a), a6, b6);
+        assert_eq!(
+            describe(&ns[VNET_HDR_LEN..]).to_string(),
+            "ipv6 icmpv6 neighbor solicitation fd10:244:1::2 > ff02::1:ff00:3"
         );
         let lldp = craft::ethertype(0x88cc, 30);
         assert_eq!(

@@ -10,6 +10,9 @@
 #   ENCRYPTION=wireguard encrypts node links (keys travel in the etcd records; the key
 #   file lives in the hostPath state directory, so it survives pod restarts), and
 #   ENCRYPTION_PLAIN=send|accept steps a running cluster into it (docs/encryption.md).
+# CLUSTER_CIDR_V6 (e.g. fd10:244::/48) makes nodes dual-stack (docs/dual-stack.md): in etcd
+#   mode each node's /64 follows its leased IPv4 subnet; in kubernetes mode it is the IPv6
+#   entry of the Node's spec.podCIDRs (kube-controller-manager --cluster-cidr=v4,v6).
 #
 #   entrypoint.sh render-config   print the config this pod would use, then exit (tests)
 set -eu
@@ -36,6 +39,9 @@ etcd_prefix = "${ETCD_PREFIX:-/switchd/}"
 node_subnet_len = ${NODE_SUBNET_LEN:-24}
 encryption = "${ENCRYPTION:-none}"
 TOML
+    if [ -n "${CLUSTER_CIDR_V6:-}" ]; then
+        echo "cluster_cidr_v6 = \"${CLUSTER_CIDR_V6}\""
+    fi
     if [ -n "${ENCRYPTION_PLAIN:-}" ]; then
         echo "encryption_plain = \"${ENCRYPTION_PLAIN}\""
     fi
@@ -50,7 +56,7 @@ TOML
 
 kubernetes_config() {
     node=$(api_get "/api/v1/nodes/${NODE_NAME}")
-    pod_cidr=$(printf '%s' "$node" | jq -r '.spec.podCIDR // empty')
+    pod_cidr=$(printf '%s' "$node" | jq -r '[(.spec.podCIDRs // [.spec.podCIDR // empty])[] | select(contains(":") | not)][0] // empty')
     underlay=$(printf '%s' "$node" | jq -r '[.status.addresses[] | select(.type == "InternalIP") | .address][0] // empty')
     [ -n "$pod_cidr" ] || { echo "node ${NODE_NAME} has no spec.podCIDR: run kube-controller-manager with --allocate-node-cidrs" >&2; exit 1; }
     [ -n "$underlay" ] || { echo "node ${NODE_NAME} has no InternalIP address" >&2; exit 1; }
@@ -61,6 +67,12 @@ cluster_cidr = "${CLUSTER_CIDR:-10.244.0.0/16}"
 underlay_addr = "${underlay}"
 peers_file = "/etc/switchd/peers.toml"
 TOML
+    pod_cidr_v6=$(printf '%s' "$node" | node_pod_cidr_v6)
+    if [ -n "$pod_cidr_v6" ] && [ -n "${CLUSTER_CIDR_V6:-}" ]; then
+        printf 'pod_cidr_v6 = "%s"\ncluster_cidr_v6 = "%s"\n' "$pod_cidr_v6" "$CLUSTER_CIDR_V6"
+    elif [ -n "$pod_cidr_v6" ]; then
+        echo "node ${NODE_NAME} has the IPv6 pod CIDR ${pod_cidr_v6}; set CLUSTER_CIDR_V6 to use it (staying IPv4-only)" >&2
+    fi
 }
 
 case "${MEMBERSHIP:-kubernetes}" in

@@ -19,18 +19,28 @@ EOT
     printf '0a:58:%02x:%02x:%02x:%02x\n' "$a" "$b" "$c" "$((d + 1))"
 }
 
-# Print [[peers]] tables for every node in the NodeList JSON on stdin except $1.
+# Print [[peers]] tables for every node in the NodeList JSON on stdin except $1. A
+# dual-stack node (an IPv6 entry in spec.podCIDRs) also gets its pod_cidr_v6.
 render_peers() {
     jq -r --arg self "$1" '
       .items[]
       | select(.metadata.name != $self and (.spec.podCIDR // "") != "")
       | [.metadata.name,
          ([.status.addresses[] | select(.type == "InternalIP") | .address][0] // ""),
-         .spec.podCIDR]
+         ([(.spec.podCIDRs // [.spec.podCIDR])[] | select(contains(":") | not)][0] // .spec.podCIDR),
+         ([(.spec.podCIDRs // [])[] | select(contains(":"))][0] // "-")]
       | @tsv' |
-    while IFS="$(printf '\t')" read -r name addr cidr; do
+    while IFS="$(printf '\t')" read -r name addr cidr cidr6; do
         [ -n "$addr" ] || continue
-        printf '[[peers]]\nname = "%s"\naddr = "%s"\npod_cidr = "%s"\nmac = "%s"\n\n' \
-            "$name" "$addr" "$cidr" "$(router_mac "$cidr")"
+        printf '[[peers]]\nname = "%s"\naddr = "%s"\npod_cidr = "%s"\n' "$name" "$addr" "$cidr"
+        if [ "$cidr6" != "-" ]; then
+            printf 'pod_cidr_v6 = "%s"\n' "$cidr6"
+        fi
+        printf 'mac = "%s"\n\n' "$(router_mac "$cidr")"
     done
+}
+
+# The IPv6 entry of a Node's spec.podCIDRs (JSON on stdin), or nothing.
+node_pod_cidr_v6() {
+    jq -r '[(.spec.podCIDRs // [])[] | select(contains(":"))][0] // empty'
 }

@@ -146,6 +146,7 @@ fn the_sidecar_renders_peers_from_node_objects_that_switchd_accepts() {
     let nodes = r#"{"items": [
         {"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"}, "status": {"addresses": [{"type": "Hostname", "address": "n1"}, {"type": "InternalIP", "address": "192.168.50.1"}]}},
         {"metadata": {"name": "n2"}, "spec": {"podCIDR": "10.244.2.0/24"}, "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.2"}]}},
+        {"metadata": {"name": "n4"}, "spec": {"podCIDR": "10.244.4.0/24", "podCIDRs": ["10.244.4.0/24", "fd10:244:0:4::/64"]}, "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.4"}]}},
         {"metadata": {"name": "n3"}, "spec": {}, "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.3"}]}}
     ]}"#;
     let mut child = Command::new("sh")
@@ -167,6 +168,10 @@ fn the_sidecar_renders_peers_from_node_objects_that_switchd_accepts() {
         peers.contains("mac = \"0a:58:0a:f4:02:01\""),
         "router MAC derived like switchd's default: {peers}"
     );
+    assert!(
+        peers.contains("pod_cidr = \"10.244.4.0/24\"\npod_cidr_v6 = \"fd10:244:0:4::/64\""),
+        "a dual-stack node's IPv6 pod CIDR: {peers}"
+    );
     assert!(!peers.contains("\"n1\""), "a node is not its own peer");
     assert!(
         !peers.contains("\"n3\""),
@@ -177,7 +182,7 @@ fn the_sidecar_renders_peers_from_node_objects_that_switchd_accepts() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("peers.toml"), &peers).unwrap();
     let config = format!(
-        "node_name = \"n1\"\npod_cidr = \"10.244.1.0/24\"\nunderlay_addr = \"192.168.50.1\"\npeers_file = \"{}\"\n",
+        "node_name = \"n1\"\npod_cidr = \"10.244.1.0/24\"\npod_cidr_v6 = \"fd10:244:0:1::/64\"\ncluster_cidr_v6 = \"fd10:244::/48\"\nunderlay_addr = \"192.168.50.1\"\npeers_file = \"{}\"\n",
         dir.join("peers.toml").display()
     );
     let out = switchd_check(&dir, &config);
@@ -186,7 +191,12 @@ fn the_sidecar_renders_peers_from_node_objects_that_switchd_accepts() {
         "switchd refused the rendered peers: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("n2=10.244.2.0/24"));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("n2=10.244.2.0/24,"), "{summary}");
+    assert!(
+        summary.contains("n4=10.244.4.0/24+fd10:244:0:4::/64"),
+        "{summary}"
+    );
 }
 
 /// The DaemonSet entrypoint printing its etcd-mode config for node worker-7.
@@ -237,6 +247,25 @@ fn the_etcd_entrypoint_renders_a_config_that_switchd_accepts() {
     assert!(
         summary.contains("node worker-7 pod_cidr (leased from etcd)"),
         "{summary}"
+    );
+
+    // Dual-stack is one variable away: the node's /64 follows its leased subnet.
+    let out = run(render_etcd_config()
+        .env("ETCD_ENDPOINTS", "http://10.0.0.5:2379")
+        .env("CLUSTER_CIDR_V6", "fd10:244::/48"));
+    let config = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        config.contains("cluster_cidr_v6 = \"fd10:244::/48\""),
+        "{config}"
+    );
+    let dir = std::env::temp_dir().join(unique("k8s"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = switchd_check(&dir, &config);
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("pod_cidr_v6 (a /64 of cluster_cidr_v6 fd10:244::/48"),
+        "switchd refused the rendered config: {}{config}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // Encryption is one variable away, and switchd accepts what it renders.

@@ -183,8 +183,19 @@ fn main() -> ExitCode {
         } else {
             cfg.pod_cidr.to_string()
         };
+        let ipv6 = match cfg.ipv6 {
+            None => "ipv6 off".to_string(),
+            Some(v6) if v6.derived => format!(
+                "pod_cidr_v6 (a /64 of cluster_cidr_v6 {}, by the leased subnet)",
+                v6.cluster_cidr
+            ),
+            Some(v6) => format!(
+                "pod_cidr_v6 {} cluster_cidr_v6 {}",
+                v6.pod_cidr, v6.cluster_cidr
+            ),
+        };
         println!(
-            "config OK: node {} pod_cidr {} cluster_cidr {} underlay {} encryption {} peers {}",
+            "config OK: node {} pod_cidr {} cluster_cidr {} {ipv6} underlay {} encryption {} peers {}",
             cfg.node_name,
             pod_cidr,
             cfg.cluster_cidr,
@@ -194,7 +205,10 @@ fn main() -> ExitCode {
             cfg.encryption.as_str(),
             cfg.peers
                 .iter()
-                .map(|p| format!("{}={}", p.name, p.pod_cidr))
+                .map(|p| match p.pod_cidr_v6 {
+                    Some(v6) => format!("{}={}+{v6}", p.name, p.pod_cidr),
+                    None => format!("{}={}", p.name, p.pod_cidr),
+                })
                 .collect::<Vec<_>>()
                 .join(",")
         );

@@ -154,8 +154,10 @@ mod tests {
             describe(&arp[VNET_HDR_LEN..]).to_string(),
             "arp request 10.244.1.2 > 10.244.2.3"
         );
-        let (a6, b6): (Ipv6Addr, Ipv6Addr) =
-            ("fd10:244:1::2".parse().unwrap(), "fd10:244:2::3".parse().unwrap());
+        let (a6, b6): (Ipv6Addr, Ipv6Addr) = (
+            "fd10:244:1::2".parse().unwrap(),
+            "fd10:244:2::3".parse().unwrap(),
+        );
         let udp6 = craft::ipv6_udp(mac_for_ip(a), mac_for_ip(b), a6, b6, 10);
         assert_eq!(
             describe(&udp6[VNET_HDR_LEN..]).to_string(),

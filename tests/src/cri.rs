@@ -374,6 +374,31 @@ max_conf_num = 1
         (s.state == cri::PodSandboxState::SandboxReady as i32, ip)
     }
 
+    /// Every pod IP PodSandboxStatus reports: the primary, then the additional ones (what
+    /// kubelet puts in `status.podIPs`).
+    pub fn sandbox_ips(&mut self, sandbox: &str) -> Vec<String> {
+        let s = self
+            .rt
+            .block_on(
+                self.runtime
+                    .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                        pod_sandbox_id: sandbox.into(),
+                        verbose: false,
+                    }),
+            )
+            .unwrap_or_else(|e| panic!("PodSandboxStatus: {e}"))
+            .into_inner()
+            .status
+            .expect("a status");
+        let Some(n) = s.network else {
+            return Vec::new();
+        };
+        std::iter::once(n.ip)
+            .chain(n.additional_ips.into_iter().map(|a| a.ip))
+            .filter(|ip| !ip.is_empty())
+            .collect()
+    }
+
     /// The sandboxes the runtime knows of: (id, ready).
     pub fn sandboxes(&mut self) -> Vec<(String, bool)> {
         self.rt

@@ -196,3 +196,32 @@ fn a_sandbox_whose_cni_add_failed_while_switchd_was_down_is_retried_without_a_le
     assert_eq!(node.ipam_records().len(), 0);
     assert_eq!(node.pod_ports(), 0);
 }
+
+/// kubelet's `status.podIPs` on a dual-stack node: containerd's CRI plugin reports the
+/// IPv4 address switchd-cni listed first as the pod IP and the IPv6 one as additional, and
+/// the pod answers on both.
+#[test]
+fn a_cri_pod_sandbox_on_a_dual_stack_node_reports_both_addresses() {
+    let extra = format!(
+        "mtu = 1450\npod_cidr_v6 = \"fd10:244:0:1::/64\"\ncluster_cidr_v6 = \"{}\"\n",
+        switchd_e2e::cluster::CLUSTER_CIDR_V6
+    );
+    let node = Node::start_with(Netns::new("n"), "10.244.1.0/24", &extra, None);
+    let mut cri = Cri::start(&node);
+    let pod = PodSpec::new("default", "dual");
+    let sandbox = cri
+        .run_pod_sandbox(&pod)
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", cri.log()));
+    let ips = cri.sandbox_ips(&sandbox);
+    assert_eq!(ips.len(), 2, "both families in PodSandboxStatus: {ips:?}");
+    let v4: Ipv4Addr = ips[0].parse().expect("the IPv4 address is the primary");
+    let v6: std::net::Ipv6Addr = ips[1].parse().expect("the IPv6 address is additional");
+    let port = port_of(&node, "dual");
+    assert_eq!(port["address"].as_str().unwrap(), v4.to_string());
+    assert_eq!(port["address_v6"].as_str().unwrap(), v6.to_string());
+    assert!(node.ns.ping(v4), "node to pod over IPv4");
+    assert!(node.ns.ping(v6), "node to pod over IPv6");
+    cri.stop_and_remove(&sandbox)
+        .unwrap_or_else(|e| panic!("StopPodSandbox/RemovePodSandbox: {e}"));
+    assert!(node.ipam_records().is_empty(), "both addresses released");
+}

@@ -1,14 +1,14 @@
 //! The forwarding decision on any frame with any virtio-net header, from any port, against a
 //! table with pods, the gateway and peers. Invariants: a verdict for every input, the
 //! buffer's length unchanged, replies within the reply buffer and parseable, forwarded
-//! frames still Ethernet + IPv4 to a port that exists, encapsulated frames addressed to
+//! frames still Ethernet + IPv4 or IPv6 to a port that exists, encapsulated frames addressed to
 //! their peer and surviving a VXLAN round trip.
 #![no_main]
 
 use etherparse::{Ethernet2HeaderSlice, Ipv4HeaderSlice};
 use libfuzzer_sys::fuzz_target;
 use switchd::datapath::frame::{ETH_HDR_LEN, VNET_HDR_LEN};
-use switchd::datapath::{forward, icmp, vxlan, Verdict};
+use switchd::datapath::{forward, icmp, ipv6, vxlan, Verdict};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, frame)) = data.split_first() else {
@@ -31,15 +31,24 @@ fuzz_target!(|data: &[u8]| {
             assert!(Ethernet2HeaderSlice::from_slice(&reply[VNET_HDR_LEN..n]).is_ok());
             if let Verdict::Reject { .. } = verdict {
                 let ip = &reply[VNET_HDR_LEN + ETH_HDR_LEN..n];
-                let h = Ipv4HeaderSlice::from_slice(ip).expect("an ICMP error parses");
-                assert_eq!(usize::from(h.total_len()), ip.len(), "its length is right");
+                if ip[0] >> 4 == 6 {
+                    let i = ipv6::parse(ip).expect("an ICMPv6 error parses");
+                    assert_eq!(i.len, ip.len(), "its length is right");
+                } else {
+                    let h = Ipv4HeaderSlice::from_slice(ip).expect("an ICMP error parses");
+                    assert_eq!(usize::from(h.total_len()), ip.len(), "its length is right");
+                }
             }
         }
         Verdict::Forward(port) => {
             assert!(table.ports.contains_key(&port), "forwarded to port {port}");
             let eth = &buf[VNET_HDR_LEN..];
-            assert!(Ethernet2HeaderSlice::from_slice(eth).is_ok());
-            assert!(Ipv4HeaderSlice::from_slice(&eth[ETH_HDR_LEN..]).is_ok());
+            let h = Ethernet2HeaderSlice::from_slice(eth).expect("still Ethernet");
+            match h.ether_type().0 {
+                0x0800 => assert!(Ipv4HeaderSlice::from_slice(&eth[ETH_HDR_LEN..]).is_ok()),
+                0x86dd => assert!(ipv6::parse(&eth[ETH_HDR_LEN..]).is_ok()),
+                other => panic!("forwarded ethertype {other:#06x}"),
+            }
         }
         Verdict::Encap(peer) => {
             let route = table

@@ -1,5 +1,5 @@
-//! TSO/USO segmentation and receive-side merging. Mode 0: a TCP super-frame built from the
-//! input (payload, MSS), segmented as the sending switch does and merged as the receiving
+//! TSO/USO segmentation and receive-side merging. Mode 0: a TCP super-frame (IPv4 for even
+//! modes, IPv6 for odd ones) built from the input (payload, MSS), segmented as the sending switch does and merged as the receiving
 //! switch does, must give back the original payload. Mode 2: a UDP super-frame segmented
 //! into datagrams that carry the payload in order. Mode 1: any bytes, as a super-frame to
 //! segment (TCP and UDP) and as frames to merge, are refused or handled, never a panic.
@@ -53,7 +53,14 @@ fuzz_target!(|data: &[u8]| {
         if payload.is_empty() {
             return;
         }
-        let sf = craft::tcp4_super_frame(payload, 1000, mss);
+        // Odd modes (3, 9, ...) take IPv6: headers of 40 + 20 bytes instead of 20 + 20.
+        let v6 = mode % 2 == 1;
+        let headers = if v6 { 60 } else { 40 };
+        let sf = if v6 {
+            craft::tcp6_super_frame(payload, 1000, mss)
+        } else {
+            craft::tcp4_super_frame(payload, 1000, mss)
+        };
         let s = segment_tcp(&sf, VnetHdr::read(&sf), &mut out, 0)
             .expect("our own super-frame segments");
         assert_eq!(s.count, payload.len().div_ceil(usize::from(mss)));
@@ -62,18 +69,18 @@ fuzz_target!(|data: &[u8]| {
         for i in 0..s.count {
             let seg = &out[i * s.stride..((i + 1) * s.stride).min(s.len)];
             assert_eq!(
-                seg.len() - ETH_HDR_LEN - 40,
+                seg.len() - ETH_HDR_LEN - headers,
                 (payload.len() - i * usize::from(mss)).min(usize::from(mss))
             );
             if !c.push(seg, 1) {
                 if let Some((_, m)) = c.take() {
-                    merged.extend_from_slice(&m[VNET_HDR_LEN + ETH_HDR_LEN + 40..]);
+                    merged.extend_from_slice(&m[VNET_HDR_LEN + ETH_HDR_LEN + headers..]);
                 }
                 assert!(c.push(seg, 1), "a segment always starts a new super-frame");
             }
         }
         if let Some((_, m)) = c.take() {
-            merged.extend_from_slice(&m[VNET_HDR_LEN + ETH_HDR_LEN + 40..]);
+            merged.extend_from_slice(&m[VNET_HDR_LEN + ETH_HDR_LEN + headers..]);
         }
         assert_eq!(merged, payload, "segment then merge gives back the payload");
     } else {

@@ -51,6 +51,25 @@ fn main() {
     let from_node = craft::ipv4_packet(gw, mac_for_ip(ip(1, 3)), ip(1, 2), ip(1, 3), 6, 8080, 0);
     let arp = craft::arp_request(mac_for_ip(ip(1, 2)), ip(1, 2), ip(1, 1));
     let tso = craft::tcp4_super_frame(&[7u8; 6000], 1, 1400);
+    let ip6 = |c: u16, d: u16| std::net::Ipv6Addr::new(0xfd10, 0x244, c, 0, 0, 0, 0, d);
+    let local6 = craft::ipv6_udp(
+        mac_for_ip(ip(1, 2)),
+        mac_for_ip(ip(1, 3)),
+        ip6(1, 2),
+        ip6(1, 3),
+        32,
+    );
+    let remote6 = craft::ipv6_udp(mac_for_ip(ip(1, 2)), gw, ip6(1, 2), ip6(2, 9), 1400);
+    let ns = craft::neighbor_solicitation(mac_for_ip(ip(1, 2)), ip6(1, 2), ip6(1, 1));
+    let na = craft::neighbor_advertisement(mac_for_ip(ip(1, 2)), ip6(1, 2), ip6(1, 3));
+    let rs = craft::icmpv6(
+        mac_for_ip(ip(1, 2)),
+        "fe80::1".parse().unwrap(),
+        "ff02::2".parse().unwrap(),
+        133,
+        4,
+    );
+    let tso6 = craft::tcp6_super_frame(&[7u8; 6000], 1, 1380);
     for (name, sel, frame) in [
         ("local", 1, &local),
         ("remote", 1, &remote),
@@ -60,6 +79,12 @@ fn main() {
         ("arp", 1, &arp),
         ("tso", 1, &tso),
         ("ipv6", 1, &craft::ethertype(0x86dd, 60)),
+        ("ipv6-local", 1, &local6),
+        ("ipv6-remote", 1, &remote6),
+        ("ipv6-ns", 1, &ns),
+        ("ipv6-na", 1, &na),
+        ("ipv6-rs", 1, &rs),
+        ("ipv6-tso", 1, &tso6),
         ("runt", 1, &craft::truncate(local.clone(), 20)),
     ] {
         write(dir, "forward", name, &with(sel, frame));
@@ -75,6 +100,10 @@ fn main() {
             "tso-seg",
             craft::ipv4_packet(mac_for_ip(ip(2, 1)), gw, ip(2, 2), ip(1, 3), 6, 5201, 1400),
         ),
+        (
+            "from-peer-ipv6",
+            craft::ipv6_udp(mac_for_ip(ip(2, 1)), gw, ip6(2, 2), ip6(1, 2), 32),
+        ),
     ] {
         let mut f = frame;
         vxlan::encap_in_place(&mut f, 1);
@@ -89,6 +118,7 @@ fn main() {
     uso[0] = 2;
     write(dir, "segment", "uso", &uso);
     write(dir, "segment", "raw-tso", &with(1, &tso));
+    write(dir, "segment", "raw-tso6", &with(1, &tso6));
     write(
         dir,
         "segment",

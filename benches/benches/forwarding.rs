@@ -490,10 +490,116 @@ fn many_peers(c: &mut Criterion) {
     group.finish();
 }
 
+/// The IPv6 paths beside their IPv4 twins (the `pod_to_pod` and `tunnel` groups, same run):
+/// a 64-byte frame switched on the node, encapsulated to a peer, decapsulated from one,
+/// and a Neighbor Solicitation answered. The table is dual-stack with 100 pods.
+fn ipv6_paths(c: &mut Criterion) {
+    use std::net::Ipv6Addr;
+    let recorded: &FlowTable = &FLOWS;
+    let mut table = craft::demo_table_dual_stack_with_peer();
+    table.mtu = MTU;
+    table.tunnel_mtu = MTU;
+    for i in 0..100u8 {
+        let ip = Ipv4Addr::new(10, 244, 1, 2 + i);
+        table.insert_pod(1 + u32::from(i), ip, mac_for_ip(ip));
+        let ip6 = Ipv6Addr::new(0xfd10, 0x244, 1, 0, 0, 0, 0, 2 + u16::from(i));
+        table.insert_pod_v6(1 + u32::from(i), ip6, mac_for_ip(ip));
+    }
+    let (a, b) = (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 1, 3));
+    let a6: Ipv6Addr = "fd10:244:1::2".parse().unwrap();
+    let b6: Ipv6Addr = "fd10:244:1::3".parse().unwrap();
+    let remote6: Ipv6Addr = "fd10:244:2::7".parse().unwrap();
+    let payload = 64 - ETH_HDR_LEN - 48;
+    let mut reply = [0u8; 256];
+    let mut group = c.benchmark_group("ipv6");
+    group.throughput(Throughput::Elements(BATCH as u64));
+
+    let local = craft::ipv6_udp(mac_for_ip(a), mac_for_ip(b), a6, b6, payload);
+    assert_eq!(
+        forward(&mut local.clone(), 1, &table, recorded, 0, &mut reply),
+        Verdict::Forward(2)
+    );
+    let mut frames: Vec<Vec<u8>> = vec![local; BATCH];
+    group.bench_function("pod_to_pod_64B", |bench| {
+        bench.iter(|| {
+            for f in frames.iter_mut() {
+                black_box(forward(black_box(f), 1, &table, recorded, 0, &mut reply));
+            }
+        })
+    });
+
+    let out = craft::ipv6_udp(mac_for_ip(a), table.router_mac, a6, remote6, payload);
+    assert_eq!(
+        forward(&mut out.clone(), 1, &table, recorded, 0, &mut reply),
+        Verdict::Encap(0)
+    );
+    let mut frames: Vec<Vec<u8>> = vec![out; BATCH];
+    group.bench_function("encap_64B", |bench| {
+        bench.iter(|| {
+            for f in frames.iter_mut() {
+                if let Verdict::Encap(_) = forward(black_box(f), 1, &table, recorded, 0, &mut reply)
+                {
+                    vxlan::encap_in_place(f, 1);
+                }
+                black_box(&f[vxlan::DATAGRAM_OFFSET..]);
+            }
+        })
+    });
+
+    let inbound = craft::ipv6_udp(table.peers[0].mac, table.router_mac, remote6, a6, payload);
+    assert_eq!(
+        forward_from_tunnel(&mut inbound.clone(), 0, &table, recorded, 0),
+        Verdict::Forward(1)
+    );
+    let mut datagrams: Vec<Vec<u8>> = vec![inbound; BATCH];
+    for d in datagrams.iter_mut() {
+        vxlan::encap_in_place(d, 1);
+    }
+    group.bench_function("decap_64B", |bench| {
+        bench.iter(|| {
+            for d in datagrams.iter_mut() {
+                vxlan::encap_in_place(d, 1);
+                if vxlan::decap_in_place(black_box(d), 1).is_ok() {
+                    black_box(forward_from_tunnel(d, 0, &table, recorded, 0));
+                }
+            }
+        })
+    });
+
+    let solicitation = craft::neighbor_solicitation(mac_for_ip(a), a6, b6);
+    assert!(matches!(
+        forward(
+            &mut solicitation.clone(),
+            1,
+            &table,
+            recorded,
+            0,
+            &mut reply
+        ),
+        Verdict::Reply(_)
+    ));
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("ndp_answer", |bench| {
+        let mut f = solicitation.clone();
+        bench.iter(|| {
+            black_box(forward(
+                black_box(&mut f),
+                1,
+                &table,
+                recorded,
+                0,
+                &mut reply,
+            ))
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     worker_path,
     pod_to_pod,
+    ipv6_paths,
     baseline_copy,
     tunnel_paths,
     arp_answer,

@@ -22,8 +22,9 @@ pub const WG_PORT: u16 = 51820;
 /// directory now, so that the peers' files can name it. Returns the node and its public key.
 pub fn prepare_encrypted(ns: Netns, me: &NodeInfo, extra: &str) -> (Node, String) {
     let config = format!(
-        "underlay_addr = \"{}\"\nencryption = \"wireguard\"\n{extra}",
-        me.underlay
+        "underlay_addr = \"{}\"\n{}encryption = \"wireguard\"\n{extra}",
+        me.underlay,
+        me.ipv6_toml()
     );
     let node = Node::prepare(ns, &me.pod_cidr, &config, Some(""));
     let (secret, _) = keys::load_or_create(&node.dir.join("state")).expect("node key");
@@ -32,8 +33,13 @@ pub fn prepare_encrypted(ns: Netns, me: &NodeInfo, extra: &str) -> (Node, String
 
 /// A `[[peers]]` table for a node reached over WireGuard.
 pub fn peer_toml(info: &NodeInfo, public_key: &str) -> String {
+    let v6 = info
+        .pod_cidr_v6
+        .as_ref()
+        .map(|p| format!("pod_cidr_v6 = \"{p}\"\n"))
+        .unwrap_or_default();
     format!(
-        "[[peers]]\nname = \"{}\"\naddr = \"{}\"\npod_cidr = \"{}\"\nmac = \"{}\"\npublic_key = \"{public_key}\"\n\n",
+        "[[peers]]\nname = \"{}\"\naddr = \"{}\"\npod_cidr = \"{}\"\n{v6}mac = \"{}\"\npublic_key = \"{public_key}\"\n\n",
         info.name, info.underlay, info.pod_cidr, info.mac
     )
 }
@@ -48,12 +54,21 @@ pub struct EncryptedCluster {
 
 impl EncryptedCluster {
     pub fn new(n: u8, extra: &str) -> EncryptedCluster {
+        EncryptedCluster::with_nodes(n, extra, NodeInfo::numbered)
+    }
+
+    /// The same with dual-stack nodes (`NodeInfo::dual_stack`).
+    pub fn dual_stack(n: u8, extra: &str) -> EncryptedCluster {
+        EncryptedCluster::with_nodes(n, extra, NodeInfo::dual_stack)
+    }
+
+    fn with_nodes(n: u8, extra: &str, info: fn(u8, Ipv4Addr) -> NodeInfo) -> EncryptedCluster {
         let mut underlay = Underlay::new();
         let spaces: Vec<Netns> = (0..n).map(|_| Netns::new("n")).collect();
         let infos: Vec<NodeInfo> = spaces
             .iter()
             .enumerate()
-            .map(|(i, ns)| NodeInfo::numbered(i as u8 + 1, underlay.attach(ns, 1500)))
+            .map(|(i, ns)| info(i as u8 + 1, underlay.attach(ns, 1500)))
             .collect();
         let (mut nodes, keys): (Vec<Node>, Vec<String>) = spaces
             .into_iter()

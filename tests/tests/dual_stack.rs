@@ -565,3 +565,30 @@ fn a_kernel_vxlan_node_is_an_ipv6_peer() {
         assert_eq!(node.drops("malformed"), 0);
     }
 }
+
+/// With `encryption = "wireguard"` IPv6 packets are sealed like IPv4 ones, and plain VXLAN
+/// is refused (the default `encryption_plain`), so what arrives came through WireGuard.
+#[test]
+fn ipv6_crosses_encrypted_node_links() {
+    let c = switchd_e2e::wireguard::EncryptedCluster::dual_stack(2, "");
+    let (p1, p2) = (Netns::new("p"), Netns::new("p"));
+    let a6 = add(&c.nodes[0], &p1);
+    let b6 = add(&c.nodes[1], &p2);
+    assert!(p1.ping(b6), "pod1 -> pod2 sealed");
+    assert!(p2.ping(a6), "pod2 -> pod1 sealed");
+    assert!(c.nodes[0].ns.ping(b6), "node1 -> pod2 sealed");
+    let (sent, sent_hash, received, received_hash, peer) = tcp_transfer(&p1, &p2, b6, 16 << 20);
+    assert_eq!((received, received_hash), (sent, sent_hash));
+    assert_eq!(peer.ip(), IpAddr::V6(a6));
+    let (sent, sent_hash, received, received_hash, _) = tcp_transfer(&p2, &p1, a6, 16 << 20);
+    assert_eq!((received, received_hash), (sent, sent_hash));
+    for node in &c.nodes {
+        let peers = node.query("peers");
+        assert!(
+            peers["peers"][0]["wireguard"]["handshake_secs_ago"].is_u64(),
+            "a WireGuard session carried it: {peers}"
+        );
+        assert_eq!(node.drops("not_authenticated"), 0);
+        assert_eq!(node.drops("spoofed_source"), 0);
+    }
+}

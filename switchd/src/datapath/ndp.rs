@@ -68,6 +68,10 @@ pub fn answer(
 ) -> Result<usize, DropReason> {
     let ip = &frame[ETH_HDR_LEN..];
     let at = info.upper_at.ok_or(DropReason::NdIgnored)?;
+    // Neighbor Discovery is valid only from the link itself (RFC 4861 7.1.1).
+    if info.hop_limit != ND_HOP_LIMIT {
+        return Err(DropReason::NdIgnored);
+    }
     let icmp = &ip[at..info.len];
     match icmp.first().copied() {
         Some(NEIGHBOR_SOLICITATION) => solicitation(frame, info, icmp, in_port, table, reply),
@@ -90,7 +94,7 @@ fn solicitation(
     reply: &mut [u8],
 ) -> Result<usize, DropReason> {
     let target = target_of(icmp)?;
-    if table.v6.is_none() || info.hop_limit != ND_HOP_LIMIT || icmp[1] != 0 {
+    if table.v6.is_none() || icmp[1] != 0 {
         return Err(DropReason::NdIgnored);
     }
     // A duplicate-address probe (from ::) is never answered: the address is the asker's,
@@ -283,6 +287,13 @@ mod tests {
         assert_eq!(run(&own, 1, &t), Err(DropReason::NdIgnored));
         let theft = craft::neighbor_advertisement(mac_for_ip(A), a6(), b6());
         assert_eq!(run(&theft, 1, &t), Err(DropReason::SpoofedSource));
+        let mut forwarded = theft.clone();
+        forwarded[VNET_HDR_LEN + ETH_HDR_LEN + 7] = 64;
+        assert_eq!(
+            run(&forwarded, 1, &t),
+            Err(DropReason::NdIgnored),
+            "not from the link"
+        );
         let gw = t.v6.as_ref().unwrap().gateway;
         let theft = craft::neighbor_advertisement(mac_for_ip(A), a6(), gw);
         assert_eq!(run(&theft, 1, &t), Err(DropReason::SpoofedSource));

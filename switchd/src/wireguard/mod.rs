@@ -267,8 +267,10 @@ impl WireGuard {
         let mut tunn = lock(session);
         let result = tunn.decapsulate(Some(IpAddr::V4(*from.ip())), datagram, out);
         match result {
-            TunnResult::WriteToTunnelV4(packet, _) => Opened::Packet(packet.len()),
-            TunnResult::WriteToTunnelV6(..) => Opened::Dropped(DropReason::UnsupportedProtocol),
+            // Either family: the receiver gives it an Ethernet header by its IP version.
+            TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
+                Opened::Packet(packet.len())
+            }
             TunnResult::Done => Opened::Nothing,
             TunnResult::WriteToNetwork(m) => {
                 transmit(self.socket(), from, m, None, 1, peer, stats);

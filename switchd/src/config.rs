@@ -3,7 +3,7 @@
 //! Every key is checked at start; an unknown key or an invalid value stops switchd with a
 //! message that names the key, because a typo silently ignored is a 3 a.m. outage later.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -20,6 +20,22 @@ pub const TUNNEL_OVERHEAD: u32 = 50;
 /// header 16 and tag 16). WireGuard also pads the inner packet to a multiple of 16, so the
 /// largest inner packet is this much less than the underlay MTU, rounded down to 16.
 pub const WIREGUARD_OVERHEAD: u32 = 60;
+/// What an IPv6 underlay adds to both: its header is 40 bytes instead of 20.
+pub const IPV6_UNDERLAY_EXTRA: u32 = 20;
+
+/// The tunnel's overhead (VXLAN, or WireGuard with `wireguard`) over this underlay.
+pub fn tunnel_overhead(underlay: Option<IpAddr>, wireguard: bool) -> u32 {
+    let base = if wireguard {
+        WIREGUARD_OVERHEAD
+    } else {
+        TUNNEL_OVERHEAD
+    };
+    base + if matches!(underlay, Some(IpAddr::V6(_))) {
+        IPV6_UNDERLAY_EXTRA
+    } else {
+        0
+    }
+}
 /// WireGuard's customary port, also wireguard-go's and wg-quick's default.
 pub const DEFAULT_WIREGUARD_PORT: u16 = 51820;
 pub const DEFAULT_SOCKET: &str = "/run/switchd/switchd.sock";
@@ -138,7 +154,8 @@ struct PeersFile {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub name: String,
-    pub addr: SocketAddrV4,
+    /// The peer's underlay address and VXLAN port; the same family as our `underlay_addr`.
+    pub addr: SocketAddr,
     pub pod_cidr: Ipv4Net,
     /// The peer's IPv6 pod prefix; `None` if it has none, or this node is IPv4-only.
     pub pod_cidr_v6: Option<Ipv6Net>,
@@ -151,7 +168,7 @@ pub struct Peer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WireGuardPeer {
     pub public_key: [u8; 32],
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
 }
 
 /// Whether, and how, the tunnel to peers is encrypted.
@@ -276,8 +293,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// `None`: derive from the underlay (or default-route) interface at start.
     pub mtu: Option<u32>,
-    /// The address the tunnel socket binds to; `None` runs a single node without a tunnel.
-    pub underlay_addr: Option<Ipv4Addr>,
+    /// The address the tunnel socket binds to, IPv4 or IPv6; `None` runs a single node
+    /// without a tunnel.
+    pub underlay_addr: Option<IpAddr>,
     pub tunnel_port: u16,
     pub vni: u32,
     /// The pods' gateway MAC, the host port's MAC and our VTEP MAC.
@@ -373,9 +391,17 @@ impl Config {
             .enumerate()
             .map(|(i, p)| {
                 let key = |field: &str| format!("peers[{i}].{field}");
-                let addr: Ipv4Addr = p.addr.parse().with_context(|| {
-                    format!("{}: {:?} is not an IPv4 address", key("addr"), p.addr)
+                let addr: IpAddr = p.addr.parse().with_context(|| {
+                    format!("{}: {:?} is not an IP address", key("addr"), p.addr)
                 })?;
+                if let Some(ours) = self.underlay_addr {
+                    if ours.is_ipv4() != addr.is_ipv4() {
+                        bail!(
+                            "{}: {addr} is not of the same family as underlay_addr {ours}; the tunnel reaches peers over one family",
+                            key("addr")
+                        );
+                    }
+                }
                 let mac = parse_mac(&p.mac)
                     .filter(|m| m[0] & 1 == 0)
                     .with_context(|| {
@@ -394,7 +420,7 @@ impl Config {
                         public_key: parse_wireguard_key(k).with_context(|| {
                             format!("{}: {k:?} is not a WireGuard key (32 bytes in base64, as `wg pubkey` prints)", key("public_key"))
                         })?,
-                        addr: SocketAddrV4::new(addr, p.wireguard_port.unwrap_or(wg_port)),
+                        addr: SocketAddr::new(addr, p.wireguard_port.unwrap_or(wg_port)),
                     }),
                     None if p.wireguard_port.is_some() => {
                         bail!("{}: set, but the peer has no public_key", key("wireguard_port"))
@@ -412,7 +438,7 @@ impl Config {
                 };
                 Ok(Peer {
                     name: p.name.clone(),
-                    addr: SocketAddrV4::new(addr, p.port.unwrap_or(self.tunnel_port)),
+                    addr: SocketAddr::new(addr, p.port.unwrap_or(self.tunnel_port)),
                     pod_cidr: parse_cidr(&key("pod_cidr"), &p.pod_cidr)?,
                     // An IPv4-only node has no use for it (a cluster turning dual-stack
                     // one node at a time has both kinds).
@@ -462,7 +488,7 @@ impl Config {
                     );
                 }
             }
-            if Some(*p.addr.ip()) == self.underlay_addr {
+            if Some(p.addr.ip()) == self.underlay_addr {
                 bail!(
                     "peer {}: addr {} is this node's own underlay_addr",
                     p.name,
@@ -566,13 +592,13 @@ impl Config {
                 state_dir.display()
             );
         }
-        let underlay_addr = match o.underlay_addr.or(file.underlay_addr) {
-            Some(s) => Some(
-                s.parse::<Ipv4Addr>()
-                    .with_context(|| format!("underlay_addr: {s:?} is not an IPv4 address"))?,
-            ),
-            None => None,
-        };
+        let underlay_addr =
+            match o.underlay_addr.or(file.underlay_addr) {
+                Some(s) => Some(s.parse::<IpAddr>().with_context(|| {
+                    format!("underlay_addr: {s:?} is not an IPv4 or IPv6 address")
+                })?),
+                None => None,
+            };
         let vni = o.vni.or(file.vni).unwrap_or(1);
         if vni > crate::datapath::vxlan::MAX_VNI {
             bail!(
@@ -1044,6 +1070,36 @@ mod tests {
             let err = format!("{:#}", parse(&text).unwrap_err());
             assert!(err.contains(want), "{want:?} not in {err:?}");
         }
+    }
+
+    #[test]
+    fn an_ipv6_underlay_takes_ipv6_peers_and_costs_20_bytes_more() {
+        let text = "node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nunderlay_addr = \"fd00:78::1\"\n[[peers]]\nname = \"b\"\naddr = \"fd00:78::2\"\npod_cidr = \"10.244.2.0/24\"\nmac = \"0a:58:0a:f4:02:01\"\n";
+        let c = parse(text).unwrap();
+        assert_eq!(c.peers[0].addr.to_string(), "[fd00:78::2]:8472");
+        assert_eq!(tunnel_overhead(c.underlay_addr, false), 70);
+        assert_eq!(tunnel_overhead(c.underlay_addr, true), 80);
+        assert_eq!(
+            tunnel_overhead(Some("192.168.0.1".parse().unwrap()), false),
+            50
+        );
+        let mixed = text.replace("addr = \"fd00:78::2\"", "addr = \"192.168.0.2\"");
+        let err = format!("{:#}", parse(&mixed).unwrap_err());
+        assert!(
+            err.contains(
+                "peers[0].addr: 192.168.0.2 is not of the same family as underlay_addr fd00:78::1"
+            ),
+            "{err}"
+        );
+        let bad = text.replace(
+            "underlay_addr = \"fd00:78::1\"",
+            "underlay_addr = \"fd00:78::zz\"",
+        );
+        let err = format!("{:#}", parse(&bad).unwrap_err());
+        assert!(
+            err.contains("underlay_addr: \"fd00:78::zz\" is not an IPv4 or IPv6 address"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -455,7 +455,7 @@ pub fn setup_host_port(
 
 /// MTU of the underlay: of the interface holding `underlay_addr` when given, else of the
 /// interface the default route leaves through, in switchd's own namespace.
-pub fn underlay_mtu(underlay_addr: Option<Ipv4Addr>) -> Result<Option<u32>> {
+pub fn underlay_mtu(underlay_addr: Option<IpAddr>) -> Result<Option<u32>> {
     let Some(addr) = underlay_addr else {
         return default_route_mtu();
     };
@@ -464,7 +464,7 @@ pub fn underlay_mtu(underlay_addr: Option<Ipv4Addr>) -> Result<Option<u32>> {
             let addrs: Vec<_> = h.address().get().execute().try_collect().await?;
             let idx = addrs
                 .iter()
-                .find(|m| m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(ip)) | AddressAttribute::Local(IpAddr::V4(ip)) if *ip == addr)))
+                .find(|m| m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(ip) | AddressAttribute::Local(ip) if *ip == addr)))
                 .map(|m| m.header.index)
                 .with_context(|| format!("underlay_addr {addr} is not assigned to any interface in switchd's namespace"))?;
             link_mtu(h, idx).await

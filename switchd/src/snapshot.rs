@@ -28,8 +28,8 @@ pub struct Snapshot {
     pub wireguard: Option<Arc<WireGuard>>,
     /// Same order as `table.peers`.
     pub peers: Vec<Arc<PeerState>>,
-    /// Underlay address → index into `peers`, for checking tunnel senders.
-    pub peer_by_addr: HashMap<u32, usize, FastU32>,
+    /// Underlay address ([`addr_key`]) → index into `peers`, for checking tunnel senders.
+    pub peer_by_addr: HashMap<u128, usize, FastU32>,
     /// Flows the node translated; one table for the switch's whole life, shared by every
     /// snapshot.
     pub flows: Arc<FlowTable>,
@@ -38,3 +38,13 @@ pub struct Snapshot {
 }
 
 pub type SnapshotCell = ArcSwap<Snapshot>;
+
+/// The key of an underlay address in [`Snapshot::peer_by_addr`]: both families in one map,
+/// an IPv4 address as its IPv4-mapped IPv6 form (as an IPv6 socket would report it too).
+#[inline]
+pub fn addr_key(ip: std::net::IpAddr) -> u128 {
+    match ip {
+        std::net::IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+        std::net::IpAddr::V6(a) => u128::from(a),
+    }
+}

@@ -6,7 +6,7 @@
 //! wait. `dashmap` stays where it fits, in the control-plane maps below.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
@@ -20,7 +20,7 @@ use switchd_proto::{
     PortInfo, RouteInfo, StatsInfo, TableEntry,
 };
 
-use crate::config::{Config, Peer, HOST_PORT_NAME, TUNNEL_OVERHEAD, WIREGUARD_OVERHEAD};
+use crate::config::{tunnel_overhead, Config, Peer, HOST_PORT_NAME};
 use crate::datapath::frame::{format_mac, mac_for_ip};
 use crate::datapath::{FlowTable, PeerRoute, PortId, Table, HOST_PORT};
 use crate::health::Health;
@@ -112,10 +112,11 @@ impl Switch {
                 1500
             }
         };
-        let mut tunnel_mtu = underlay_mtu.saturating_sub(TUNNEL_OVERHEAD);
+        let mut tunnel_mtu = underlay_mtu.saturating_sub(tunnel_overhead(underlay_addr, false));
         if cfg.encryption.wireguard().is_some() {
             // WireGuard pads the inner packet to a multiple of 16 bytes.
-            tunnel_mtu = tunnel_mtu.min(underlay_mtu.saturating_sub(WIREGUARD_OVERHEAD) & !15);
+            tunnel_mtu = tunnel_mtu
+                .min(underlay_mtu.saturating_sub(tunnel_overhead(underlay_addr, true)) & !15);
         }
         let mtu = cfg.mtu.unwrap_or(tunnel_mtu);
         let ipam = Ipam::open(&cfg.state_dir, cfg.pod_cidr, cfg.ipv6.map(|v6| v6.pod_cidr))?;
@@ -127,7 +128,7 @@ impl Switch {
         let tunnel = match cfg.underlay_addr {
             Some(addr) => {
                 let t = Arc::new(Tunnel::bind(
-                    SocketAddrV4::new(addr, cfg.tunnel_port),
+                    SocketAddr::new(addr, cfg.tunnel_port),
                     cfg.vni,
                     settings.threads,
                 )?);
@@ -139,7 +140,7 @@ impl Switch {
         let wireguard = match (secret, cfg.encryption.wireguard(), cfg.underlay_addr) {
             (Some(secret), Some(w), Some(addr)) => {
                 Some(Arc::new(crate::wireguard::WireGuard::bind(
-                    SocketAddrV4::new(addr, w.port),
+                    SocketAddr::new(addr, w.port),
                     secret,
                     w.plain,
                     settings.threads,
@@ -391,7 +392,7 @@ impl Switch {
                 pod_cidr_v6: p.peer.pod_cidr_v6,
                 mac: p.peer.mac,
             });
-            peer_by_addr.insert(u32::from(*p.peer.addr.ip()), i);
+            peer_by_addr.insert(crate::snapshot::addr_key(p.peer.addr.ip()), i);
         }
         let mut ports = HashMap::default();
         for slot in self.slots.iter() {

@@ -69,7 +69,8 @@ pub fn run(sw: &Switch, req: &TraceRequest) -> Result<TraceInfo, ErrorReply> {
                     tunnel.vni,
                     tunnel.local,
                     peer.peer.addr,
-                    ip_len + crate::config::TUNNEL_OVERHEAD as usize,
+                    ip_len
+                        + crate::config::tunnel_overhead(Some(tunnel.local.ip()), false) as usize,
                     format_mac(t.frame[18..24].try_into().unwrap()),
                     format_mac(t.frame[12..18].try_into().unwrap()),
                 ),

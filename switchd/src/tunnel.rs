@@ -5,7 +5,7 @@
 //! sent by the worker that read it, from that worker's send socket); each worker also
 //! receives on its own socket of the tunnel's receive group (`crate::worker::from_tunnel`).
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Mutex, OnceLock};
 use std::time::SystemTime;
@@ -112,7 +112,7 @@ pub struct Tunnel {
     rx: Vec<TunnelSocket>,
     tx: Vec<TunnelSocket>,
     pub vni: u32,
-    pub local: SocketAddrV4,
+    pub local: SocketAddr,
 }
 
 impl std::fmt::Debug for Tunnel {
@@ -132,7 +132,7 @@ pub const RECV_BUF_LEN: usize = DATAGRAM_OFFSET + 65_536 + 4096;
 
 impl Tunnel {
     /// Bind the tunnel's sockets for `workers` datapath workers.
-    pub fn bind(local: SocketAddrV4, vni: u32, workers: usize) -> anyhow::Result<Tunnel> {
+    pub fn bind(local: SocketAddr, vni: u32, workers: usize) -> anyhow::Result<Tunnel> {
         use anyhow::Context;
         let workers = workers.max(1);
         // A reuse-port group would let a second daemon join ours silently: make sure the
@@ -153,7 +153,7 @@ impl Tunnel {
         }
         let mut tx = Vec::with_capacity(workers);
         for k in 0..workers {
-            let s = udp_socket::bind_source_port(*local.ip(), k, workers)
+            let s = udp_socket::bind_source_port(local.ip(), k, workers)
                 .with_context(|| format!("binding a tunnel send socket on {}", local.ip()))?;
             tx.push(TunnelSocket::new(s)?);
         }
@@ -229,7 +229,7 @@ impl Tunnel {
 /// possibly shorter) to `to` in as few GSO sends as the socket allows.
 pub fn send_gso(
     tx: &TunnelSocket,
-    to: SocketAddrV4,
+    to: SocketAddr,
     out: &[u8],
     segs: Segments,
     peer: &PeerState,
@@ -262,7 +262,7 @@ pub fn send_gso(
 #[inline]
 pub fn transmit(
     tx: &TunnelSocket,
-    to: SocketAddrV4,
+    to: SocketAddr,
     contents: &[u8],
     segment_size: Option<usize>,
     count: usize,
@@ -270,7 +270,7 @@ pub fn transmit(
     stats: &Stats,
 ) {
     let transmit = Transmit {
-        destination: SocketAddr::V4(to),
+        destination: to,
         ecn: None,
         contents,
         segment_size,

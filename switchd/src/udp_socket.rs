@@ -2,15 +2,21 @@
 //! steering program, and send sockets whose source port is chosen for the receiver.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// A non-blocking UDP socket bound to `addr`, in the address's reuse-port group if `group`.
-pub fn bind(addr: SocketAddrV4, group: bool) -> io::Result<UdpSocket> {
+/// A non-blocking UDP socket bound to `addr` (either family), in the address's reuse-port
+/// group if `group`.
+pub fn bind(addr: SocketAddr, group: bool) -> io::Result<UdpSocket> {
+    let family = if addr.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
     // SAFETY: socket() takes plain integers; a non-negative result is a new fd we own.
     let fd = unsafe {
         libc::socket(
-            libc::AF_INET,
+            family,
             libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
             0,
         )
@@ -24,21 +30,44 @@ pub fn bind(addr: SocketAddrV4, group: bool) -> io::Result<UdpSocket> {
         let one: libc::c_int = 1;
         setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, &one)?;
     }
-    let sa = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: `sa` is a valid sockaddr_in of the length we pass; `fd` is our socket.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
+    let rc = match addr {
+        SocketAddr::V4(a) => {
+            let sa = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: `sa` is a valid sockaddr_in for the length passed, alive for the call.
+            unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+        }
+        SocketAddr::V6(a) => {
+            let sa = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: `sa` is a valid sockaddr_in6 for the length passed, alive for the call.
+            unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&sa as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
@@ -51,6 +80,16 @@ pub fn bind(addr: SocketAddrV4, group: bool) -> io::Result<UdpSocket> {
 /// the order in which the members were bound. Datagrams of one sender's port, which is one
 /// flow's port (RFC 7348), therefore always reach the same socket.
 pub fn steer_by_source_port(member: &UdpSocket, n: usize) -> io::Result<()> {
+    if member.local_addr()?.is_ipv6() {
+        let program = [
+            // A = the UDP source port, right behind the 40-byte IPv6 header (tunnel
+            // datagrams carry no extension headers).
+            ins(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, SKF_NET_OFF + 40),
+            ins(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, n as u32),
+            ins(libc::BPF_RET | libc::BPF_A, 0),
+        ];
+        return attach_steering(member, &program);
+    }
     let program = [
         // X = 4 * (ip[0] & 0xf): the IPv4 header's length.
         ins(libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH, SKF_NET_OFF),
@@ -68,9 +107,14 @@ pub fn steer_by_source_port(member: &UdpSocket, n: usize) -> io::Result<()> {
 /// and the nodes of one underlay subnet spread evenly (WireGuard peers send from one port,
 /// so their port says nothing).
 pub fn steer_by_source_address(member: &UdpSocket, n: usize) -> io::Result<()> {
+    // A = the IPv4 source address (ip + 12), or the last word of the IPv6 one (ip + 20).
+    let at = if member.local_addr()?.is_ipv6() {
+        20
+    } else {
+        12
+    };
     let program = [
-        // A = the IPv4 source address (ip + 12).
-        ins(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, SKF_NET_OFF + 12),
+        ins(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, SKF_NET_OFF + at),
         ins(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, n as u32),
         ins(libc::BPF_RET | libc::BPF_A, 0),
     ];
@@ -114,10 +158,10 @@ fn attach_steering(member: &UdpSocket, program: &[libc::sock_filter]) -> io::Res
 /// A send socket on `ip` whose (ephemeral) source port is `k` modulo `n`, so that the
 /// peer's [`steer_by_source_port`] hands its datagrams to the peer's worker `k`. Tries a
 /// few ephemeral ports; if none fits, any port works, only less evenly spread.
-pub fn bind_source_port(ip: Ipv4Addr, k: usize, n: usize) -> io::Result<UdpSocket> {
+pub fn bind_source_port(ip: IpAddr, k: usize, n: usize) -> io::Result<UdpSocket> {
     let mut refused = Vec::new();
     for _ in 0..64 {
-        let s = bind(SocketAddrV4::new(ip, 0), false)?;
+        let s = bind(SocketAddr::new(ip, 0), false)?;
         let port = s.local_addr()?.port() as usize;
         if n <= 1 || port % n == k % n {
             return Ok(s);

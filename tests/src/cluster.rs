@@ -70,6 +70,34 @@ impl Underlay {
         );
         addr
     }
+
+    /// Plug `node` in like [`Underlay::attach`], but with an IPv6 address only
+    /// (`fd00:78::N/64`, no IPv4 at all): an IPv6-only underlay. Returns the address.
+    pub fn attach_v6_only(&mut self, node: &Netns, mtu: u32) -> std::net::Ipv6Addr {
+        let v4 = self.attach(node, mtu);
+        let addr: std::net::Ipv6Addr = format!("fd00:78::{}", v4.octets()[3]).parse().unwrap();
+        for cmd in [
+            vec!["ip", "-4", "addr", "flush", "dev", "u0"],
+            vec![
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/64"),
+                "dev",
+                "u0",
+                "nodad",
+            ],
+        ] {
+            let out = node.exec(&cmd);
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        addr
+    }
 }
 
 impl Default for Underlay {
@@ -87,6 +115,9 @@ pub struct NodeInfo {
     /// The node's IPv6 pod prefix, when it is dual-stack (cluster `fd10:244::/48`).
     pub pod_cidr_v6: Option<String>,
     pub mac: String,
+    /// The node's IPv6 underlay address, when the underlay is IPv6 (then used instead of
+    /// `underlay` for `underlay_addr` and the peers' `addr`).
+    pub underlay6: Option<std::net::Ipv6Addr>,
 }
 
 /// The IPv6 cluster prefix of dual-stack test clusters.
@@ -101,6 +132,15 @@ impl NodeInfo {
             pod_cidr: format!("10.244.{i}.0/24"),
             pod_cidr_v6: None,
             mac: format!("0a:58:0a:f4:{i:02x}:01"),
+            underlay6: None,
+        }
+    }
+
+    /// The address the tunnel uses: the IPv6 underlay address if there is one.
+    pub fn tunnel_addr(&self) -> std::net::IpAddr {
+        match self.underlay6 {
+            Some(a) => a.into(),
+            None => self.underlay.into(),
         }
     }
 
@@ -145,7 +185,10 @@ pub fn peers_toml(nodes: &[NodeInfo], me: &str) -> String {
                 .unwrap_or_default();
             format!(
                 "[[peers]]\nname = \"{}\"\naddr = \"{}\"\npod_cidr = \"{}\"\n{v6}mac = \"{}\"\n\n",
-                n.name, n.underlay, n.pod_cidr, n.mac
+                n.name,
+                n.tunnel_addr(),
+                n.pod_cidr,
+                n.mac
             )
         })
         .collect()
@@ -162,7 +205,7 @@ pub fn start_switchd(ns: Netns, me: &NodeInfo, nodes: &[NodeInfo], extra: &str) 
 pub fn prepare_switchd(ns: Netns, me: &NodeInfo, nodes: &[NodeInfo], extra: &str) -> Node {
     let config = format!(
         "underlay_addr = \"{}\"\n{}{extra}",
-        me.underlay,
+        me.tunnel_addr(),
         me.ipv6_toml()
     );
     Node::prepare(

@@ -23,7 +23,7 @@ pub const WG_PORT: u16 = 51820;
 pub fn prepare_encrypted(ns: Netns, me: &NodeInfo, extra: &str) -> (Node, String) {
     let config = format!(
         "underlay_addr = \"{}\"\n{}encryption = \"wireguard\"\n{extra}",
-        me.underlay,
+        me.tunnel_addr(),
         me.ipv6_toml()
     );
     let node = Node::prepare(ns, &me.pod_cidr, &config, Some(""));
@@ -40,7 +40,10 @@ pub fn peer_toml(info: &NodeInfo, public_key: &str) -> String {
         .unwrap_or_default();
     format!(
         "[[peers]]\nname = \"{}\"\naddr = \"{}\"\npod_cidr = \"{}\"\n{v6}mac = \"{}\"\npublic_key = \"{public_key}\"\n\n",
-        info.name, info.underlay, info.pod_cidr, info.mac
+        info.name,
+        info.tunnel_addr(),
+        info.pod_cidr,
+        info.mac
     )
 }
 
@@ -54,21 +57,37 @@ pub struct EncryptedCluster {
 
 impl EncryptedCluster {
     pub fn new(n: u8, extra: &str) -> EncryptedCluster {
-        EncryptedCluster::with_nodes(n, extra, NodeInfo::numbered)
+        EncryptedCluster::with_nodes(n, extra, |u, ns, i| {
+            NodeInfo::numbered(i, u.attach(ns, 1500))
+        })
     }
 
     /// The same with dual-stack nodes (`NodeInfo::dual_stack`).
     pub fn dual_stack(n: u8, extra: &str) -> EncryptedCluster {
-        EncryptedCluster::with_nodes(n, extra, NodeInfo::dual_stack)
+        EncryptedCluster::with_nodes(n, extra, |u, ns, i| {
+            NodeInfo::dual_stack(i, u.attach(ns, 1500))
+        })
     }
 
-    fn with_nodes(n: u8, extra: &str, info: fn(u8, Ipv4Addr) -> NodeInfo) -> EncryptedCluster {
+    /// Dual-stack nodes on an IPv6-only underlay (`Underlay::attach_v6_only`).
+    pub fn over_ipv6_underlay(n: u8, extra: &str) -> EncryptedCluster {
+        EncryptedCluster::with_nodes(n, extra, |u, ns, i| NodeInfo {
+            underlay6: Some(u.attach_v6_only(ns, 1500)),
+            ..NodeInfo::dual_stack(i, Ipv4Addr::UNSPECIFIED)
+        })
+    }
+
+    fn with_nodes(
+        n: u8,
+        extra: &str,
+        mut info: impl FnMut(&mut Underlay, &Netns, u8) -> NodeInfo,
+    ) -> EncryptedCluster {
         let mut underlay = Underlay::new();
         let spaces: Vec<Netns> = (0..n).map(|_| Netns::new("n")).collect();
         let infos: Vec<NodeInfo> = spaces
             .iter()
             .enumerate()
-            .map(|(i, ns)| info(i as u8 + 1, underlay.attach(ns, 1500)))
+            .map(|(i, ns)| info(&mut underlay, ns, i as u8 + 1))
             .collect();
         let (mut nodes, keys): (Vec<Node>, Vec<String>) = spaces
             .into_iter()
@@ -240,6 +259,7 @@ impl WgHost {
             pod_cidr: self.cidr.clone(),
             pod_cidr_v6: None,
             mac: "0a:58:0a:f4:63:01".into(),
+            underlay6: None,
         }
     }
 }

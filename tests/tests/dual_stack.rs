@@ -570,7 +570,16 @@ fn a_kernel_vxlan_node_is_an_ipv6_peer() {
 /// is refused (the default `encryption_plain`), so what arrives came through WireGuard.
 #[test]
 fn ipv6_crosses_encrypted_node_links() {
-    let c = switchd_e2e::wireguard::EncryptedCluster::dual_stack(2, "");
+    encrypted_ipv6(switchd_e2e::wireguard::EncryptedCluster::dual_stack(2, ""));
+}
+
+/// The same over an IPv6-only underlay: WireGuard's socket binds the IPv6 address.
+#[test]
+fn ipv6_crosses_encrypted_node_links_over_an_ipv6_underlay() {
+    encrypted_ipv6(switchd_e2e::wireguard::EncryptedCluster::over_ipv6_underlay(2, ""));
+}
+
+fn encrypted_ipv6(c: switchd_e2e::wireguard::EncryptedCluster) {
     let (p1, p2) = (Netns::new("p"), Netns::new("p"));
     let a6 = add(&c.nodes[0], &p1);
     let b6 = add(&c.nodes[1], &p2);
@@ -590,5 +599,65 @@ fn ipv6_crosses_encrypted_node_links() {
         );
         assert_eq!(node.drops("not_authenticated"), 0);
         assert_eq!(node.drops("spoofed_source"), 0);
+    }
+}
+
+/// An IPv6-only underlay: the nodes' tunnel binds an IPv6 address and the peers are IPv6
+/// addresses. Both families of pods ride it (VXLAN carries Ethernet frames), with 70 bytes
+/// of overhead, so the pods get MTU 1430 from a 1500-byte underlay.
+#[test]
+fn two_dual_stack_nodes_over_an_ipv6_only_underlay() {
+    let mut underlay = Underlay::new();
+    let spaces = [Netns::new("n"), Netns::new("n")];
+    let infos: Vec<NodeInfo> = spaces
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let a6 = underlay.attach_v6_only(ns, 1500);
+            NodeInfo {
+                underlay6: Some(a6),
+                ..NodeInfo::dual_stack(i as u8 + 1, std::net::Ipv4Addr::UNSPECIFIED)
+            }
+        })
+        .collect();
+    let nodes: Vec<Node> = spaces
+        .into_iter()
+        .zip(&infos)
+        .map(|(ns, me)| start_switchd(ns, me, &infos, ""))
+        .collect();
+    let (p1, p2) = (Netns::new("p"), Netns::new("p"));
+    let r1 = nodes[0].cni("ADD", &p1);
+    let r2 = nodes[1].cni("ADD", &p2);
+    assert!(r1.ok() && r2.ok(), "{} {}", r1.json, r2.json);
+    let (a4, a6) = (r1.address(), r1.address_v6().unwrap());
+    let (b4, b6) = (r2.address(), r2.address_v6().unwrap());
+    let link = text(p1.exec(&["ip", "link", "show", "eth0"]));
+    assert!(
+        link.contains("mtu 1430"),
+        "1500 - 70 for VXLAN over IPv6: {link}"
+    );
+    let peers = nodes[0].query("peers");
+    assert_eq!(
+        peers["peers"][0]["addr"],
+        format!("[{}]:8472", infos[1].underlay6.unwrap()),
+        "{peers}"
+    );
+    for (from, name, to) in [
+        (&p1, "pod1 -> pod2 (IPv6)", IpAddr::from(b6)),
+        (&p2, "pod2 -> pod1 (IPv6)", a6.into()),
+        (&p1, "pod1 -> pod2 (IPv4)", b4.into()),
+        (&p2, "pod2 -> pod1 (IPv4)", a4.into()),
+        (&nodes[0].ns, "node1 -> pod2 (IPv6)", b6.into()),
+        (&nodes[1].ns, "node2 -> pod1 (IPv4)", a4.into()),
+    ] {
+        assert!(from.ping(to), "{name} ({to})");
+    }
+    for to in [IpAddr::from(b6), b4.into()] {
+        let (sent, sent_hash, received, received_hash, _) = tcp_transfer(&p1, &p2, to, 32 << 20);
+        assert_eq!((received, received_hash), (sent, sent_hash), "TCP to {to}");
+    }
+    for node in &nodes {
+        assert_eq!(node.drops("unknown_peer"), 0);
+        assert_eq!(node.drops("malformed"), 0);
     }
 }

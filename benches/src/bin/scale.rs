@@ -499,7 +499,8 @@ fn simulated(template: &NodeRecord, held: &HashSet<Ipv4Net>, n: usize) -> Vec<No
         .enumerate()
         .map(|(i, subnet)| NodeRecord {
             name: format!("sim-{i:05}"),
-            underlay_addr: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 1)) + i as u32),
+            underlay_addr: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 1)) + i as u32)
+                .into(),
             pod_cidr: subnet,
             router_mac: format!("0a:58:0a:{:02x}:{:02x}:01", (i >> 8) as u8, i as u8),
             ..template.clone()

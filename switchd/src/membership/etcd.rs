@@ -13,7 +13,7 @@
 //! so loudly and keeps its pods' addresses: it never renumbers them on its own.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,7 +70,7 @@ enum ClaimError {
     #[error("subnet {subnet} is held by node {holder}")]
     Taken { subnet: Ipv4Net, holder: String },
     #[error("node_name {name:?} is already used by the live node at {other}; every node needs its own node_name")]
-    NameInUse { name: String, other: Ipv4Addr },
+    NameInUse { name: String, other: IpAddr },
     #[error("no free /{len} left in cluster_cidr {cluster}: all {total} are held by live nodes ({holders})")]
     Exhausted {
         cluster: Ipv4Net,

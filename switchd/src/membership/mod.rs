@@ -20,7 +20,7 @@
 pub mod etcd;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -32,7 +32,8 @@ use crate::datapath::frame::{format_mac, parse_mac};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub name: String,
-    pub underlay_addr: Ipv4Addr,
+    /// IPv4 or IPv6 (serialised as the address's text either way).
+    pub underlay_addr: IpAddr,
     pub tunnel_port: u16,
     pub vni: u32,
     pub router_mac: String,
@@ -76,6 +77,14 @@ impl NodeRecord {
         if self.vni != cfg.vni {
             return Err(format!("its VNI {} is not ours ({})", self.vni, cfg.vni));
         }
+        if let Some(ours) = cfg.underlay_addr {
+            if ours.is_ipv4() != self.underlay_addr.is_ipv4() {
+                return Err(format!(
+                    "its underlay address {} is not of our underlay's family ({ours})",
+                    self.underlay_addr
+                ));
+            }
+        }
         if !cfg.cluster_cidr.contains(&self.pod_cidr) {
             return Err(format!(
                 "its subnet {} is outside cluster_cidr {}",
@@ -107,7 +116,7 @@ impl NodeRecord {
             (Some(k), Some(port)) => Some(crate::config::WireGuardPeer {
                 public_key: crate::config::parse_wireguard_key(k)
                     .ok_or_else(|| format!("public_key {k:?} is not a WireGuard key"))?,
-                addr: std::net::SocketAddrV4::new(self.underlay_addr, port),
+                addr: std::net::SocketAddr::new(self.underlay_addr, port),
             }),
             (None, None) => None,
             _ => {
@@ -118,7 +127,7 @@ impl NodeRecord {
         };
         Ok(Peer {
             name: self.name.clone(),
-            addr: std::net::SocketAddrV4::new(self.underlay_addr, self.tunnel_port),
+            addr: std::net::SocketAddr::new(self.underlay_addr, self.tunnel_port),
             pod_cidr: self.pod_cidr,
             pod_cidr_v6,
             mac,
@@ -236,6 +245,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()
@@ -386,7 +396,7 @@ mod tests {
         let records: Vec<NodeRecord> = (1..=20_000u32)
             .map(|i| NodeRecord {
                 name: format!("sim-{i:05}"),
-                underlay_addr: Ipv4Addr::from(0xc612_0000 + i),
+                underlay_addr: Ipv4Addr::from(0xc612_0000 + i).into(),
                 tunnel_port: 8472,
                 vni: 1,
                 router_mac: "0a:58:0a:f4:02:01".into(),

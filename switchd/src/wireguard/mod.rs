@@ -20,7 +20,7 @@
 
 pub mod keys;
 
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -59,7 +59,7 @@ pub struct WireGuard {
     next_index: AtomicU32,
     /// What still happens with plain VXLAN during a rollout.
     pub plain: PlainPolicy,
-    pub local: SocketAddrV4,
+    pub local: SocketAddr,
 }
 
 impl std::fmt::Debug for WireGuard {
@@ -87,7 +87,7 @@ pub enum Opened {
 
 impl WireGuard {
     pub fn bind(
-        local: SocketAddrV4,
+        local: SocketAddr,
         secret: StaticSecret,
         plain: PlainPolicy,
         workers: usize,
@@ -221,7 +221,7 @@ impl WireGuard {
         ip: &[u8],
         sealed: &mut [u8],
         batch: &mut Batch,
-        to: SocketAddrV4,
+        to: SocketAddr,
         peer: &PeerState,
         stats: &Stats,
     ) {
@@ -256,7 +256,7 @@ impl WireGuard {
     pub fn open(
         &self,
         peer: &PeerState,
-        from: SocketAddrV4,
+        from: SocketAddr,
         datagram: &[u8],
         out: &mut [u8],
         stats: &Stats,
@@ -265,7 +265,7 @@ impl WireGuard {
             return Opened::Dropped(DropReason::NotAuthenticated);
         };
         let mut tunn = lock(session);
-        let result = tunn.decapsulate(Some(IpAddr::V4(*from.ip())), datagram, out);
+        let result = tunn.decapsulate(Some(from.ip()), datagram, out);
         match result {
             // Either family: the receiver gives it an Ethernet header by its IP version.
             TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
@@ -361,7 +361,7 @@ impl Batch {
     fn flush(
         &mut self,
         socket: &TunnelSocket,
-        to: SocketAddrV4,
+        to: SocketAddr,
         sealed: &[u8],
         peer: &PeerState,
         stats: &Stats,

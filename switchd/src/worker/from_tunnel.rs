@@ -2,7 +2,6 @@
 //! datagram decapsulated in place, decided by the core, and TCP segments of one flow merged
 //! back into a super-frame before the TAP write.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 
 use quinn_udp::RecvMeta;
@@ -12,7 +11,7 @@ use crate::datapath::frame::VNET_HDR_LEN;
 use crate::datapath::vxlan::{self, DATAGRAM_OFFSET};
 use crate::datapath::{forward_from_tunnel, probe, DropReason, Verdict, HOST_PORT};
 use crate::monitor::Source;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{addr_key, Snapshot};
 use crate::stats::Stats;
 use crate::tunnel::{PeerState, Tunnel, RECV_BUF_LEN};
 
@@ -70,12 +69,9 @@ impl Receiver {
                 let source = Source::Underlay(m.addr);
                 stats.drop_frame(DropReason::UnknownPeer, source, inner.unwrap_or(&[]));
             };
-            let SocketAddr::V4(from) = m.addr else {
-                stranger(&self.buf);
-                continue;
-            };
+            let from = m.addr;
             // Kernel VXLAN devices send from varying source ports: match the address only.
-            let Some(&idx) = snapshot.peer_by_addr.get(&u32::from(*from.ip())) else {
+            let Some(&idx) = snapshot.peer_by_addr.get(&addr_key(from.ip())) else {
                 stranger(&self.buf);
                 tracing::trace!(%from, "datagram from an unknown sender dropped");
                 continue;

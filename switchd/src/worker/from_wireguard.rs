@@ -2,7 +2,6 @@
 //! message opened by its peer's session, the inner IP packet given an Ethernet header and
 //! forwarded like a VXLAN frame, TCP segments of one flow merged again before the TAP write.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 
 use quinn_udp::RecvMeta;
@@ -12,7 +11,7 @@ use crate::datapath::coalesce::Coalescer;
 use crate::datapath::frame::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HDR_LEN, VNET_HDR_LEN};
 use crate::datapath::DropReason;
 use crate::monitor::Source;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{addr_key, Snapshot};
 use crate::stats::Stats;
 use crate::tunnel::RECV_BUF_LEN;
 use crate::wireguard::{Opened, WireGuard};
@@ -58,13 +57,11 @@ impl Receiver {
                 }
             }
             let m = self.meta[0];
-            let peer = match m.addr {
-                SocketAddr::V4(from) => snapshot
-                    .peer_by_addr
-                    .get(&u32::from(*from.ip()))
-                    .map(|&idx| (idx, from)),
-                SocketAddr::V6(_) => None,
-            };
+            let from = m.addr;
+            let peer = snapshot
+                .peer_by_addr
+                .get(&addr_key(from.ip()))
+                .map(|&idx| (idx, from));
             let Some((idx, from)) = peer else {
                 stats.drop_frame(DropReason::UnknownPeer, Source::Underlay(m.addr), &[]);
                 tracing::trace!(from = %m.addr, "WireGuard datagram from an unknown sender dropped");

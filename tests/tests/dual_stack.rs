@@ -223,15 +223,20 @@ fn spoofed_ipv6_and_a_stolen_neighbor_advertisement_are_dropped_and_counted() {
     assert!(neigh.contains("0a:58:0a:f4:01:03"), "{neigh}");
 }
 
-struct TwoNodes {
+struct Nodes {
     nodes: Vec<Node>,
     infos: Vec<NodeInfo>,
     _underlay: Underlay,
 }
 
-fn two_dual_stack_nodes(extra: [&str; 2]) -> TwoNodes {
+fn two_dual_stack_nodes(extra: [&str; 2]) -> Nodes {
+    dual_stack_nodes(&extra)
+}
+
+/// Dual-stack nodes 1..=n on one IPv4 underlay, node i with `extra[i]` in its config.
+fn dual_stack_nodes(extra: &[&str]) -> Nodes {
     let mut underlay = Underlay::new();
-    let spaces = [Netns::new("n"), Netns::new("n")];
+    let spaces: Vec<Netns> = extra.iter().map(|_| Netns::new("n")).collect();
     let infos: Vec<NodeInfo> = spaces
         .iter()
         .enumerate()
@@ -243,7 +248,7 @@ fn two_dual_stack_nodes(extra: [&str; 2]) -> TwoNodes {
         .zip(extra)
         .map(|((ns, me), extra)| start_switchd(ns, me, &infos, extra))
         .collect();
-    TwoNodes {
+    Nodes {
         nodes,
         infos,
         _underlay: underlay,
@@ -251,36 +256,50 @@ fn two_dual_stack_nodes(extra: [&str; 2]) -> TwoNodes {
 }
 
 #[test]
-fn two_dual_stack_nodes_reach_every_pod_and_node_over_ipv6_through_the_tunnel() {
-    let c = two_dual_stack_nodes(["", ""]);
-    let (p1, p2) = (Netns::new("p"), Netns::new("p"));
-    let a6 = add(&c.nodes[0], &p1);
-    let b6 = add(&c.nodes[1], &p2);
-    assert_eq!(a6, "fd10:244:0:1::2".parse::<Ipv6Addr>().unwrap());
-    assert_eq!(b6, "fd10:244:0:2::2".parse::<Ipv6Addr>().unwrap());
-    let (gw1, gw2) = (
-        c.infos[0].gateway_v6().unwrap(),
-        c.infos[1].gateway_v6().unwrap(),
-    );
-    for (from, name, to) in [
-        (&p1, "pod1 -> pod2", b6),
-        (&p2, "pod2 -> pod1", a6),
-        (&c.nodes[0].ns, "node1 -> pod2", b6),
-        (&c.nodes[1].ns, "node2 -> pod1", a6),
-        (&p1, "pod1 -> node2", gw2),
-        (&p2, "pod2 -> node1", gw1),
-    ] {
-        assert!(from.ping(to), "{name} ({to})");
+fn three_dual_stack_nodes_reach_every_pod_and_node_over_ipv6_through_the_tunnel() {
+    let c = dual_stack_nodes(&["", "", ""]);
+    let pods: Vec<(Netns, Ipv6Addr)> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            let ns = Netns::new("p");
+            let a = add(n, &ns);
+            (ns, a)
+        })
+        .collect();
+    for (i, (_, a)) in pods.iter().enumerate() {
+        let want: Ipv6Addr = format!("fd10:244:0:{}::2", i + 1).parse().unwrap();
+        assert_eq!(*a, want, "node {}'s first pod", i + 1);
     }
+    // Every pod to every other pod, every node to every other node's pod, every pod to
+    // every other node: the sig-network matrix, over IPv6.
+    let mut failed = Vec::new();
+    for i in 0..3 {
+        for j in (0..3).filter(|&j| j != i) {
+            let gw = c.infos[j].gateway_v6().unwrap();
+            for (from, what, to) in [
+                (&pods[i].0, "pod -> pod", pods[j].1),
+                (&c.nodes[i].ns, "node -> pod", pods[j].1),
+                (&pods[i].0, "pod -> node", gw),
+            ] {
+                if !from.ping(to) {
+                    failed.push(format!("{what} {} -> {} ({to})", i + 1, j + 1));
+                }
+            }
+        }
+    }
+    assert!(failed.is_empty(), "unreachable over IPv6: {failed:?}");
     // TCPv6 super-frames are cut to the tunnel MTU and arrive intact, source kept.
-    let (sent, sent_hash, received, received_hash, peer) = tcp_transfer(&p1, &p2, b6, 64 << 20);
+    let (p1, a6) = (&pods[0].0, pods[0].1);
+    let (p2, b6) = (&pods[1].0, pods[1].1);
+    let (sent, sent_hash, received, received_hash, peer) = tcp_transfer(p1, p2, b6, 64 << 20);
     assert_eq!(
         (received, received_hash),
         (sent, sent_hash),
         "transfer intact"
     );
     assert_eq!(peer.ip(), IpAddr::V6(a6));
-    let (sent, sent_hash, received, received_hash, _) = tcp_transfer(&p2, &p1, a6, 16 << 20);
+    let (sent, sent_hash, received, received_hash, _) = tcp_transfer(p2, p1, a6, 16 << 20);
     assert_eq!(
         (received, received_hash),
         (sent, sent_hash),

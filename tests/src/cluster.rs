@@ -52,22 +52,12 @@ impl Underlay {
             vec!["ip", "addr", "add", &cidr, "dev", "u0"],
             vec!["ip", "link", "set", "u0", "up"],
         ] {
-            let out = node.exec(&cmd);
-            assert!(
-                out.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            node.exec_ok(&cmd);
         }
         let cmd = [
             "ip", "link", "set", &port, "mtu", &mtu, "master", "br0", "up",
         ];
-        let out = self.ns.exec(&cmd);
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.ns.exec_ok(&cmd);
         addr
     }
 
@@ -89,12 +79,7 @@ impl Underlay {
                 "nodad",
             ],
         ] {
-            let out = node.exec(&cmd);
-            assert!(
-                out.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            node.exec_ok(&cmd);
         }
         addr
     }
@@ -290,58 +275,44 @@ impl KernelNode {
         let bridge_addr = format!("10.244.{i}.1/24");
         let pod_addr = Ipv4Addr::new(10, 244, i, 2);
         let local = addr.to_string();
-        let run = |ns: &Netns, cmd: &[&str]| {
-            let out = ns.exec(cmd);
-            assert!(
-                out.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&ns, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+        ns.exec_ok(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
         // A veth underlay leaves checksums of encapsulated packets for "hardware" to finish,
         // which a userspace receiver never sees done; a real NIC does it on the wire.
         if userspace_peers {
-            run(&ns, &["ethtool", "-K", "u0", "tx", "off"]);
+            ns.exec_ok(&["ethtool", "-K", "u0", "tx", "off"]);
         }
-        run(
-            &ns,
-            &[
-                "ip",
-                "link",
-                "add",
-                "flannel.1",
-                "type",
-                "vxlan",
-                "id",
-                "1",
-                "local",
-                &local,
-                "dev",
-                "u0",
-                "dstport",
-                "8472",
-                "nolearning",
-            ],
-        );
-        run(
-            &ns,
-            &[
-                "ip",
-                "link",
-                "set",
-                "flannel.1",
-                "address",
-                &info.mac,
-                "mtu",
-                "1450",
-                "up",
-            ],
-        );
-        run(&ns, &["ip", "addr", "add", &vtep_addr, "dev", "flannel.1"]);
-        run(&ns, &["ip", "link", "add", "cni0", "type", "bridge"]);
-        run(&ns, &["ip", "addr", "add", &bridge_addr, "dev", "cni0"]);
-        run(&ns, &["ip", "link", "set", "cni0", "mtu", "1450", "up"]);
+        ns.exec_ok(&[
+            "ip",
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            &local,
+            "dev",
+            "u0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ]);
+        ns.exec_ok(&[
+            "ip",
+            "link",
+            "set",
+            "flannel.1",
+            "address",
+            &info.mac,
+            "mtu",
+            "1450",
+            "up",
+        ]);
+        ns.exec_ok(&["ip", "addr", "add", &vtep_addr, "dev", "flannel.1"]);
+        ns.exec_ok(&["ip", "link", "add", "cni0", "type", "bridge"]);
+        ns.exec_ok(&["ip", "addr", "add", &bridge_addr, "dev", "cni0"]);
+        ns.exec_ok(&["ip", "link", "set", "cni0", "mtu", "1450", "up"]);
         let node = KernelNode {
             ns,
             pod,
@@ -370,31 +341,18 @@ impl KernelNode {
 
     /// Connect `pod` to the bridge with a veth and give it `addr`.
     fn plug(&self, pod: &Netns, addr: Ipv4Addr, n: u8) {
-        let run = |ns: &Netns, cmd: &[&str]| {
-            let out = ns.exec(cmd);
-            assert!(
-                out.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
         let veth = format!("veth{n}");
         let cidr = format!("{addr}/24");
         let gw = self.info.gateway().to_string();
-        run(
-            &self.ns,
-            &[
-                "ip", "link", "add", &veth, "mtu", "1450", "type", "veth", "peer", "name", "eth0",
-                "netns", &pod.name,
-            ],
-        );
-        run(
-            &self.ns,
-            &["ip", "link", "set", &veth, "master", "cni0", "up"],
-        );
-        run(pod, &["ip", "addr", "add", &cidr, "dev", "eth0"]);
-        run(pod, &["ip", "link", "set", "eth0", "up"]);
-        run(pod, &["ip", "route", "add", "default", "via", &gw]);
+        self.ns.exec_ok(&[
+            "ip", "link", "add", &veth, "mtu", "1450", "type", "veth", "peer", "name", "eth0",
+            "netns", &pod.name,
+        ]);
+        self.ns
+            .exec_ok(&["ip", "link", "set", &veth, "master", "cni0", "up"]);
+        pod.exec_ok(&["ip", "addr", "add", &cidr, "dev", "eth0"]);
+        pod.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+        pod.exec_ok(&["ip", "route", "add", "default", "via", &gw]);
         if self.info.pod_cidr_v6.is_some() {
             self.plug_v6(pod, n.max(2));
         }
@@ -414,30 +372,19 @@ impl KernelNode {
     }
 
     fn plug_v6(&self, pod: &Netns, host: u8) {
-        let run = |ns: &Netns, cmd: &[&str]| {
-            let out = ns.exec(cmd);
-            assert!(
-                out.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
         let addr = self.pod6(host).unwrap();
         let gw = self.pod6(1).unwrap().to_string();
-        run(
-            pod,
-            &[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                &format!("{addr}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        );
-        run(pod, &["ip", "-6", "route", "add", "default", "via", &gw]);
+        pod.exec_ok(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{addr}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        pod.exec_ok(&["ip", "-6", "route", "add", "default", "via", &gw]);
     }
 
     /// Make the node dual-stack the way flannel's vxlan backend carries IPv6 over the same
@@ -455,48 +402,30 @@ impl KernelNode {
         self.info.pod_cidr_v6 = Some(format!("{prefix}/64"));
         let gw = format!("{prefix}1");
         let pod6: std::net::Ipv6Addr = format!("{prefix}2").parse().unwrap();
-        let run = |ns: &Netns, cmd: &[&str]| {
-            let out = ns.exec(cmd);
-            assert!(
-                out.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(
-            &self.ns,
-            &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
-        );
-        run(
-            &self.ns,
-            &[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                &format!("{gw}/64"),
-                "dev",
-                "cni0",
-                "nodad",
-            ],
-        );
-        run(
-            &self.pod,
-            &[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                &format!("{pod6}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        );
-        run(
-            &self.pod,
-            &["ip", "-6", "route", "add", "default", "via", &gw],
-        );
+        self.ns
+            .exec_ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        self.ns.exec_ok(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{gw}/64"),
+            "dev",
+            "cni0",
+            "nodad",
+        ]);
+        self.pod.exec_ok(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{pod6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        self.pod
+            .exec_ok(&["ip", "-6", "route", "add", "default", "via", &gw]);
         pod6
     }
 
@@ -533,12 +462,7 @@ impl KernelNode {
                     "permanent",
                 ],
             ] {
-                let out = self.ns.exec(&cmd);
-                assert!(
-                    out.status.success(),
-                    "{cmd:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                self.ns.exec_ok(&cmd);
             }
         }
         let vtep = remote.pod_cidr.replace(".0/24", ".0");
@@ -578,12 +502,7 @@ impl KernelNode {
                 underlay.as_str(),
             ],
         ] {
-            let out = self.ns.exec(&cmd);
-            assert!(
-                out.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            self.ns.exec_ok(&cmd);
         }
     }
 }

@@ -357,19 +357,7 @@ max_conf_num = 1
 
     /// PodSandboxStatus: (state is ready, pod IP).
     pub fn sandbox_status(&mut self, sandbox: &str) -> (bool, String) {
-        let s = self
-            .rt
-            .block_on(
-                self.runtime
-                    .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                        pod_sandbox_id: sandbox.into(),
-                        verbose: false,
-                    }),
-            )
-            .unwrap_or_else(|e| panic!("PodSandboxStatus: {e}"))
-            .into_inner()
-            .status
-            .expect("a status");
+        let s = self.status(sandbox);
         let ip = s.network.map(|n| n.ip).unwrap_or_default();
         (s.state == cri::PodSandboxState::SandboxReady as i32, ip)
     }
@@ -377,8 +365,17 @@ max_conf_num = 1
     /// Every pod IP PodSandboxStatus reports: the primary, then the additional ones (what
     /// kubelet puts in `status.podIPs`).
     pub fn sandbox_ips(&mut self, sandbox: &str) -> Vec<String> {
-        let s = self
-            .rt
+        let Some(n) = self.status(sandbox).network else {
+            return Vec::new();
+        };
+        std::iter::once(n.ip)
+            .chain(n.additional_ips.into_iter().map(|a| a.ip))
+            .filter(|ip| !ip.is_empty())
+            .collect()
+    }
+
+    fn status(&mut self, sandbox: &str) -> cri::PodSandboxStatus {
+        self.rt
             .block_on(
                 self.runtime
                     .pod_sandbox_status(cri::PodSandboxStatusRequest {
@@ -389,14 +386,7 @@ max_conf_num = 1
             .unwrap_or_else(|e| panic!("PodSandboxStatus: {e}"))
             .into_inner()
             .status
-            .expect("a status");
-        let Some(n) = s.network else {
-            return Vec::new();
-        };
-        std::iter::once(n.ip)
-            .chain(n.additional_ips.into_iter().map(|a| a.ip))
-            .filter(|ip| !ip.is_empty())
-            .collect()
+            .expect("a status")
     }
 
     /// The sandboxes the runtime knows of: (id, ready).

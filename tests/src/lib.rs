@@ -108,6 +108,17 @@ impl Netns {
             .args(args))
     }
 
+    /// Run a command inside the namespace that must succeed; panics with its stderr.
+    pub fn exec_ok(&self, args: &[&str]) {
+        let out = self.exec(args);
+        assert!(
+            out.status.success(),
+            "{args:?} in {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Does at least one ping to `addr` (either family) come back?
     pub fn ping(&self, addr: impl Into<IpAddr>) -> bool {
         let addr = addr.into();

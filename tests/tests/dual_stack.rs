@@ -38,6 +38,13 @@ fn text(out: std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A transfer's bytes all arrived unchanged; the peer address the server saw.
+fn intact(t: Transfer, what: &str) -> std::net::SocketAddr {
+    let (sent, sent_hash, received, received_hash, peer) = t;
+    assert_eq!((received, received_hash), (sent, sent_hash), "{what}");
+    peer
+}
+
 /// Wait up to `limit` for `cond`.
 fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -85,18 +92,11 @@ fn dual_stack_pods_reach_each_other_and_their_node_over_ipv6() {
     assert!(node.ns.ping(a6), "node to pod");
 
     // 64 MiB intact, the pod's own source address kept (TCPv6 super-frames switched whole).
-    let (sent, sent_hash, received, received_hash, peer) = tcp_transfer(&a, &b, b6, 64 << 20);
-    assert_eq!(
-        (received, received_hash),
-        (sent, sent_hash),
-        "transfer intact"
-    );
+    let peer = intact(tcp_transfer(&a, &b, b6, 64 << 20), "transfer intact");
     assert_eq!(peer.ip(), IpAddr::V6(a6), "source address kept");
-    let (sent, sent_hash, received, received_hash, peer) = tcp_transfer(&node.ns, &a, a6, 8 << 20);
-    assert_eq!(
-        (received, received_hash),
-        (sent, sent_hash),
-        "node to pod intact"
+    let peer = intact(
+        tcp_transfer(&node.ns, &a, a6, 8 << 20),
+        "node to pod intact",
     );
     assert_eq!(
         peer.ip(),
@@ -292,19 +292,9 @@ fn three_dual_stack_nodes_reach_every_pod_and_node_over_ipv6_through_the_tunnel(
     // TCPv6 super-frames are cut to the tunnel MTU and arrive intact, source kept.
     let (p1, a6) = (&pods[0].0, pods[0].1);
     let (p2, b6) = (&pods[1].0, pods[1].1);
-    let (sent, sent_hash, received, received_hash, peer) = tcp_transfer(p1, p2, b6, 64 << 20);
-    assert_eq!(
-        (received, received_hash),
-        (sent, sent_hash),
-        "transfer intact"
-    );
+    let peer = intact(tcp_transfer(p1, p2, b6, 64 << 20), "transfer intact");
     assert_eq!(peer.ip(), IpAddr::V6(a6));
-    let (sent, sent_hash, received, received_hash, _) = tcp_transfer(p2, p1, a6, 16 << 20);
-    assert_eq!(
-        (received, received_hash),
-        (sent, sent_hash),
-        "the other way"
-    );
+    intact(tcp_transfer(p2, p1, a6, 16 << 20), "the other way");
     for node in &c.nodes {
         assert_eq!(node.drops("spoofed_source"), 0);
         assert_eq!(node.drops("unsupported_protocol"), 0);
@@ -345,8 +335,7 @@ fn a_pod_sending_more_than_the_tunnel_carries_gets_packet_too_big() {
     );
     // At the learned MTU it gets through, and TCP finds it by itself.
     assert!(p1.ping(b6));
-    let (sent, sent_hash, received, received_hash, _) = tcp_transfer(&p1, &p2, b6, 8 << 20);
-    assert_eq!((received, received_hash), (sent, sent_hash));
+    intact(tcp_transfer(&p1, &p2, b6, 8 << 20), "transfer intact");
 }
 
 /// Two dual-stack switchd nodes and a host outside the cluster, on an underlay with IPv6
@@ -370,29 +359,18 @@ fn dual_stack_cluster_with_outside() -> WithOutside {
         .collect();
     let outside = Netns::new("out");
     let outside4 = underlay.attach(&outside, 1500);
-    let run = |ns: &Netns, cmd: &[&str]| {
-        let out = ns.exec(cmd);
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let address6 = |ns: &Netns, n: u8| -> Ipv6Addr {
         let a = format!("fd00:77::{n}");
-        run(
-            ns,
-            &[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                &format!("{a}/64"),
-                "dev",
-                "u0",
-                "nodad",
-            ],
-        );
+        ns.exec_ok(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{a}/64"),
+            "dev",
+            "u0",
+            "nodad",
+        ]);
         a.parse().unwrap()
     };
     let outside6 = address6(&outside, 9);
@@ -402,29 +380,23 @@ fn dual_stack_cluster_with_outside() -> WithOutside {
         .map(|(ns, n)| address6(ns, n))
         .collect();
     for ns in &spaces {
-        run(
-            ns,
-            &[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                &outside4.to_string(),
-            ],
-        );
-        run(
-            ns,
-            &[
-                "ip",
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &outside6.to_string(),
-            ],
-        );
+        ns.exec_ok(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &outside4.to_string(),
+        ]);
+        ns.exec_ok(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &outside6.to_string(),
+        ]);
     }
     let nodes = spaces
         .into_iter()
@@ -564,20 +536,14 @@ fn a_kernel_vxlan_node_is_an_ipv6_peer() {
     ] {
         assert!(from.ping(to), "{name} ({to})");
     }
-    let (sent, sent_hash, received, received_hash, peer) =
-        tcp_transfer(&pods[0].0, &kernel.pod, kernel_pod6, 32 << 20);
-    assert_eq!(
-        (received, received_hash),
-        (sent, sent_hash),
-        "to the kernel pod"
+    let peer = intact(
+        tcp_transfer(&pods[0].0, &kernel.pod, kernel_pod6, 32 << 20),
+        "to the kernel pod",
     );
     assert_eq!(peer.ip(), IpAddr::V6(pods[0].1));
-    let (sent, sent_hash, received, received_hash, _) =
-        tcp_transfer(&kernel.pod, &pods[1].0, pods[1].1, 32 << 20);
-    assert_eq!(
-        (received, received_hash),
-        (sent, sent_hash),
-        "from the kernel pod"
+    intact(
+        tcp_transfer(&kernel.pod, &pods[1].0, pods[1].1, 32 << 20),
+        "from the kernel pod",
     );
     for node in &nodes {
         assert_eq!(node.drops("spoofed_source"), 0);
@@ -605,11 +571,9 @@ fn encrypted_ipv6(c: switchd_e2e::wireguard::EncryptedCluster) {
     assert!(p1.ping(b6), "pod1 -> pod2 sealed");
     assert!(p2.ping(a6), "pod2 -> pod1 sealed");
     assert!(c.nodes[0].ns.ping(b6), "node1 -> pod2 sealed");
-    let (sent, sent_hash, received, received_hash, peer) = tcp_transfer(&p1, &p2, b6, 16 << 20);
-    assert_eq!((received, received_hash), (sent, sent_hash));
+    let peer = intact(tcp_transfer(&p1, &p2, b6, 16 << 20), "transfer intact");
     assert_eq!(peer.ip(), IpAddr::V6(a6));
-    let (sent, sent_hash, received, received_hash, _) = tcp_transfer(&p2, &p1, a6, 16 << 20);
-    assert_eq!((received, received_hash), (sent, sent_hash));
+    intact(tcp_transfer(&p2, &p1, a6, 16 << 20), "transfer intact");
     for node in &c.nodes {
         let peers = node.query("peers");
         assert!(
@@ -672,8 +636,7 @@ fn two_dual_stack_nodes_over_an_ipv6_only_underlay() {
         assert!(from.ping(to), "{name} ({to})");
     }
     for to in [IpAddr::from(b6), b4.into()] {
-        let (sent, sent_hash, received, received_hash, _) = tcp_transfer(&p1, &p2, to, 32 << 20);
-        assert_eq!((received, received_hash), (sent, sent_hash), "TCP to {to}");
+        intact(tcp_transfer(&p1, &p2, to, 32 << 20), &format!("TCP to {to}"));
     }
     for node in &nodes {
         assert_eq!(node.drops("unknown_peer"), 0);

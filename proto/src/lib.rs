@@ -273,6 +273,9 @@ pub struct StatusInfo {
     pub ready: bool,
     pub node_name: String,
     pub pod_cidr: String,
+    /// The node's IPv6 pod prefix, on a dual-stack node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_v6: Option<String>,
     /// The pods' gateway MAC and this node's VTEP MAC (what peers put in `mac`).
     pub router_mac: String,
     /// The tunnel's underlay address and port, if the node has one.

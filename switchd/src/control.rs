@@ -275,11 +275,12 @@ async fn dispatch(sw: &Switch, req: Request) -> Response {
             ready: sw.is_ready(),
             node_name: sw.cfg.node_name.clone(),
             pod_cidr: sw.cfg.pod_cidr.to_string(),
+            pod_cidr_v6: sw.cfg.ipv6.map(|v6| v6.pod_cidr.to_string()),
             router_mac: crate::datapath::frame::format_mac(sw.cfg.router_mac),
             underlay: sw
                 .cfg
                 .underlay_addr
-                .map(|a| format!("{a}:{}", sw.cfg.tunnel_port)),
+                .map(|a| std::net::SocketAddr::new(a, sw.cfg.tunnel_port).to_string()),
             mtu: sw.mtu,
             ports: sw.port_count(),
             detail: if sw.is_ready() {

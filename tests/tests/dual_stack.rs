@@ -636,7 +636,10 @@ fn two_dual_stack_nodes_over_an_ipv6_only_underlay() {
         assert!(from.ping(to), "{name} ({to})");
     }
     for to in [IpAddr::from(b6), b4.into()] {
-        intact(tcp_transfer(&p1, &p2, to, 32 << 20), &format!("TCP to {to}"));
+        intact(
+            tcp_transfer(&p1, &p2, to, 32 << 20),
+            &format!("TCP to {to}"),
+        );
     }
     for node in &nodes {
         assert_eq!(node.drops("unknown_peer"), 0);

@@ -618,3 +618,67 @@ fn encrypting_nodes_publish_their_keys_and_a_rotated_key_is_taken_up_while_a_str
         "the stream did not survive the key change"
     );
 }
+
+/// Dual-stack with etcd: `cluster_cidr_v6` alone. Each node's IPv6 /64 follows its leased
+/// IPv4 subnet, is published in its record, reaches the peers' tables, and comes back the
+/// same after a restart; pods reach each other over IPv6 across nodes.
+#[test]
+fn dual_stack_nodes_derive_their_ipv6_prefix_from_the_lease_and_publish_it() {
+    let mut c = EtcdCluster::new();
+    let mut pods6 = Vec::new();
+    for _ in 0..2 {
+        let mut node = c.prepare("10.244.0.0/16", "cluster_cidr_v6 = \"fd10:244::/48\"\n");
+        node.launch();
+        let ns = Netns::new("p");
+        let r = node.cni("ADD", &ns);
+        assert!(r.ok(), "{}", r.json);
+        let a6 = r.address_v6().expect("an IPv6 address");
+        pods6.push((ns, a6, r.address()));
+        c.nodes.push(node);
+        c.pods.push(Vec::new());
+    }
+    let prefixes: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            let v4: ipnet::Ipv4Net = subnet(n).parse().unwrap();
+            let index = (u32::from(v4.network()) - u32::from(Ipv4Addr::new(10, 244, 0, 0))) >> 8;
+            format!("fd10:244:0:{index:x}::/64")
+        })
+        .collect();
+    for ((_, a6, _), prefix) in pods6.iter().zip(&prefixes) {
+        let net: ipnet::Ipv6Net = prefix.parse().unwrap();
+        assert!(
+            net.contains(a6),
+            "{a6} is in the /64 of its node's lease {prefix}"
+        );
+    }
+    let records = c.etcd.keys("/switchd/nodes/");
+    for (_, rec) in &records {
+        let rec: serde_json::Value = serde_json::from_str(rec).unwrap();
+        assert!(
+            prefixes.iter().any(|p| rec["pod_cidr_v6"] == p.as_str()),
+            "{rec}"
+        );
+    }
+    for node in &c.nodes {
+        wait_until("the peer is known", Duration::from_secs(10), || {
+            etcd_peers(node).len() == 1
+        });
+    }
+    let wait_ping = |from: &Netns, to: std::net::Ipv6Addr| {
+        wait_until("IPv6 across nodes", Duration::from_secs(10), || {
+            from.ping(to)
+        })
+    };
+    wait_ping(&pods6[0].0, pods6[1].1);
+    wait_ping(&pods6[1].0, pods6[0].1);
+    // `switchctl status` names the prefix; the same one after a restart.
+    let before = c.nodes[0].query("status")["pod_cidr_v6"].clone();
+    assert_eq!(before, prefixes[0].as_str());
+    c.nodes[0].restart();
+    assert_eq!(c.nodes[0].query("status")["pod_cidr_v6"], before);
+    wait_ping(&pods6[1].0, pods6[0].1);
+    let ports = c.nodes[0].query("ports").to_string();
+    assert!(ports.contains(&pods6[0].1.to_string()), "{ports}");
+}

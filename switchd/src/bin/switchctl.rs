@@ -310,8 +310,13 @@ fn main() -> ExitCode {
             }
         }
         Response::Status(s) => {
+            let v6 = s
+                .pod_cidr_v6
+                .as_ref()
+                .map(|p| format!(" pod_cidr_v6={p}"))
+                .unwrap_or_default();
             println!(
-                "{} node={} pod_cidr={} router_mac={} underlay={} mtu={} ports={}",
+                "{} node={} pod_cidr={}{v6} router_mac={} underlay={} mtu={} ports={}",
                 s.detail,
                 s.node_name,
                 s.pod_cidr,

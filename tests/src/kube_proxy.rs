@@ -173,6 +173,24 @@ pub fn iptables_rules(cluster_cidr: &str, services: &[Service]) -> String {
 /// The `nft -f` input of kube-proxy's nftables mode for `services`; NodePorts are
 /// accepted on `node_ip` (nftables mode's default, `--nodeport-addresses=primary`).
 pub fn nftables_rules(cluster_cidr: &str, node_ip: Ipv4Addr, services: &[Service]) -> String {
+    nftables_family_rules(cluster_cidr, node_ip.into(), services)
+}
+
+/// kube-proxy's nftables mode for a dual-stack node's IPv6 Services: the same layout in
+/// `table ip6 kube-proxy`, with IPv6 address types and matches.
+pub fn nftables_rules_v6(
+    cluster_cidr: &str,
+    node_ip: std::net::Ipv6Addr,
+    services: &[Service],
+) -> String {
+    nftables_family_rules(cluster_cidr, node_ip.into(), services)
+        .replace(" ip kube-proxy", " ip6 kube-proxy")
+        .replace("ipv4_addr", "ipv6_addr")
+        .replace(" ip daddr", " ip6 daddr")
+        .replace(" ip saddr", " ip6 saddr")
+}
+
+fn nftables_family_rules(cluster_cidr: &str, node_ip: IpAddr, services: &[Service]) -> String {
     let mut out = String::from(
         "add table ip kube-proxy\ndelete table ip kube-proxy\n\
          add table ip kube-proxy { comment \"rules for kube-proxy\" ; }\n\
@@ -209,20 +227,11 @@ pub fn nftables_rules(cluster_cidr: &str, node_ip: Ipv4Addr, services: &[Service
         let (p, ip, port) = (s.proto.as_str(), s.cluster_ip, s.port);
         let base = format!("{}/{p}/p{port}", s.name);
         let svc = format!("service-{base}");
-        let ep_chain = |i: usize| {
-            format!(
-                "endpoint-{base}__{}/{}",
-                s.endpoints[i].ip(),
-                s.endpoints[i].port()
-            )
-        };
-        let aff = |i: usize| {
-            format!(
-                "affinity-{base}__{}/{}",
-                s.endpoints[i].ip(),
-                s.endpoints[i].port()
-            )
-        };
+        // An IPv6 address's colons are not allowed in a chain name; dots stand in.
+        let ep_name = |i: usize| s.endpoints[i].ip().to_string().replace(':', ".");
+        let ep_chain =
+            |i: usize| format!("endpoint-{base}__{}/{}", ep_name(i), s.endpoints[i].port());
+        let aff = |i: usize| format!("affinity-{base}__{}/{}", ep_name(i), s.endpoints[i].port());
         let n = s.endpoints.len();
         if s.affinity {
             for i in 0..n {
@@ -307,19 +316,35 @@ pub fn apply(ns: &Netns, mode: Mode, cluster_cidr: &str, node_ip: Ipv4Addr, serv
     }
 }
 
-/// The IPv6 half of a dual-stack node's rules: kube-proxy's iptables mode writes IPv6
-/// Services into ip6tables with the same rule shapes (`cluster_cidr` is then the IPv6
-/// cluster prefix). iptables-nft only.
-pub fn apply_v6(ns: &Netns, cluster_cidr: &str, services: &[Service]) {
-    for table in ["nat", "filter"] {
-        ns.exec(&["ip6tables-nft", "-t", table, "-F"]);
-        ns.exec(&["ip6tables-nft", "-t", table, "-X"]);
+/// The IPv6 half of a dual-stack node's rules (`cluster_cidr` is then the IPv6 cluster
+/// prefix, `node_ip` the node's IPv6 address): iptables mode writes IPv6 Services into
+/// ip6tables with the same rule shapes (iptables-nft backend; legacy is not offered here),
+/// nftables mode into `table ip6 kube-proxy`.
+pub fn apply_v6(
+    ns: &Netns,
+    mode: Mode,
+    cluster_cidr: &str,
+    node_ip: std::net::Ipv6Addr,
+    services: &[Service],
+) {
+    match mode {
+        Mode::Nftables => feed(
+            ns,
+            &["nft", "-f", "-"],
+            &nftables_rules_v6(cluster_cidr, node_ip, services),
+        ),
+        _ => {
+            for table in ["nat", "filter"] {
+                ns.exec(&["ip6tables-nft", "-t", table, "-F"]);
+                ns.exec(&["ip6tables-nft", "-t", table, "-X"]);
+            }
+            feed(
+                ns,
+                &["ip6tables-nft-restore", "--noflush"],
+                &iptables_rules(cluster_cidr, services),
+            );
+        }
     }
-    feed(
-        ns,
-        &["ip6tables-nft-restore", "--noflush"],
-        &iptables_rules(cluster_cidr, services),
-    );
 }
 
 fn iptables_binaries(mode: Mode) -> (&'static str, &'static str) {

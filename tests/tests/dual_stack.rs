@@ -416,6 +416,16 @@ fn dual_stack_cluster_with_outside() -> WithOutside {
 /// kube-proxy's iptables mode writes on a dual-stack node, and IPv6 egress.
 #[test]
 fn ipv6_services_through_kube_proxys_ip6tables_rules_and_masqueraded_ipv6_egress() {
+    ipv6_services(kube_proxy::Mode::IptablesNft);
+}
+
+/// The same with kube-proxy's nftables mode (`table ip6 kube-proxy`).
+#[test]
+fn ipv6_services_through_kube_proxys_nftables_mode() {
+    ipv6_services(kube_proxy::Mode::Nftables);
+}
+
+fn ipv6_services(mode: kube_proxy::Mode) {
     let c = dual_stack_cluster_with_outside();
     let (ep1, ep2) = (Netns::new("ep"), Netns::new("ep"));
     let ep1_6 = add(&c.nodes[0], &ep1);
@@ -438,8 +448,8 @@ fn ipv6_services_through_kube_proxys_ip6tables_rules_and_masqueraded_ipv6_egress
             .endpoint(ep1_6, 8086)
             .endpoint(ep2_6, 8086),
     ];
-    for node in &c.nodes {
-        kube_proxy::apply_v6(&node.ns, CLUSTER_CIDR_V6, &services);
+    for (node, node6) in c.nodes.iter().zip(&c.node6) {
+        kube_proxy::apply_v6(&node.ns, mode, CLUSTER_CIDR_V6, *node6, &services);
     }
     let any6: IpAddr = Ipv6Addr::UNSPECIFIED.into();
     let _servers = [

@@ -651,6 +651,15 @@ fn two_dual_stack_nodes_over_an_ipv6_only_underlay() {
             &format!("TCP to {to}"),
         );
     }
+    // The health probes cross the IPv6 underlay too, and find the path MTU (1430).
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let h = &nodes[0].query("peers")["peers"][0]["health"];
+            h["rtt_micros"].is_u64() && h["path_mtu"] == 1430
+        }),
+        "{}",
+        nodes[0].query("peers")
+    );
     for node in &nodes {
         assert_eq!(node.drops("unknown_peer"), 0);
         assert_eq!(node.drops("malformed"), 0);

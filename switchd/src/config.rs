@@ -261,10 +261,15 @@ pub struct Ipv6Config {
 impl Ipv6Config {
     /// The /64 of `cluster_cidr_v6` whose index is that of `subnet` in `cluster_cidr`.
     pub fn derive(cluster: Ipv6Net, cluster_v4: Ipv4Net, subnet: Ipv4Net) -> Result<Ipv6Net> {
-        let index = (u32::from(subnet.network()) - u32::from(cluster_v4.network()))
-            >> (32 - subnet.prefix_len());
-        let bits = 64 - u32::from(cluster.prefix_len());
-        if cluster.prefix_len() > 64 || (bits < 32 && u64::from(index) >= 1u64 << bits) {
+        let index = u32::from(subnet.network())
+            .checked_sub(u32::from(cluster_v4.network()))
+            .and_then(|d| d.checked_shr(32 - u32::from(subnet.prefix_len())))
+            .unwrap_or(0);
+        let fits = match 64u32.checked_sub(u32::from(cluster.prefix_len())) {
+            Some(bits) => bits >= 32 || u64::from(index) < 1u64 << bits,
+            None => false,
+        };
+        if !fits {
             bail!("cluster_cidr_v6: {cluster} has no /64 for subnet {subnet} (number {index} of cluster_cidr); use a /48 or /56 so every IPv4 subnet has its /64");
         }
         let net = u128::from(cluster.network()) | (u128::from(index) << 64);

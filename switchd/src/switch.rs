@@ -21,6 +21,9 @@ use switchd_proto::{
 };
 
 use crate::config::{tunnel_overhead, Config, Peer, HOST_PORT_NAME};
+
+/// The smallest link MTU IPv6 allows (RFC 8200 section 5).
+const IPV6_MIN_MTU: u32 = 1280;
 use crate::datapath::frame::{format_mac, mac_for_ip};
 use crate::datapath::{FlowTable, PeerRoute, PortId, Table, HOST_PORT};
 use crate::health::Health;
@@ -119,6 +122,11 @@ impl Switch {
                 .min(underlay_mtu.saturating_sub(tunnel_overhead(underlay_addr, true)) & !15);
         }
         let mtu = cfg.mtu.unwrap_or(tunnel_mtu);
+        if cfg.ipv6.is_some() && mtu.min(tunnel_mtu) < IPV6_MIN_MTU {
+            // Linux turns IPv6 off on a link below 1280 bytes, and no packet-too-big can
+            // ask for less: the pods would get no working IPv6 at all.
+            anyhow::bail!("pod_cidr_v6: IPv6 needs an MTU of at least {IPV6_MIN_MTU}, but pods would get {mtu} over a tunnel carrying {tunnel_mtu} (underlay MTU {underlay_mtu}); raise the underlay MTU or mtu, or run this node IPv4-only");
+        }
         let ipam = Ipam::open(&cfg.state_dir, cfg.pod_cidr, cfg.ipv6.map(|v6| v6.pod_cidr))?;
         let state_lock = lock_state_dir(&cfg.state_dir)?;
         let settings = worker::Settings {

@@ -665,3 +665,23 @@ fn two_dual_stack_nodes_over_an_ipv6_only_underlay() {
         assert_eq!(node.drops("malformed"), 0);
     }
 }
+
+/// IPv6 needs links of at least 1280 bytes; a dual-stack node whose pods would get less
+/// stops at start and says why, instead of attaching pods whose IPv6 cannot work.
+#[test]
+fn a_dual_stack_node_with_pods_below_1280_bytes_refuses_to_start() {
+    let extra = format!(
+        "mtu = 1200\npod_cidr_v6 = \"fd10:244:0:1::/64\"\ncluster_cidr_v6 = \"{CLUSTER_CIDR_V6}\"\n"
+    );
+    let mut node = Node::prepare(Netns::new("n"), "10.244.1.0/24", &extra, None);
+    node.spawn();
+    let status = node
+        .wait_exit(Duration::from_secs(20))
+        .expect("switchd stops by itself");
+    assert!(!status.success());
+    let log = node.log();
+    assert!(
+        log.contains("IPv6 needs an MTU of at least 1280, but pods would get 1200"),
+        "{log}"
+    );
+}

@@ -40,6 +40,21 @@ pub fn pseudo_header_v6(src: &[u8; 16], dst: &[u8; 16], next_header: u8, len: us
     sum(src, 0) + sum(dst, 0) + u64::from(next_header) + len as u64
 }
 
+/// The pseudo-header of the packet whose IP header (either version, by its first nibble)
+/// starts `ip`, for a transport of `protocol` and `len` bytes.
+#[inline]
+pub fn pseudo_header_of(ip: &[u8], protocol: u8, len: usize) -> u64 {
+    if ip[0] >> 4 == 6 {
+        let src: &[u8; 16] = ip[8..24].try_into().unwrap();
+        let dst: &[u8; 16] = ip[24..40].try_into().unwrap();
+        pseudo_header_v6(src, dst, protocol, len)
+    } else {
+        let src = [ip[12], ip[13], ip[14], ip[15]];
+        let dst = [ip[16], ip[17], ip[18], ip[19]];
+        pseudo_header_v4(src, dst, protocol, len)
+    }
+}
+
 /// Recompute an IPv4 header's checksum in place.
 #[inline]
 pub fn fix_ipv4_header(ip_header: &mut [u8]) {

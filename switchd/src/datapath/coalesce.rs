@@ -90,7 +90,11 @@ fn parse(frame: &[u8]) -> Option<Seg<'_>> {
         return None;
     }
     // Verify the segment before it disappears into a super-frame.
-    if checksum::finish(checksum::sum(tcp, pseudo_header(ip, ip_len, tcp.len()))) != 0 {
+    if checksum::finish(checksum::sum(
+        tcp,
+        checksum::pseudo_header_of(ip, 6, tcp.len()),
+    )) != 0
+    {
         return None;
     }
     let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
@@ -102,19 +106,6 @@ fn parse(frame: &[u8]) -> Option<Seg<'_>> {
         seq,
         flags,
     })
-}
-
-/// The TCP pseudo-header sum of the packet whose IP header (of `ip_len` bytes) starts `ip`.
-fn pseudo_header(ip: &[u8], ip_len: usize, tcp_len: usize) -> u64 {
-    if ip_len == IP6_LEN {
-        let src: &[u8; 16] = ip[8..24].try_into().unwrap();
-        let dst: &[u8; 16] = ip[24..40].try_into().unwrap();
-        checksum::pseudo_header_v6(src, dst, 6, tcp_len)
-    } else {
-        let src = [ip[12], ip[13], ip[14], ip[15]];
-        let dst = [ip[16], ip[17], ip[18], ip[19]];
-        checksum::pseudo_header_v4(src, dst, 6, tcp_len)
-    }
 }
 
 impl Coalescer {
@@ -238,7 +229,8 @@ impl Coalescer {
             };
             // Partial checksum, as TSO leaves it: the pseudo-header sum, not complemented;
             // the receiving kernel treats the (verified) payload as checksum-complete.
-            let partial = !checksum::finish(pseudo_header(&b[ip0..], ip_len, self.len - tcp0));
+            let partial =
+                !checksum::finish(checksum::pseudo_header_of(&b[ip0..], 6, self.len - tcp0));
             b[tcp0 + 16..tcp0 + 18].copy_from_slice(&partial.to_be_bytes());
             b[0] = F_NEEDS_CSUM;
             b[1] = gso_type;

@@ -46,7 +46,7 @@ pub const WAYS: usize = 8;
 const PROTO_ICMP: u8 = 1;
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
-const PROTO_ICMPV6: u8 = 58;
+const PROTO_ICMPV6: u8 = super::ipv6::NEXT_HEADER_ICMPV6;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -237,55 +237,68 @@ pub fn parse6(ip: &[u8], info: &super::ipv6::Ipv6Info) -> Option<Packet> {
     let (src, dst) = (fold6(&info.src), fold6(&info.dst));
     let Some(upper_at) = info.upper_at else {
         let (id, _) = info.fragment?;
-        return Some(Packet::Fragment(fragment_key(
-            src, dst, info.upper, id, true,
-        )));
+        let proto = key_proto6(info.upper);
+        return Some(Packet::Fragment(fragment_key(src, dst, proto, id, true)));
     };
     let l4 = ip.get(upper_at..info.len)?;
-    let (proto, sport, dport, tcp_flags) = match info.upper {
-        PROTO_TCP => {
-            let h = l4.get(..14)?;
-            (PROTO_TCP, be16(h, 0), be16(h, 2), h[13])
-        }
-        p @ (PROTO_UDP | 132) => {
-            let h = l4.get(..4)?;
-            (p, be16(h, 0), be16(h, 2), 0)
-        }
-        PROTO_ICMPV6 => {
-            let h = l4.get(..8)?;
-            match h[0] {
-                // Echo request / reply: by identifier.
-                128 | 129 => (PROTO_ICMP, be16(h, 4), be16(h, 4), 0),
-                // Unreachable, packet too big, time exceeded, parameter problem.
-                1..=4 => return quoted_flow6(&l4[8..]).map(Packet::IcmpError),
-                _ => (PROTO_ICMP, 0, 0, 0),
-            }
-        }
-        p => (p, 0, 0, 0),
-    };
+    if info.upper == PROTO_ICMPV6 && matches!(l4.first(), Some(1..=4)) {
+        // Unreachable, packet too big, time exceeded, parameter problem: about the
+        // packet it quotes.
+        let inner = l4.get(8..)?;
+        let quoted = super::ipv6::parse(inner).ok()?;
+        return flow_key6(inner, &quoted)
+            .map(|(key, _)| key)
+            .map(Packet::IcmpError);
+    }
+    let (key, tcp_flags) = flow_key6(ip, info)?;
     Some(Packet::Flow {
-        key: FlowKey {
-            src,
-            dst,
-            proto,
-            sport,
-            dport,
-            fragment: false,
-            v6: true,
-        },
+        key,
         tcp_flags,
         more_fragments: info.fragment.is_some_and(|(_, more)| more),
         ip_id: info.fragment.map_or(0, |(id, _)| id),
     })
 }
 
-/// The flow of the IPv6 packet an ICMPv6 error quotes.
-fn quoted_flow6(inner: &[u8]) -> Option<FlowKey> {
-    let info = super::ipv6::parse(inner).ok()?;
-    match parse6(inner, &info)? {
-        Packet::Flow { key, .. } => Some(key),
-        _ => None,
+/// ICMPv6 is keyed as ICMP, whose state and timeout it shares.
+fn key_proto6(upper: u8) -> u8 {
+    if upper == PROTO_ICMPV6 {
+        PROTO_ICMP
+    } else {
+        upper
     }
+}
+
+/// The flow key and TCP flags of an IPv6 packet by its transport header. An ICMPv6 error
+/// is keyed as a plain ICMP packet here (never by what it quotes), so a quoted error
+/// inside an error is not followed.
+fn flow_key6(ip: &[u8], info: &super::ipv6::Ipv6Info) -> Option<(FlowKey, u8)> {
+    let l4 = ip.get(info.upper_at?..info.len)?;
+    let (sport, dport, tcp_flags) = match info.upper {
+        PROTO_TCP => {
+            let h = l4.get(..14)?;
+            (be16(h, 0), be16(h, 2), h[13])
+        }
+        PROTO_UDP | 132 => {
+            let h = l4.get(..4)?;
+            (be16(h, 0), be16(h, 2), 0)
+        }
+        // Echo request / reply: by identifier.
+        PROTO_ICMPV6 => match l4.get(..8)? {
+            h if h[0] == 128 || h[0] == 129 => (be16(h, 4), be16(h, 4), 0),
+            _ => (0, 0, 0),
+        },
+        _ => (0, 0, 0),
+    };
+    let key = FlowKey {
+        src: fold6(&info.src),
+        dst: fold6(&info.dst),
+        proto: key_proto6(info.upper),
+        sport,
+        dport,
+        fragment: false,
+        v6: true,
+    };
+    Some((key, tcp_flags))
 }
 
 fn fragment_key(src: u32, dst: u32, proto: u8, ip_id: u32, v6: bool) -> FlowKey {
@@ -1184,5 +1197,89 @@ mod tests {
             .filter(|p| !t.is_reply_of_translated(&tcp(A, B, 80, *p, TCP_ACK), 10))
             .count();
         assert_eq!(lost, t.counters.evicted.load(Relaxed) as usize);
+    }
+
+    /// An IPv6 packet: 40-byte header from fd10::2 to fd10::3, then `rest` (next header
+    /// `next`).
+    fn ip6(next: u8, rest: &[u8]) -> Vec<u8> {
+        let mut ip = vec![0x60, 0, 0, 0];
+        ip.extend_from_slice(&(rest.len() as u16).to_be_bytes());
+        ip.extend_from_slice(&[next, 64]);
+        ip.extend_from_slice(&[0xfd, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        ip.extend_from_slice(&[0xfd, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3]);
+        ip.extend_from_slice(rest);
+        ip
+    }
+
+    fn parsed6(ip: &[u8]) -> Option<Packet> {
+        parse6(ip, &crate::datapath::ipv6::parse(ip).unwrap())
+    }
+
+    #[test]
+    fn the_later_fragments_of_an_icmpv6_reply_carry_the_key_its_first_fragment_records() {
+        // Echo reply, id 0x1234, cut in two: offset 0 with M set, then offset 8.
+        let mut first = vec![PROTO_ICMPV6, 0, 0x00, 0x01, 0, 0, 0, 9];
+        first.extend_from_slice(&[129, 0, 0, 0, 0x12, 0x34, 0, 1]);
+        let later = [
+            PROTO_ICMPV6,
+            0,
+            0x00,
+            0x08,
+            0,
+            0,
+            0,
+            9,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
+        let Some(Packet::Flow {
+            key,
+            more_fragments,
+            ip_id,
+            ..
+        }) = parsed6(&ip6(44, &first))
+        else {
+            panic!("a first fragment is a flow");
+        };
+        assert!(more_fragments && key.v6);
+        assert_eq!((key.proto, key.sport, ip_id), (PROTO_ICMP, 0x1234, 9));
+        let recorded = fragment_key(key.src, key.dst, key.proto, ip_id, key.v6);
+        assert_eq!(parsed6(&ip6(44, &later)), Some(Packet::Fragment(recorded)));
+    }
+
+    #[test]
+    fn an_icmpv6_error_quoting_errors_is_read_without_following_them() {
+        // 1,000 packet-too-big messages, each quoting the next: one level is read.
+        let mut inner = ip6(PROTO_UDP, &[0x9c, 0x40, 0x00, 0x35, 0, 8, 0, 0]);
+        for _ in 0..1000 {
+            let mut icmp = vec![2, 0, 0, 0, 0, 0, 5, 0xdc];
+            icmp.extend_from_slice(&inner);
+            inner = ip6(PROTO_ICMPV6, &icmp);
+        }
+        inner.truncate(60_000);
+        let Some(Packet::IcmpError(quoted)) = parsed6(&inner) else {
+            panic!("an ICMPv6 error");
+        };
+        assert_eq!(
+            (quoted.proto, quoted.sport),
+            (PROTO_ICMP, 0),
+            "keyed as the quoted error itself"
+        );
+        // One level: the flow an error is about.
+        let mut icmp = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&ip6(PROTO_UDP, &[0x9c, 0x40, 0x00, 0x35, 0, 8, 0, 0]));
+        let Some(Packet::IcmpError(quoted)) = parsed6(&ip6(PROTO_ICMPV6, &icmp)) else {
+            panic!("an ICMPv6 error");
+        };
+        assert_eq!(
+            (quoted.proto, quoted.sport, quoted.dport),
+            (PROTO_UDP, 40000, 53)
+        );
     }
 }

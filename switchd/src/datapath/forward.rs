@@ -145,14 +145,19 @@ fn forward_ipv6(
     let Some(v6) = table.v6.as_ref() else {
         return Verdict::Drop(DropReason::UnsupportedProtocol);
     };
-    if vnet.gso_type == GSO_NONE && frame.len() - ETH_HDR_LEN > table.mtu as usize {
-        return too_big(frame, table, table.mtu, reply);
-    }
     match table.ports.get(&in_port) {
         Some(_) if in_port == HOST_PORT => {}
         Some(p) if p.allowed_src6.is_some_and(|a| a.octets() == info.src) => {}
         Some(_) => return Verdict::Drop(DropReason::SpoofedSource),
         None => return Verdict::Drop(DropReason::NoRoute),
+    }
+    // After the source check: an ICMPv6 error never goes to a forged, unspecified or
+    // multicast source (RFC 4443 2.4).
+    if vnet.gso_type == GSO_NONE && frame.len() - ETH_HDR_LEN > table.mtu as usize {
+        if ipv6::is_unspecified(&info.src) || ipv6::is_multicast(&info.src) {
+            return Verdict::Drop(DropReason::TooBig);
+        }
+        return too_big(frame, table, table.mtu, reply);
     }
     if ipv6::is_multicast(&info.dst) {
         return Verdict::Drop(DropReason::Multicast);

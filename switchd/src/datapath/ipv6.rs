@@ -7,7 +7,6 @@
 use super::DropReason;
 
 pub const IPV6_HDR_LEN: usize = 40;
-pub const NEXT_HEADER_TCP: u8 = 6;
 pub const NEXT_HEADER_UDP: u8 = 17;
 pub const NEXT_HEADER_ICMPV6: u8 = 58;
 const HOP_BY_HOP: u8 = 0;
@@ -24,7 +23,8 @@ pub struct Ipv6Info {
     pub src: [u8; 16],
     pub dst: [u8; 16],
     pub hop_limit: u8,
-    /// The protocol after the extension headers.
+    /// The protocol after the extension headers (of a later fragment: its Fragment
+    /// header's Next Header, since the headers after it travel in the first fragment).
     pub upper: u8,
     /// Where the upper-layer header starts (from the IPv6 header's first byte); `None` for
     /// a fragment other than the first, which carries none.
@@ -47,9 +47,18 @@ pub fn parse(ip: &[u8]) -> Result<Ipv6Info, DropReason> {
     let len = (IPV6_HDR_LEN + payload_len).min(ip.len());
     let mut next = ip[6];
     let mut at = IPV6_HDR_LEN;
-    let mut upper_at = Some(at);
     let mut fragment = None;
-    for _ in 0..MAX_EXTENSION_HEADERS {
+    let info = |upper: u8, upper_at: Option<usize>, fragment| Ipv6Info {
+        src: ip[8..24].try_into().unwrap(),
+        dst: ip[24..40].try_into().unwrap(),
+        hop_limit: ip[7],
+        upper,
+        upper_at,
+        len,
+        fragment,
+    };
+    // At most MAX_EXTENSION_HEADERS headers, then the upper layer.
+    for _ in 0..=MAX_EXTENSION_HEADERS {
         let ext_len = match next {
             HOP_BY_HOP | ROUTING | DEST_OPTIONS => {
                 let h = ip.get(at..at + 2).ok_or(DropReason::Malformed)?;
@@ -61,25 +70,20 @@ pub fn parse(ip: &[u8]) -> Result<Ipv6Info, DropReason> {
             }
             FRAGMENT => {
                 let h = ip.get(at..at + 8).ok_or(DropReason::Malformed)?;
-                let offset_flags = u16::from_be_bytes([h[2], h[3]]);
-                if offset_flags & 0xfff8 != 0 {
-                    upper_at = None;
+                if at + 8 > len {
+                    return Err(DropReason::Malformed);
                 }
+                let offset_flags = u16::from_be_bytes([h[2], h[3]]);
                 let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
                 fragment = Some((id, offset_flags & 1 != 0));
+                if offset_flags & 0xfff8 != 0 {
+                    // A later fragment: what follows is the middle of the payload, not
+                    // headers. Its protocol is the Fragment header's Next Header.
+                    return Ok(info(h[0], None, fragment));
+                }
                 8
             }
-            _ => {
-                return Ok(Ipv6Info {
-                    src: ip[8..24].try_into().unwrap(),
-                    dst: ip[24..40].try_into().unwrap(),
-                    hop_limit: ip[7],
-                    upper: next,
-                    upper_at: upper_at.map(|_| at),
-                    len,
-                    fragment,
-                });
-            }
+            _ => return Ok(info(next, Some(at), fragment)),
         };
         if at + ext_len > len {
             return Err(DropReason::Malformed);
@@ -143,9 +147,10 @@ mod tests {
             Some((7, true)),
             "a first fragment, more to follow"
         );
-        // A later fragment has no upper-layer header.
+        // A later fragment has no upper-layer header; what follows it is payload, even
+        // when it looks like an extension header.
         let mut later = vec![NEXT_HEADER_UDP, 0, 0x05, 0x01, 0, 0, 0, 7];
-        later.extend_from_slice(&[0; 8]);
+        later.extend_from_slice(&[DEST_OPTIONS, 0xff, 0, 0, 0, 0, 0, 0]);
         let i = parse(&header(FRAGMENT, &later)).unwrap();
         assert_eq!(
             (i.upper, i.upper_at, i.fragment),
@@ -162,14 +167,18 @@ mod tests {
         // A Hop-by-Hop header claiming 16 bytes with 8 present.
         let hbh = vec![NEXT_HEADER_ICMPV6, 1, 0, 0, 0, 0, 0, 0];
         assert_eq!(parse(&header(HOP_BY_HOP, &hbh)), Err(DropReason::Malformed));
-        // Nine destination-options headers in a row.
-        let chain: Vec<u8> = (0..9)
+        // Nine extension headers in a row are refused; eight are walked.
+        let mut chain: Vec<u8> = (0..8)
             .flat_map(|_| [DEST_OPTIONS, 0, 0, 0, 0, 0, 0, 0])
             .collect();
+        chain.extend_from_slice(&[NEXT_HEADER_UDP, 0, 0, 0, 0, 0, 0, 0]);
+        chain.extend_from_slice(&[0; 8]);
         assert_eq!(
             parse(&header(DEST_OPTIONS, &chain)),
             Err(DropReason::Malformed)
         );
+        let eight = parse(&header(DEST_OPTIONS, &chain[8..])).unwrap();
+        assert_eq!((eight.upper, eight.upper_at), (17, Some(40 + 64)));
         // A payload length beyond the frame is cut to the frame.
         let mut short = header(NEXT_HEADER_UDP, &[0; 8]);
         short[4] = 0xff;

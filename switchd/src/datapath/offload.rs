@@ -116,20 +116,6 @@ fn l3(frame: &[u8], protocol: u8) -> Result<L3, DropReason> {
     }
 }
 
-/// The pseudo-header sum of a segment's transport checksum (`ip` = its IP header).
-#[inline]
-fn pseudo_header(ip: &[u8], l: L3, protocol: u8, len: usize) -> u64 {
-    if l.v6 {
-        let src: &[u8; 16] = ip[8..24].try_into().unwrap();
-        let dst: &[u8; 16] = ip[24..40].try_into().unwrap();
-        checksum::pseudo_header_v6(src, dst, protocol, len)
-    } else {
-        let src = [ip[12], ip[13], ip[14], ip[15]];
-        let dst = [ip[16], ip[17], ip[18], ip[19]];
-        checksum::pseudo_header_v4(src, dst, protocol, len)
-    }
-}
-
 /// Layout of a TCP frame's headers, either family.
 struct TcpLayout {
     l3: L3,
@@ -243,7 +229,7 @@ pub fn segment_udp(
         f[udp0 + 4..udp0 + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
         f[udp0 + 6] = 0;
         f[udp0 + 7] = 0;
-        let pseudo = pseudo_header(&f[ETH_HDR_LEN..], l, 17, udp_len);
+        let pseudo = checksum::pseudo_header_of(&f[ETH_HDR_LEN..], 17, udp_len);
         let c = checksum::finish(checksum::sum(&f[udp0..], pseudo));
         // A computed 0 is sent as all ones; 0 means "no checksum" in UDP.
         let c = if c == 0 { 0xffff } else { c };
@@ -298,7 +284,7 @@ pub fn segment_tcp(
         f[tcp0 + 16] = 0;
         f[tcp0 + 17] = 0;
         let tcp_seg_len = l.tcp_len + chunk.len();
-        let pseudo = pseudo_header(&f[ETH_HDR_LEN..], l.l3, 6, tcp_seg_len);
+        let pseudo = checksum::pseudo_header_of(&f[ETH_HDR_LEN..], 6, tcp_seg_len);
         let c = checksum::finish(checksum::sum(&f[tcp0..], pseudo));
         f[tcp0 + 16..tcp0 + 18].copy_from_slice(&c.to_be_bytes());
     }

@@ -34,6 +34,18 @@ fn add(node: &Node, pod: &Netns) -> Ipv6Addr {
         .unwrap_or_else(|| panic!("no IPv6 address in {}", r.json))
 }
 
+/// A new pod (namespace tagged `tag`) on every node, in node order, with its IPv6 address.
+fn pod_on_each(nodes: &[Node], tag: &str) -> Vec<(Netns, Ipv6Addr)> {
+    nodes
+        .iter()
+        .map(|n| {
+            let ns = Netns::new(tag);
+            let a = add(n, &ns);
+            (ns, a)
+        })
+        .collect()
+}
+
 fn text(out: std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -258,15 +270,7 @@ fn dual_stack_nodes(extra: &[&str]) -> Nodes {
 #[test]
 fn three_dual_stack_nodes_reach_every_pod_and_node_over_ipv6_through_the_tunnel() {
     let c = dual_stack_nodes(&["", "", ""]);
-    let pods: Vec<(Netns, Ipv6Addr)> = c
-        .nodes
-        .iter()
-        .map(|n| {
-            let ns = Netns::new("p");
-            let a = add(n, &ns);
-            (ns, a)
-        })
-        .collect();
+    let pods = pod_on_each(&c.nodes, "p");
     for (i, (_, a)) in pods.iter().enumerate() {
         let want: Ipv6Addr = format!("fd10:244:0:{}::2", i + 1).parse().unwrap();
         assert_eq!(*a, want, "node {}'s first pod", i + 1);
@@ -430,15 +434,7 @@ fn ipv6_services(mode: kube_proxy::Mode) {
     let (ep1, ep2) = (Netns::new("ep"), Netns::new("ep"));
     let ep1_6 = add(&c.nodes[0], &ep1);
     let ep2_6 = add(&c.nodes[1], &ep2);
-    let clients: Vec<(Netns, Ipv6Addr)> = c
-        .nodes
-        .iter()
-        .map(|n| {
-            let ns = Netns::new("c");
-            let a = add(n, &ns);
-            (ns, a)
-        })
-        .collect();
+    let clients = pod_on_each(&c.nodes, "c");
     let solo: Ipv6Addr = "fd00:96::23".parse().unwrap();
     let pair: Ipv6Addr = "fd00:96::30".parse().unwrap();
     let services = vec![
@@ -529,14 +525,7 @@ fn a_kernel_vxlan_node_is_an_ipv6_peer() {
     for remote in &infos[..2] {
         kernel.add_remote(remote);
     }
-    let pods: Vec<(Netns, Ipv6Addr)> = nodes
-        .iter()
-        .map(|n| {
-            let ns = Netns::new("p");
-            let a = add(n, &ns);
-            (ns, a)
-        })
-        .collect();
+    let pods = pod_on_each(&nodes, "p");
     for (from, name, to) in [
         (&pods[0].0, "pod1 -> kernel pod", kernel_pod6),
         (&pods[1].0, "pod2 -> kernel pod", kernel_pod6),

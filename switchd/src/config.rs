@@ -90,8 +90,12 @@ pub struct FileConfig {
     pub peers_file: Option<PathBuf>,
     pub peers: Option<Vec<PeerEntry>>,
     pub metrics_addr: Option<String>,
-    /// "static" (default: `pod_cidr` and `[[peers]]` written by hand) or "etcd".
+    /// "static" (default: `pod_cidr` and `[[peers]]` written by hand), "etcd", or
+    /// "kubernetes" (pod CIDRs and peers from Node objects, watched).
     pub membership: Option<String>,
+    /// With membership = "kubernetes": a kubeconfig file; default: the pod's service
+    /// account (in a DaemonSet), else `$KUBECONFIG` or `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
     pub etcd_endpoints: Option<Vec<String>>,
     pub etcd_prefix: Option<String>,
     pub etcd_ca: Option<PathBuf>,
@@ -338,6 +342,16 @@ pub struct Config {
 pub enum Membership {
     Static,
     Etcd(EtcdConfig),
+    /// Pod CIDRs from this node's Node object, peers from every other Node.
+    Kubernetes(KubeConfig),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubeConfig {
+    /// A kubeconfig file; `None`: infer (service account, `$KUBECONFIG`, `~/.kube/config`).
+    pub kubeconfig: Option<PathBuf>,
+    /// `pod_cidr` given in the file: the Node's must be exactly this.
+    pub fixed_subnet: Option<Ipv4Net>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -565,7 +579,12 @@ impl Config {
                 Ipv4Net::new(cluster_cidr.network(), e.subnet_len).expect("checked length"),
                 true,
             ),
-            (None, Membership::Static) => bail!("pod_cidr: required, e.g. pod_cidr = \"10.244.1.0/24\" (this node's share of cluster_cidr), or membership = \"etcd\" to lease one"),
+            (None, Membership::Kubernetes(_)) => (
+                Ipv4Net::new(cluster_cidr.network(), cluster_cidr.prefix_len().max(24))
+                    .expect("checked length"),
+                true,
+            ),
+            (None, Membership::Static) => bail!("pod_cidr: required, e.g. pod_cidr = \"10.244.1.0/24\" (this node's share of cluster_cidr), or membership = \"etcd\" or \"kubernetes\" to have one assigned"),
         };
         if pod_cidr.prefix_len() > 30 {
             bail!("pod_cidr: {pod_cidr} leaves no address for pods; use a /30 or larger (a /24 is usual)");
@@ -573,7 +592,7 @@ impl Config {
         if !cluster_cidr.contains(&pod_cidr) {
             bail!("pod_cidr: {pod_cidr} is not inside cluster_cidr {cluster_cidr}");
         }
-        let ipv6 = parse_ipv6(&file, &o, matches!(membership, Membership::Etcd(_)))?;
+        let ipv6 = parse_ipv6(&file, &o, !matches!(membership, Membership::Static))?;
         let mtu = o.mtu.or(file.mtu);
         if let Some(m) = mtu {
             if !(576..=65_535).contains(&m) {
@@ -695,8 +714,8 @@ impl Config {
                 );
             }
         }
-        if matches!(cfg.membership, Membership::Etcd(_)) && cfg.underlay_addr.is_none() {
-            bail!("underlay_addr: required with membership = \"etcd\" (peers reach this node's pods through it)");
+        if !matches!(cfg.membership, Membership::Static) && cfg.underlay_addr.is_none() {
+            bail!("underlay_addr: required with membership = \"etcd\" or \"kubernetes\" (peers reach this node's pods through it; in a DaemonSet, the Node's InternalIP from status.hostIP)");
         }
         cfg.peers = cfg.parse_peers(&file.peers.unwrap_or_default())?;
         cfg.check_peers()?;
@@ -722,10 +741,34 @@ impl Config {
         self.check_peers()
     }
 
+    /// Set the IPv6 prefix a Node object gives this node (membership = "kubernetes"); the
+    /// node stays IPv4-only when it has no `cluster_cidr_v6`.
+    pub fn assign_pod_cidr_v6(&mut self, prefix: Ipv6Net) -> Result<()> {
+        let Some(v6) = self.ipv6.as_mut() else {
+            return Ok(());
+        };
+        if !v6.cluster_cidr.contains(&prefix) {
+            bail!(
+                "the Node's IPv6 pod CIDR {prefix} is not inside cluster_cidr_v6 {}",
+                v6.cluster_cidr
+            );
+        }
+        v6.pod_cidr = prefix;
+        v6.derived = false;
+        self.check_peers()
+    }
+
     pub fn etcd(&self) -> Option<&EtcdConfig> {
         match &self.membership {
             Membership::Etcd(e) => Some(e),
-            Membership::Static => None,
+            _ => None,
+        }
+    }
+
+    pub fn kubernetes(&self) -> Option<&KubeConfig> {
+        match &self.membership {
+            Membership::Kubernetes(k) => Some(k),
+            _ => None,
         }
     }
 
@@ -734,9 +777,10 @@ impl Config {
     }
 }
 
-/// `pod_cidr_v6` and `cluster_cidr_v6`: both, or neither, or in etcd mode the cluster's
-/// alone (the node's is then derived from its leased IPv4 subnet).
-fn parse_ipv6(file: &FileConfig, o: &Overrides, etcd: bool) -> Result<Option<Ipv6Config>> {
+/// `pod_cidr_v6` and `cluster_cidr_v6`: both, or neither, or with etcd or Kubernetes
+/// membership the cluster's alone (the node's then follows its leased IPv4 subnet, or is
+/// the IPv6 entry of its Node's `spec.podCIDRs`).
+fn parse_ipv6(file: &FileConfig, o: &Overrides, assigned: bool) -> Result<Option<Ipv6Config>> {
     let pod = pick(&o.pod_cidr_v6, &file.pod_cidr_v6);
     let cluster = pick(&o.cluster_cidr_v6, &file.cluster_cidr_v6);
     let (pod, cluster) = match (pod, cluster) {
@@ -745,7 +789,7 @@ fn parse_ipv6(file: &FileConfig, o: &Overrides, etcd: bool) -> Result<Option<Ipv
             parse_cidr_v6("pod_cidr_v6", &p)?,
             parse_cidr_v6("cluster_cidr_v6", &c)?,
         ),
-        (None, Some(c)) if etcd => {
+        (None, Some(c)) if assigned => {
             let cluster = parse_cidr_v6("cluster_cidr_v6", &c)?;
             if cluster.prefix_len() > 64 {
                 bail!("cluster_cidr_v6: {cluster} is smaller than a /64; nodes get a /64 each");
@@ -840,6 +884,10 @@ fn parse_membership(
         || pick(&o.etcd_key, &file.etcd_key).is_some()
         || pick(&o.etcd_lease_ttl, &file.etcd_lease_ttl).is_some()
         || pick(&o.node_subnet_len, &file.node_subnet_len).is_some();
+    let kubeconfig = file.kubeconfig.clone();
+    if mode != "kubernetes" && kubeconfig.is_some() {
+        bail!("kubeconfig: set but membership is {mode:?}; add membership = \"kubernetes\" to use it");
+    }
     match mode.as_str() {
         "static" => {
             if etcd_keys_set {
@@ -847,8 +895,20 @@ fn parse_membership(
             }
             return Ok(Membership::Static);
         }
+        "kubernetes" => {
+            if etcd_keys_set {
+                bail!("membership: etcd_* and node_subnet_len keys are set but membership is \"kubernetes\" (pod CIDRs come from Node objects); remove them");
+            }
+            if let Some(k) = kubeconfig.as_ref().filter(|k| !k.is_absolute()) {
+                bail!("kubeconfig: {} must be an absolute path", k.display());
+            }
+            return Ok(Membership::Kubernetes(KubeConfig {
+                kubeconfig,
+                fixed_subnet: pod_cidr,
+            }));
+        }
         "etcd" => {}
-        other => bail!("membership: {other:?} is not \"static\" or \"etcd\""),
+        other => bail!("membership: {other:?} is not \"static\", \"etcd\" or \"kubernetes\""),
     }
     let endpoints = endpoints.unwrap_or_default();
     if endpoints.is_empty() {

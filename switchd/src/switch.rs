@@ -816,7 +816,7 @@ impl Switch {
             if source == PeerSource::Static {
                 others.retain(|o| match fresh.iter().find(|p| clash(&o.peer, p)) {
                     Some(p) => {
-                        tracing::warn!(peer = %o.peer.name, conflicts_with = %p.name, "etcd peer dropped: it collides with a static peer");
+                        tracing::warn!(peer = %o.peer.name, source = o.source.as_str(), conflicts_with = %p.name, "peer dropped: it collides with a static peer");
                         false
                     }
                     None => true,
@@ -825,9 +825,9 @@ impl Switch {
             let mut next: Vec<Arc<PeerState>> = others;
             let fixed = next.len();
             for p in fresh {
-                if source == PeerSource::Etcd {
+                if source != PeerSource::Static {
                     if let Some(o) = next[..fixed].iter().find(|o| clash(&o.peer, p)) {
-                        tracing::warn!(peer = %p.name, pod_cidr = %p.pod_cidr, conflicts_with = %o.peer.name, "etcd peer left out: it collides with a static peer");
+                        tracing::warn!(peer = %p.name, source = source.as_str(), pod_cidr = %p.pod_cidr, conflicts_with = %o.peer.name, "peer left out: it collides with a static peer");
                         continue;
                     }
                 }

@@ -53,6 +53,8 @@ pub enum PeerSource {
     Static,
     /// A node record in etcd.
     Etcd,
+    /// A Node object in the Kubernetes API.
+    Kubernetes,
 }
 
 impl PeerSource {
@@ -60,6 +62,7 @@ impl PeerSource {
         match self {
             PeerSource::Static => "static",
             PeerSource::Etcd => "etcd",
+            PeerSource::Kubernetes => "kubernetes",
         }
     }
 }

@@ -52,7 +52,7 @@ struct Args {
     /// Address for /metrics, /healthz and /readyz (default 127.0.0.1:9476; "off" disables).
     #[arg(long)]
     metrics_addr: Option<String>,
-    /// Where the subnet and peers come from: "static" (the config) or "etcd".
+    /// Where the subnet and peers come from: "static" (the config), "etcd" or "kubernetes".
     #[arg(long)]
     membership: Option<String>,
     /// etcd endpoints, comma-separated (e.g. https://10.0.0.5:2379,https://10.0.0.6:2379).
@@ -178,13 +178,18 @@ fn main() -> ExitCode {
         };
     }
     if args.check {
-        let pod_cidr = if cfg.pod_cidr_pending {
-            "(leased from etcd)".to_string()
-        } else {
-            cfg.pod_cidr.to_string()
+        let kube = cfg.kubernetes().is_some();
+        let pod_cidr = match (cfg.pod_cidr_pending, kube) {
+            (false, _) => cfg.pod_cidr.to_string(),
+            (true, true) => "(from this node's Node object)".to_string(),
+            (true, false) => "(leased from etcd)".to_string(),
         };
         let ipv6 = match cfg.ipv6 {
             None => "ipv6 off".to_string(),
+            Some(v6) if v6.derived && kube => format!(
+                "pod_cidr_v6 (the Node's IPv6 pod CIDR, inside cluster_cidr_v6 {})",
+                v6.cluster_cidr
+            ),
             Some(v6) if v6.derived => format!(
                 "pod_cidr_v6 (a /64 of cluster_cidr_v6 {}, by the leased subnet)",
                 v6.cluster_cidr
@@ -262,10 +267,22 @@ async fn run(
         }
         None => None,
     };
+    // Kubernetes mode: this node's pod CIDRs from its Node object.
+    let kube_joined = match cfg.kubernetes() {
+        Some(_) => {
+            let joined = switchd::membership::kube::join(&cfg).await?;
+            switchd::membership::kube::assign(&mut cfg, &joined)?;
+            Some(joined)
+        }
+        None => None,
+    };
     let sw = Switch::start(cfg, inherited).await?;
     let _ = slot.set(sw.clone());
     if let Some(joined) = joined {
         tokio::spawn(switchd::membership::etcd::run(sw.clone(), joined));
+    }
+    if let Some(joined) = kube_joined {
+        tokio::spawn(switchd::membership::kube::run(sw.clone(), joined));
     }
     if adopted > 0 {
         tracing::info!(

@@ -18,6 +18,7 @@
 //! when no unreserved one is left.
 
 pub mod etcd;
+pub mod kube;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;

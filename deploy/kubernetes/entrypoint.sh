@@ -3,7 +3,9 @@
 # conflist only once switchd answers (runtimes use the first conflist they find, so an
 # early one would send pods to a daemon that is not there yet).
 #
-# MEMBERSHIP=kubernetes (default, switchd.yaml): pod CIDR and peers from Node objects.
+# MEMBERSHIP=kubernetes (default, switchd.yaml): switchd reads its pod CIDRs from its own
+#   Node and watches every other Node for its peers (the pod's service account; needs
+#   HOST_IP from status.hostIP for the tunnel).
 # MEMBERSHIP=etcd (switchd-etcd.yaml): switchd leases its subnet and finds its peers in
 #   etcd; needs ETCD_ENDPOINTS and HOST_IP, and reads TLS files from ETCD_TLS_DIR
 #   (ca.crt, tls.crt, tls.key) when they are there. No Kubernetes API access needed.
@@ -13,6 +15,9 @@
 # CLUSTER_CIDR_V6 (e.g. fd10:244::/48) makes nodes dual-stack (docs/dual-stack.md): in etcd
 #   mode each node's /64 follows its leased IPv4 subnet; in kubernetes mode it is the IPv6
 #   entry of the Node's spec.podCIDRs (kube-controller-manager --cluster-cidr=v4,v6).
+# The conflist chains the reference portmap plugin (hostPort) when the node has it in
+# /opt/cni/bin, as kubeadm- and kind-built nodes do, and declares CNI spec CNI_VERSION
+# (default 1.0.0: containerd 1.x cannot read 1.1.0 results).
 #
 #   entrypoint.sh render-config   print the config this pod would use, then exit (tests)
 set -eu
@@ -55,23 +60,15 @@ TOML
 }
 
 kubernetes_config() {
-    node=$(api_get "/api/v1/nodes/${NODE_NAME}")
-    pod_cidr=$(printf '%s' "$node" | jq -r '[(.spec.podCIDRs // [.spec.podCIDR // empty])[] | select(contains(":") | not)][0] // empty')
-    underlay=$(printf '%s' "$node" | jq -r '[.status.addresses[] | select(.type == "InternalIP") | .address][0] // empty')
-    [ -n "$pod_cidr" ] || { echo "node ${NODE_NAME} has no spec.podCIDR: run kube-controller-manager with --allocate-node-cidrs" >&2; exit 1; }
-    [ -n "$underlay" ] || { echo "node ${NODE_NAME} has no InternalIP address" >&2; exit 1; }
+    : "${HOST_IP:?set HOST_IP from status.hostIP}"
     cat <<TOML
 node_name = "${NODE_NAME}"
-pod_cidr = "${pod_cidr}"
 cluster_cidr = "${CLUSTER_CIDR:-10.244.0.0/16}"
-underlay_addr = "${underlay}"
-peers_file = "/etc/switchd/peers.toml"
+underlay_addr = "${HOST_IP}"
+membership = "kubernetes"
 TOML
-    pod_cidr_v6=$(printf '%s' "$node" | node_pod_cidr_v6)
-    if [ -n "$pod_cidr_v6" ] && [ -n "${CLUSTER_CIDR_V6:-}" ]; then
-        printf 'pod_cidr_v6 = "%s"\ncluster_cidr_v6 = "%s"\n' "$pod_cidr_v6" "$CLUSTER_CIDR_V6"
-    elif [ -n "$pod_cidr_v6" ]; then
-        echo "node ${NODE_NAME} has the IPv6 pod CIDR ${pod_cidr_v6}; set CLUSTER_CIDR_V6 to use it (staying IPv4-only)" >&2
+    if [ -n "${CLUSTER_CIDR_V6:-}" ]; then
+        echo "cluster_cidr_v6 = \"${CLUSTER_CIDR_V6}\""
     fi
 }
 
@@ -86,9 +83,6 @@ if [ "${1:-}" = render-config ]; then
 fi
 mkdir -p "$(dirname "$CONFIG")"
 printf '%s\n' "$config" > "$CONFIG"
-if [ "${MEMBERSHIP:-kubernetes}" = kubernetes ]; then
-    api_get /api/v1/nodes | render_peers "$NODE_NAME" > /etc/switchd/peers.toml
-fi
 
 /usr/local/bin/switchd --config "$CONFIG" &
 pid=$!
@@ -97,8 +91,16 @@ until switchctl status >/dev/null 2>&1; do
     kill -0 $pid 2>/dev/null || { wait $pid; exit 1; }
     sleep 0.2
 done
-install -m 0755 /usr/local/bin/switchd-cni /host/opt/cni/bin/switchd-cni.tmp
+# cp + chmod + mv (busybox has no install): the runtime never sees a half-written file.
+cp /usr/local/bin/switchd-cni /host/opt/cni/bin/switchd-cni.tmp
+chmod 0755 /host/opt/cni/bin/switchd-cni.tmp
 mv -f /host/opt/cni/bin/switchd-cni.tmp /host/opt/cni/bin/switchd-cni
-install -m 0644 /usr/local/share/switchd/10-switchd.conflist /host/etc/cni/net.d/.10-switchd.conflist.tmp
+conflist=$(conflist_version "${CNI_VERSION:-1.0.0}" < /usr/local/share/switchd/10-switchd.conflist)
+if [ -x /host/opt/cni/bin/portmap ]; then
+    conflist=$(printf '%s\n' "$conflist" | conflist_with_portmap)
+else
+    echo "no portmap plugin in the node's /opt/cni/bin: hostPort stays unsupported" >&2
+fi
+printf '%s\n' "$conflist" > /host/etc/cni/net.d/.10-switchd.conflist.tmp
 mv -f /host/etc/cni/net.d/.10-switchd.conflist.tmp /host/etc/cni/net.d/10-switchd.conflist
 wait $pid

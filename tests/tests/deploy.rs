@@ -1,9 +1,9 @@
 //! The deployment files: the systemd unit is covered in operate.rs; here the Kubernetes
 //! manifests parse and refer to files that exist, the scripts are valid shell, and the
-//! peers file the sidecar renders from Node objects is one switchd accepts.
+//! configs the DaemonSet entrypoint renders are ones switchd accepts.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use switchd_e2e::{bin_dir, run, unique};
 
@@ -129,7 +129,7 @@ fn check_daemonset(ds: &serde_json::Value) {
             "{cmd} is not copied into the image"
         );
     }
-    for script in ["lib.sh", "entrypoint.sh", "peers-sync.sh"] {
+    for script in ["lib.sh", "entrypoint.sh"] {
         let out = run(Command::new("sh")
             .arg("-n")
             .arg(repo().join("deploy/kubernetes").join(script)));
@@ -142,61 +142,68 @@ fn check_daemonset(ds: &serde_json::Value) {
 }
 
 #[test]
-fn the_sidecar_renders_peers_from_node_objects_that_switchd_accepts() {
-    let nodes = r#"{"items": [
-        {"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"}, "status": {"addresses": [{"type": "Hostname", "address": "n1"}, {"type": "InternalIP", "address": "192.168.50.1"}]}},
-        {"metadata": {"name": "n2"}, "spec": {"podCIDR": "10.244.2.0/24"}, "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.2"}]}},
-        {"metadata": {"name": "n4"}, "spec": {"podCIDR": "10.244.4.0/24", "podCIDRs": ["10.244.4.0/24", "fd10:244:0:4::/64"]}, "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.4"}]}},
-        {"metadata": {"name": "n3"}, "spec": {}, "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.3"}]}}
-    ]}"#;
-    let mut child = Command::new("sh")
-        .arg(repo().join("deploy/kubernetes/peers-sync.sh"))
-        .args(["render", "n1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run peers-sync.sh (needs jq)");
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), nodes.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let peers = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        peers.contains("name = \"n2\"") && peers.contains("addr = \"192.168.50.2\""),
-        "{peers}"
-    );
-    assert!(
-        peers.contains("mac = \"0a:58:0a:f4:02:01\""),
-        "router MAC derived like switchd's default: {peers}"
-    );
-    assert!(
-        peers.contains("pod_cidr = \"10.244.4.0/24\"\npod_cidr_v6 = \"fd10:244:0:4::/64\""),
-        "a dual-stack node's IPv6 pod CIDR: {peers}"
-    );
-    assert!(!peers.contains("\"n1\""), "a node is not its own peer");
-    assert!(
-        !peers.contains("\"n3\""),
-        "a node without a pod CIDR is skipped"
-    );
+fn the_node_mode_entrypoint_renders_a_config_that_switchd_accepts() {
+    let render = |v6: Option<&str>| {
+        let mut cmd = Command::new("sh");
+        cmd.arg(repo().join("deploy/kubernetes/entrypoint.sh"))
+            .arg("render-config")
+            .env("NODE_NAME", "worker-3")
+            .env("HOST_IP", "192.168.50.3")
+            .env_remove("MEMBERSHIP")
+            .env_remove("CLUSTER_CIDR_V6");
+        if let Some(v6) = v6 {
+            cmd.env("CLUSTER_CIDR_V6", v6);
+        }
+        run(&mut cmd)
+    };
+    for v6 in [None, Some("fd10:244::/48")] {
+        let out = render(v6);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let config = String::from_utf8(out.stdout).unwrap();
+        assert!(config.contains("membership = \"kubernetes\""), "{config}");
+        assert!(!config.contains("pod_cidr ="), "the pod CIDR comes from the Node: {config}");
+        let dir = std::env::temp_dir().join(unique("k8s"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = switchd_check(&dir, &config);
+        assert!(
+            out.status.success(),
+            "switchd refused the rendered config: {}{config}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary = String::from_utf8_lossy(&out.stdout);
+        assert!(summary.contains("pod_cidr (from this node's Node object)"), "{summary}");
+        assert_eq!(summary.contains("the Node's IPv6 pod CIDR"), v6.is_some(), "{summary}");
+    }
+    // Without the node's address there is no tunnel: the pod says which variable.
+    let mut cmd = Command::new("sh");
+    cmd.arg(repo().join("deploy/kubernetes/entrypoint.sh"))
+        .arg("render-config")
+        .env("NODE_NAME", "worker-3")
+        .env_remove("HOST_IP")
+        .env_remove("MEMBERSHIP");
+    let out = run(&mut cmd);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HOST_IP"));
+}
 
-    let dir = std::env::temp_dir().join(unique("k8s"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("peers.toml"), &peers).unwrap();
-    let config = format!(
-        "node_name = \"n1\"\npod_cidr = \"10.244.1.0/24\"\npod_cidr_v6 = \"fd10:244:0:1::/64\"\ncluster_cidr_v6 = \"fd10:244::/48\"\nunderlay_addr = \"192.168.50.1\"\npeers_file = \"{}\"\n",
-        dir.join("peers.toml").display()
-    );
-    let out = switchd_check(&dir, &config);
-    assert!(
-        out.status.success(),
-        "switchd refused the rendered peers: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(summary.contains("n2=10.244.2.0/24,"), "{summary}");
-    assert!(
-        summary.contains("n4=10.244.4.0/24+fd10:244:0:4::/64"),
-        "{summary}"
-    );
+#[test]
+fn the_conflist_chains_portmap_when_the_node_has_it() {
+    let out = run(Command::new("sh").arg("-c").arg(format!(
+        ". {}; conflist_with_portmap < {}",
+        repo().join("deploy/kubernetes/lib.sh").display(),
+        repo().join("deploy/10-switchd.conflist").display()
+    )));
+    assert!(out.status.success());
+    let conf: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    let types: Vec<&str> = conf["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["switchd-cni", "portmap"]);
+    assert_eq!(conf["plugins"][1]["capabilities"]["portMappings"], true);
 }
 
 /// The DaemonSet entrypoint printing its etcd-mode config for node worker-7.

@@ -162,5 +162,13 @@ fn main() {
     // config: the shapes the docs show.
     write(dir, "config", "static", b"node_name = \"n1\"\npod_cidr = \"10.244.1.0/24\"\nunderlay_addr = \"192.168.7.1\"\n[[peers]]\nname = \"n2\"\naddr = \"192.168.7.2\"\npod_cidr = \"10.244.2.0/24\"\nmac = \"0a:58:0a:f4:02:01\"\n");
     write(dir, "config", "etcd", b"cluster_cidr = \"10.244.0.0/16\"\nmembership = \"etcd\"\netcd_endpoints = [\"http://127.0.0.1:2379\"]\nunderlay_addr = \"192.168.7.1\"\nnode_subnet_len = 24\nprobe_interval_ms = 100\n");
+
+    // membership: an etcd node record (selector 0), and a Node list as the API returns it.
+    let mut record = vec![0u8];
+    record.extend_from_slice(br#"{"name":"n2","underlay_addr":"192.168.7.2","tunnel_port":8472,"vni":1,"router_mac":"0a:58:0a:f4:02:01","pod_cidr":"10.244.2.0/24","pod_cidr_v6":"fd10:244:0:2::/64","version":"0.1.0","since_unix":1}"#);
+    write(dir, "membership", "etcd-record", &record);
+    let mut nodes = vec![1u8];
+    nodes.extend_from_slice(br#"[{"metadata":{"name":"n1"},"spec":{"podCIDRs":["10.244.1.0/24"]},"status":{"addresses":[{"type":"InternalIP","address":"192.168.7.1"}]}},{"metadata":{"name":"n2","annotations":{"switchd.dev/tunnel-port":"4789","switchd.dev/router-mac":"02:00:00:00:00:02"}},"spec":{"podCIDRs":["10.244.2.0/24","fd10:244:0:2::/64"]},"status":{"addresses":[{"type":"Hostname","address":"n2"},{"type":"InternalIP","address":"192.168.7.2"}]}},{"metadata":{"name":"n3","annotations":{"switchd.dev/wireguard-public-key":"x","switchd.dev/wireguard-port":"51820"}},"spec":{"podCIDR":"10.244.2.128/25"},"status":{"addresses":[{"type":"InternalIP","address":"192.168.7.3"}]}}]"#);
+    write(dir, "membership", "node-list", &nodes);
     println!("seeds written under {}", dir.display());
 }

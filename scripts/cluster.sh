@@ -34,6 +34,10 @@ set -euo pipefail
 shopt -s nullglob
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# Go's and Rust's usual homes, for a root shell whose PATH lacks them.
+for d in /usr/local/go/bin "$HOME/.cargo/bin"; do
+    [[ -d $d && :$PATH: != *":$d:"* ]] && PATH=$PATH:$d
+done
 STATE=${SWK_STATE:-/var/lib/switchd-cluster}
 NODES=${SWK_NODES:-3}
 PROXY_MODE=${SWK_PROXY_MODE:-iptables}
@@ -60,6 +64,8 @@ say() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
 node_name() { echo "swk-n$1"; }
 node_ip() { echo "$NET.$((10 + $1))"; }
+NET6=fd00:172:30:: # the underlay's IPv6 prefix (/64) on a dual-stack cluster
+node_ip6() { echo "$NET6$((10 + $1))"; }
 
 # --- prerequisites --------------------------------------------------------------------
 
@@ -121,7 +127,7 @@ start() { # start NAME in_cp|in_node [N] COMMAND...
     esac
     # Into the cgroup before exec, so nothing it forks escapes it.
     setsid sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' \
-        "/sys/fs/cgroup/pids/$CGROUP_ROOT.daemons" "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+        "/sys/fs/cgroup/pids/$CGROUP_ROOT.daemons" "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
     echo $! >"$STATE/pids/$name"
 }
 
@@ -242,36 +248,37 @@ network() {
         # endpoint; there is no default route, so nothing can leave the machine.
         ip -n "$ns" route add "$SERVICE_CIDR" dev eth0
         ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
+        if [[ $DUAL == 1 ]]; then
+            if ((n == 0)); then ip=${NET6}2; else ip=$(node_ip6 "$n"); fi
+            ip -n "$ns" addr add "$ip/64" dev eth0 nodad
+            ip -n "$ns" route add "$SERVICE_CIDR_V6" dev eth0
+            ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.forwarding=1
+        fi
     done
+    [[ $DUAL == 1 ]] && ip addr add "${NET6}1/64" dev "$BR" nodad 2>/dev/null
+    return 0
 }
 
 # The control plane reaches each node's pods through that node, as a cloud route table
 # would (the apiserver proxies to pods and Services; e2e.test runs there too).
 cp_routes() {
     local line name cidr n ip
-    while read -r name cidr; do
-        [[ $name == swk-n* && -n $cidr ]] || continue
+    while read -r name cidrs; do
+        [[ $name == swk-n* && -n $cidrs ]] || continue
         n=${name#swk-n}
-        ip=$(node_ip "$n")
-        ip -n swk-cp route replace "$cidr" via "$ip"
-        ip route replace "$cidr" via "$ip" dev "$BR"
-    done < <(kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.podCIDR}{"\n"}{end}')
+        for cidr in $cidrs; do
+            if [[ $cidr == *:* ]]; then ip=$(node_ip6 "$n"); else ip=$(node_ip "$n"); fi
+            ip -n swk-cp route replace "$cidr" via "$ip"
+            ip route replace "$cidr" via "$ip" dev "$BR"
+        done
+    done < <(kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.podCIDRs[*]}{"\n"}{end}')
 }
 
 # --- control plane ------------------------------------------------------------------
 
-control_plane() {
-    local svc=$SERVICE_CIDR cluster=$CLUSTER_CIDR mask=""
-    if [[ $DUAL == 1 ]]; then
-        svc="$SERVICE_CIDR,$SERVICE_CIDR_V6" cluster="$CLUSTER_CIDR,$CLUSTER_CIDR_V6"
-        mask="--node-cidr-mask-size-ipv4=24 --node-cidr-mask-size-ipv6=64"
-    fi
-    mkdir -p "$STATE/etcd"
-    start etcd in_cp etcd --name swk --data-dir "$STATE/etcd" \
-        --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
-        --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-        --initial-cluster swk=http://127.0.0.1:2380 --quota-backend-bytes 2147483648
-    wait_for 30 "etcd answering" in_cp curl -fsS http://127.0.0.1:2379/health
+apiserver_up() {
+    local svc=$SERVICE_CIDR
+    [[ $DUAL == 1 ]] && svc="$SERVICE_CIDR,$SERVICE_CIDR_V6"
     local pki=$STATE/pki
     start kube-apiserver in_cp "$BIN/kube-apiserver" \
         --etcd-servers=http://127.0.0.1:2379 \
@@ -287,6 +294,30 @@ control_plane() {
         --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
         --allow-privileged=true --profiling=false
     wait_for 90 "kube-apiserver ready" kubectl get --raw /readyz
+}
+
+# Stop and start the API server alone (tests of what runs on without it).
+apiserver_down() {
+    local pid
+    pid=$(<"$STATE/pids/kube-apiserver")
+    kill -TERM "$pid" 2>/dev/null || true
+    wait_for 30 "kube-apiserver stopped" bash -c "! kill -0 $pid"
+}
+
+control_plane() {
+    local svc=$SERVICE_CIDR cluster=$CLUSTER_CIDR mask=""
+    if [[ $DUAL == 1 ]]; then
+        svc="$SERVICE_CIDR,$SERVICE_CIDR_V6" cluster="$CLUSTER_CIDR,$CLUSTER_CIDR_V6"
+        mask="--node-cidr-mask-size-ipv4=24 --node-cidr-mask-size-ipv6=64"
+    fi
+    mkdir -p "$STATE/etcd"
+    start etcd in_cp etcd --name swk --data-dir "$STATE/etcd" \
+        --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+        --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+        --initial-cluster swk=http://127.0.0.1:2380 --quota-backend-bytes 2147483648
+    wait_for 30 "etcd answering" in_cp curl -fsS http://127.0.0.1:2379/health
+    apiserver_up
+    local pki=$STATE/pki
     start kube-controller-manager in_cp "$BIN/kube-controller-manager" \
         --kubeconfig="$STATE/controller-manager.kubeconfig" \
         --authentication-kubeconfig="$STATE/controller-manager.kubeconfig" \
@@ -429,7 +460,7 @@ node_up() {
         die "importing the switchd image into $name failed"
     start "kubelet-$n" in_node "$n" "$BIN/kubelet" --config="$dir/kubelet.yaml" \
         --kubeconfig="$STATE/kubelet-$n.kubeconfig" --hostname-override="$name" \
-        --node-ip="$(node_ip "$n")" --v=1
+        --node-ip="$(node_ip "$n")$([[ $DUAL == 1 ]] && echo ",$(node_ip6 "$n")")" --v=1
     start "kube-proxy-$n" in_node "$n" "$BIN/kube-proxy" --config="$dir/kube-proxy.yaml" --v=1
 }
 
@@ -568,9 +599,17 @@ e2e() {
         --ginkgo.timeout=2h --ginkgo.flake-attempts=1 --ginkgo.v=false
         --allowed-not-ready-nodes=0 --dump-logs-on-failure=false)
     [[ -n $skip ]] && args+=(--ginkgo.skip="$skip")
-    say "e2e.test focus=$focus${skip:+ skip=$skip}; JUnit report in $report/junit_01.xml"
-    local rc=0
-    (cd "$report" && in_cp "$BIN/e2e.test" "${args[@]}") 2>&1 | tee "$report/e2e.log" | grep -E '^(Ran |FAIL|PASS|\[FAIL\]|  \[FAIL\]|Summarizing|  Ran)|^•|^S|Test Suite' || true
+    local rc=0 procs=${SWK_E2E_PROCS:-1} runner
+    if ((procs > 1)); then
+        # ginkgo's CLI runs the compiled suite in parallel processes; [Serial] specs
+        # still run alone, at the end.
+        runner=("$BIN/ginkgo" --procs="$procs" --timeout=3h --no-color --silence-skips "$BIN/e2e.test" --)
+    else
+        runner=("$BIN/e2e.test")
+    fi
+    say "e2e.test focus=$focus${skip:+ skip=$skip} procs=$procs; JUnit report in $report/junit_01.xml"
+    (cd "$report" && in_cp "${runner[@]}" "${args[@]}") 2>&1 | tee "$report/e2e.log" |
+        grep -E '^(Ran |FAIL|PASS|\[FAIL\]|  \[FAIL\]|Summarizing|  Ran)|Test Suite' || true
     rc=${PIPESTATUS[0]}
     summarize "$report/junit_01.xml"
     return "$rc"
@@ -581,21 +620,26 @@ summarize() {
     python3 - "$1" <<'EOF'
 import sys, xml.etree.ElementTree as ET
 root = ET.parse(sys.argv[1]).getroot()
-passed = failed = skipped = 0
+passed = failed = skipped = unselected = 0
 for case in root.iter("testcase"):
     name = case.get("name", "")
-    if name.startswith("[SynchronizedBeforeSuite]") or name.startswith("[SynchronizedAfterSuite]") or name.startswith("[ReportAfterSuite]"):
-        if case.find("failure") is not None or case.find("error") is not None:
-            failed += 1
-            print("FAILED:", name)
-        continue
-    if case.find("skipped") is not None:
-        skipped += 1
-    elif case.find("failure") is not None or case.find("error") is not None:
+    skip = case.find("skipped")
+    bad = case.find("failure") is not None or case.find("error") is not None
+    if bad:
         failed += 1
         print("FAILED:", name)
-    else:
+    elif skip is not None:
+        # Filtered out by focus/skip: message "skipped" and nothing else. Skipped at
+        # run time (the spec itself found something missing): the reason follows.
+        reason = (skip.get("message") or "").removeprefix("skipped").strip(" -")
+        if reason:
+            skipped += 1
+            print("SKIPPED:", name, "--", reason.splitlines()[0][:200])
+        else:
+            unselected += 1
+    elif name.startswith("[It]"):  # not suite-level nodes such as [SynchronizedBeforeSuite]
         passed += 1
+print(f"({unselected} specs not selected by the focus and skip patterns)")
 print(f"{passed} passed, {failed} failed, {skipped} skipped")
 EOF
 }
@@ -640,6 +684,7 @@ down() {
     done
     ip link del "$BR" 2>/dev/null || true
     ip route show | awk '/^10\.244\..* via 172\.30\.0\./ {print $1}' | while read -r r; do ip route del "$r" 2>/dev/null || true; done
+    ip -6 route show | awk '/^fd10:244:.* via fd00:172:30::/ {print $1}' | while read -r r; do ip -6 route del "$r" 2>/dev/null || true; done
     if [[ -f $STATE/created-dirs ]]; then
         sort -ru "$STATE/created-dirs" | while read -r d; do rmdir "$d" 2>/dev/null || true; done
     fi
@@ -665,6 +710,9 @@ case ${1:-} in
     e2e) shift; e2e "$@" ;;
     kubectl) shift; bins; kubectl "$@" ;;
     status) status ;;
+    is-up) bins >/dev/null 2>&1 && cluster_healthy ;;
+    apiserver-down) bins; apiserver_down ;;
+    apiserver-up) bins; apiserver_up ;;
     images) bins; need_packages; mkdir -p "$STATE"; images ;;
     *) sed -n '2,12p' "$0"; exit 2 ;;
 esac

@@ -39,3 +39,14 @@ target/release/soak --quick
 # Every fuzz target for a few seconds (coverage-guided, libFuzzer), so they never rot;
 # long runs and their figures: docs/reliability.md.
 scripts/fuzz.sh 5
+# A real cluster from upstream's binaries (built once per version into a cache, see
+# k8s/build.sh), switchd installed by its DaemonSet, and upstream's sig-network
+# conformance tests against it (docs/kubernetes.md). A cluster that was already up is
+# used and left up; one started here is removed again, also on failure.
+if scripts/cluster.sh is-up; then
+    scripts/cluster.sh e2e '\[sig-network\].*\[Conformance\]'
+else
+    trap 'scripts/cluster.sh down' EXIT
+    scripts/cluster.sh up
+    scripts/cluster.sh e2e '\[sig-network\].*\[Conformance\]'
+fi

@@ -120,7 +120,12 @@ impl Masquerade {
             .await
             .unwrap_or_else(|e| Err(anyhow::anyhow!("nft worker failed: {e}")));
             match result {
-                Ok(Ensured::Present) => {}
+                // Already there (a restarted switchd finds its predecessor's rules).
+                Ok(Ensured::Present) => {
+                    if self.state().0 != "installed" {
+                        self.set("installed", String::new());
+                    }
+                }
                 Ok(Ensured::Written) => {
                     if first {
                         tracing::info!(table = TABLE, cluster_cidr = %cidr, cluster_cidr_v6 = ?self.cluster_cidr_v6, "egress masquerade installed");

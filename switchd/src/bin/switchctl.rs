@@ -242,7 +242,7 @@ fn main() -> ExitCode {
         }
         Response::Peers { peers } => {
             println!(
-                "{:<16} {:<21} {:<18} {:<17} {:<7} {:<9} {:>9} {:>6} {:>5} {:>10} {:>12} {:>10} {:>12} {:>7}",
+                "{:<16} {:<21} {:<18} {:<17} {:<10} {:<9} {:>9} {:>6} {:>5} {:>10} {:>12} {:>10} {:>12} {:>7}",
                 "PEER",
                 "ADDR",
                 "POD_CIDR",
@@ -263,7 +263,7 @@ fn main() -> ExitCode {
                 let h = p.health.clone().unwrap_or_default();
                 let dash = || "-".to_string();
                 println!(
-                    "{:<16} {:<21} {:<18} {:<17} {:<7} {:<9} {:>9} {:>6} {:>5} {:>10} {:>12} {:>10} {:>12} {:>7}",
+                    "{:<16} {:<21} {:<18} {:<17} {:<10} {:<9} {:>9} {:>6} {:>5} {:>10} {:>12} {:>10} {:>12} {:>7}",
                     p.name,
                     p.addr,
                     p.pod_cidr,
@@ -338,13 +338,17 @@ fn main() -> ExitCode {
                 None => println!("encryption=none"),
             }
             if let Some(m) = s.membership {
+                // Only etcd has a lease; the Kubernetes watch has an API server.
+                let lease = if m.mode == "etcd" {
+                    format!(" lease={:x} ttl={}s", m.lease_id, m.lease_ttl)
+                } else {
+                    String::new()
+                };
                 println!(
-                    "membership={} state={} since={} lease={:x} ttl={}s peers={} events={} publications={} endpoints={}{}",
+                    "membership={} state={} since={}{lease} peers={} events={} publications={} endpoints={}{}",
                     m.mode,
                     m.state,
                     ago(m.since_unix),
-                    m.lease_id,
-                    m.lease_ttl,
                     m.peers,
                     m.events,
                     m.publications,

@@ -300,7 +300,8 @@ apiserver_up() {
 apiserver_down() {
     local pid
     pid=$(<"$STATE/pids/kube-apiserver")
-    kill -TERM "$pid" 2>/dev/null || true
+    # SIGKILL: an API server that dies, not one draining its watches for a minute.
+    kill -KILL "$pid" 2>/dev/null || true
     wait_for 30 "kube-apiserver stopped" bash -c "! kill -0 $pid"
 }
 

@@ -43,10 +43,11 @@ scripts/fuzz.sh 5
 # k8s/build.sh), switchd installed by its DaemonSet, and upstream's sig-network
 # conformance tests against it (docs/kubernetes.md). A cluster that was already up is
 # used and left up; one started here is removed again, also on failure.
-if scripts/cluster.sh is-up; then
-    scripts/cluster.sh e2e '\[sig-network\].*\[Conformance\]'
-else
+# switchd's Node watch is then checked in the same cluster: joins, deletes, and an API
+# server that dies and comes back (tests/cluster/kube_membership.sh).
+if ! scripts/cluster.sh is-up; then
     trap 'scripts/cluster.sh down' EXIT
     scripts/cluster.sh up
-    scripts/cluster.sh e2e '\[sig-network\].*\[Conformance\]'
 fi
+scripts/cluster.sh e2e '\[sig-network\].*\[Conformance\]'
+tests/cluster/kube_membership.sh

@@ -1448,4 +1448,43 @@ mod tests {
             assert!(err.contains(want), "{text:?}: {err:?} lacks {want:?}");
         }
     }
+
+    const KUBE: &str = "node_name = \"n\"\nmembership = \"kubernetes\"\nunderlay_addr = \"192.168.0.1\"\n";
+
+    #[test]
+    fn kubernetes_mode_takes_its_cidrs_from_the_node_later() {
+        let mut c = parse(&format!("{KUBE}cluster_cidr_v6 = \"fd10:244::/48\"\n")).unwrap();
+        assert!(c.pod_cidr_pending);
+        assert_eq!(c.kubernetes().unwrap().kubeconfig, None);
+        c.assign_pod_cidr("10.244.7.0/24".parse().unwrap()).unwrap();
+        c.assign_pod_cidr_v6("fd10:244:0:7::/64".parse().unwrap()).unwrap();
+        assert_eq!(c.router_mac, mac_for_ip("10.244.7.1".parse().unwrap()));
+        assert_eq!(c.ipv6.unwrap().pod_cidr, "fd10:244:0:7::/64".parse().unwrap());
+        let err = c
+            .assign_pod_cidr_v6("fd99::/64".parse().unwrap())
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("cluster_cidr_v6"), "{err:#}");
+        let k = parse(&format!("{KUBE}kubeconfig = \"/etc/switchd/kubeconfig\"\n")).unwrap();
+        assert_eq!(
+            k.kubernetes().unwrap().kubeconfig.as_deref(),
+            Some(Path::new("/etc/switchd/kubeconfig"))
+        );
+    }
+
+    #[test]
+    fn kubernetes_errors_name_the_key() {
+        let cases = [
+            (format!("{KUBE}etcd_endpoints = [\"http://x:1\"]\n"), "remove them"),
+            (format!("{KUBE}kubeconfig = \"kc\"\n"), "kubeconfig: kc must be an absolute path"),
+            (KUBE.replace("underlay_addr = \"192.168.0.1\"\n", ""), "underlay_addr: required"),
+            (
+                "node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nkubeconfig = \"/k\"\n".to_string(),
+                "membership = \"kubernetes\"",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = format!("{:#}", parse(&text).unwrap_err());
+            assert!(err.contains(want), "{text:?}: {err:?} lacks {want:?}");
+        }
+    }
 }

@@ -655,15 +655,11 @@ mod tests {
     use super::*;
 
     fn cfg() -> Config {
-        let dir = std::env::temp_dir().join(format!("swkube{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("c.toml");
-        std::fs::write(
-            &path,
+        let mut c = Config::parse(
             "node_name = \"a\"\nmembership = \"kubernetes\"\nunderlay_addr = \"192.168.9.1\"\ncluster_cidr = \"10.244.0.0/16\"\n",
+            Default::default(),
         )
         .unwrap();
-        let mut c = Config::load(&path, Default::default()).unwrap();
         c.assign_pod_cidr("10.244.1.0/24".parse().unwrap()).unwrap();
         c
     }

@@ -47,7 +47,10 @@ fn check(cfg: &Config, peers: &[Peer]) {
     for (i, p) in peers.iter().enumerate() {
         assert_ne!(p.name, cfg.node_name, "a node is not its own peer");
         assert!(cfg.cluster_cidr.contains(&p.pod_cidr), "{p:?}");
-        assert!(!overlaps(p.pod_cidr, cfg.pod_cidr), "{p:?} overlaps this node");
+        assert!(
+            !overlaps(p.pod_cidr, cfg.pod_cidr),
+            "{p:?} overlaps this node"
+        );
         assert_eq!(p.addr.is_ipv4(), cfg.underlay_addr.unwrap().is_ipv4());
         for q in &peers[i + 1..] {
             assert!(!overlaps(p.pod_cidr, q.pod_cidr), "{p:?} overlaps {q:?}");

@@ -32,7 +32,9 @@ fuzz_target!(|data: &[u8]| {
                 let info = ipv6::parse(&eth[ETH_HDR_LEN..]).expect("IPv6");
                 let src = std::net::Ipv6Addr::from(info.src);
                 assert!(
-                    table.peers[peer].pod_cidr_v6.is_some_and(|n| n.contains(&src)),
+                    table.peers[peer]
+                        .pod_cidr_v6
+                        .is_some_and(|n| n.contains(&src)),
                     "only the peer's own pods"
                 );
             } else {

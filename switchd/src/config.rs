@@ -886,7 +886,9 @@ fn parse_membership(
         || pick(&o.node_subnet_len, &file.node_subnet_len).is_some();
     let kubeconfig = file.kubeconfig.clone();
     if mode != "kubernetes" && kubeconfig.is_some() {
-        bail!("kubeconfig: set but membership is {mode:?}; add membership = \"kubernetes\" to use it");
+        bail!(
+            "kubeconfig: set but membership is {mode:?}; add membership = \"kubernetes\" to use it"
+        );
     }
     match mode.as_str() {
         "static" => {
@@ -1449,7 +1451,8 @@ mod tests {
         }
     }
 
-    const KUBE: &str = "node_name = \"n\"\nmembership = \"kubernetes\"\nunderlay_addr = \"192.168.0.1\"\n";
+    const KUBE: &str =
+        "node_name = \"n\"\nmembership = \"kubernetes\"\nunderlay_addr = \"192.168.0.1\"\n";
 
     #[test]
     fn kubernetes_mode_takes_its_cidrs_from_the_node_later() {
@@ -1457,9 +1460,13 @@ mod tests {
         assert!(c.pod_cidr_pending);
         assert_eq!(c.kubernetes().unwrap().kubeconfig, None);
         c.assign_pod_cidr("10.244.7.0/24".parse().unwrap()).unwrap();
-        c.assign_pod_cidr_v6("fd10:244:0:7::/64".parse().unwrap()).unwrap();
+        c.assign_pod_cidr_v6("fd10:244:0:7::/64".parse().unwrap())
+            .unwrap();
         assert_eq!(c.router_mac, mac_for_ip("10.244.7.1".parse().unwrap()));
-        assert_eq!(c.ipv6.unwrap().pod_cidr, "fd10:244:0:7::/64".parse().unwrap());
+        assert_eq!(
+            c.ipv6.unwrap().pod_cidr,
+            "fd10:244:0:7::/64".parse().unwrap()
+        );
         let err = c
             .assign_pod_cidr_v6("fd99::/64".parse().unwrap())
             .unwrap_err();
@@ -1474,11 +1481,21 @@ mod tests {
     #[test]
     fn kubernetes_errors_name_the_key() {
         let cases = [
-            (format!("{KUBE}etcd_endpoints = [\"http://x:1\"]\n"), "remove them"),
-            (format!("{KUBE}kubeconfig = \"kc\"\n"), "kubeconfig: kc must be an absolute path"),
-            (KUBE.replace("underlay_addr = \"192.168.0.1\"\n", ""), "underlay_addr: required"),
             (
-                "node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nkubeconfig = \"/k\"\n".to_string(),
+                format!("{KUBE}etcd_endpoints = [\"http://x:1\"]\n"),
+                "remove them",
+            ),
+            (
+                format!("{KUBE}kubeconfig = \"kc\"\n"),
+                "kubeconfig: kc must be an absolute path",
+            ),
+            (
+                KUBE.replace("underlay_addr = \"192.168.0.1\"\n", ""),
+                "underlay_addr: required",
+            ),
+            (
+                "node_name = \"n\"\npod_cidr = \"10.244.1.0/24\"\nkubeconfig = \"/k\"\n"
+                    .to_string(),
                 "membership = \"kubernetes\"",
             ),
         ];

@@ -158,10 +158,17 @@ fn the_node_mode_entrypoint_renders_a_config_that_switchd_accepts() {
     };
     for v6 in [None, Some("fd10:244::/48")] {
         let out = render(v6);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let config = String::from_utf8(out.stdout).unwrap();
         assert!(config.contains("membership = \"kubernetes\""), "{config}");
-        assert!(!config.contains("pod_cidr ="), "the pod CIDR comes from the Node: {config}");
+        assert!(
+            !config.contains("pod_cidr ="),
+            "the pod CIDR comes from the Node: {config}"
+        );
         let dir = std::env::temp_dir().join(unique("k8s"));
         std::fs::create_dir_all(&dir).unwrap();
         let out = switchd_check(&dir, &config);
@@ -171,8 +178,15 @@ fn the_node_mode_entrypoint_renders_a_config_that_switchd_accepts() {
             String::from_utf8_lossy(&out.stderr)
         );
         let summary = String::from_utf8_lossy(&out.stdout);
-        assert!(summary.contains("pod_cidr (from this node's Node object)"), "{summary}");
-        assert_eq!(summary.contains("the Node's IPv6 pod CIDR"), v6.is_some(), "{summary}");
+        assert!(
+            summary.contains("pod_cidr (from this node's Node object)"),
+            "{summary}"
+        );
+        assert_eq!(
+            summary.contains("the Node's IPv6 pod CIDR"),
+            v6.is_some(),
+            "{summary}"
+        );
     }
     // Without the node's address there is no tunnel: the pod says which variable.
     let mut cmd = Command::new("sh");

@@ -14,7 +14,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +26,9 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use switchd_proto::MembershipInfo;
 
-use super::{candidates, choose, parse_subnet_key, subnet_key, NodeRecord};
+use super::{
+    candidates, choose, now_unix, parse_subnet_key, read_json, subnet_key, write_json, NodeRecord,
+};
 use crate::config::{Config, EtcdConfig};
 use crate::switch::Switch;
 use crate::tunnel::PeerSource;
@@ -328,36 +329,6 @@ async fn publish_and_list(
         }
     }
     Ok((records, revision))
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
-    let bytes = std::fs::read(path).ok()?;
-    match serde_json::from_slice(&bytes) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            tracing::warn!(file = %path.display(), error = %e, "ignoring a state file that does not parse");
-            None
-        }
-    }
-}
-
-/// Write `value` as JSON to `path` atomically (temp file, fsync, rename).
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(&serde_json::to_vec_pretty(value)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    Ok(())
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Find this node's subnet before the switch starts. Waits (with backoff) for etcd when

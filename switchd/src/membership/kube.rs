@@ -20,7 +20,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +32,7 @@ use kube::runtime::WatchStreamExt;
 use serde::{Deserialize, Serialize};
 use switchd_proto::MembershipInfo;
 
-use super::NodeRecord;
+use super::{now_unix, read_json, write_json, NodeRecord};
 use crate::config::{Config, KubeConfig};
 use crate::datapath::frame::{format_mac, mac_for_ip};
 use crate::datapath::table::gateway_of;
@@ -157,16 +156,10 @@ pub fn annotations_of(cfg: &Config) -> BTreeMap<&'static str, Option<String>> {
     let record = NodeRecord::of(cfg, 0);
     let wg = cfg.encryption.wireguard();
     BTreeMap::from([
-        (
-            ANNOTATION_ROUTER_MAC,
-            Some(format_mac(cfg.router_mac)),
-        ),
+        (ANNOTATION_ROUTER_MAC, Some(format_mac(cfg.router_mac))),
         (ANNOTATION_TUNNEL_PORT, Some(cfg.tunnel_port.to_string())),
         (ANNOTATION_VNI, Some(cfg.vni.to_string())),
-        (
-            ANNOTATION_WIREGUARD_KEY,
-            record.and_then(|r| r.public_key),
-        ),
+        (ANNOTATION_WIREGUARD_KEY, record.and_then(|r| r.public_key)),
         (ANNOTATION_WIREGUARD_PORT, wg.map(|w| w.port.to_string())),
         (
             ANNOTATION_VERSION,
@@ -370,10 +363,7 @@ pub async fn join(cfg: &Config) -> Result<Joined> {
             match tokio::time::timeout(REQUEST_TIMEOUT, nodes.get(&cfg.node_name)).await {
                 Ok(Ok(node)) => Ok(node),
                 Ok(Err(e)) => Err(explain(&e, &cfg.node_name)),
-                Err(_) => Err(format!(
-                    "no answer within {} s",
-                    REQUEST_TIMEOUT.as_secs()
-                )),
+                Err(_) => Err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())),
             }
         }
         .await;
@@ -460,7 +450,10 @@ impl Watch<'_> {
         self.state = state;
         info.mode = "kubernetes".into();
         info.state = state.into();
-        info.endpoints = vec![self.server.clone()].into_iter().filter(|s| !s.is_empty()).collect();
+        info.endpoints = vec![self.server.clone()]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect();
         info.subnet = self.sw.cfg.pod_cidr.to_string();
         info.last_error = self.last_error.clone();
         info.events = self.events;
@@ -523,7 +516,11 @@ async fn publish_annotations(client: kube::Client, cfg: Arc<Config>) {
     loop {
         match tokio::time::timeout(
             REQUEST_TIMEOUT,
-            nodes.patch(&cfg.node_name, &PatchParams::default(), &Patch::Merge(&patch)),
+            nodes.patch(
+                &cfg.node_name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            ),
         )
         .await
         {
@@ -531,8 +528,13 @@ async fn publish_annotations(client: kube::Client, cfg: Arc<Config>) {
                 tracing::info!(node = %cfg.node_name, "published this node's switchd annotations on its Node");
                 return;
             }
-            Ok(Err(e)) => tracing::warn!(error = %explain(&e, &cfg.node_name), retry_in_ms = backoff.as_millis() as u64, "cannot annotate this node's Node; peers use defaults for it until then"),
-            Err(_) => tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "the API server did not answer the Node annotation in time"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %explain(&e, &cfg.node_name), retry_in_ms = backoff.as_millis() as u64, "cannot annotate this node's Node; peers use defaults for it until then")
+            }
+            Err(_) => tracing::warn!(
+                retry_in_ms = backoff.as_millis() as u64,
+                "the API server did not answer the Node annotation in time"
+            ),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -621,35 +623,6 @@ pub async fn run(sw: Arc<Switch>, joined: Joined) {
     }
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
-    let bytes = std::fs::read(path).ok()?;
-    match serde_json::from_slice(&bytes) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            tracing::warn!(file = %path.display(), error = %e, "ignoring a state file that does not parse");
-            None
-        }
-    }
-}
-
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(&serde_json::to_vec_pretty(value)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    Ok(())
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,16 +671,26 @@ mod tests {
             "b",
             &["10.244.2.0/24", "fd10:244:0:2::/64"],
             "192.168.9.2",
-            &[(ANNOTATION_TUNNEL_PORT, "4789"), (ANNOTATION_ROUTER_MAC, "02:00:00:00:00:09")],
+            &[
+                (ANNOTATION_TUNNEL_PORT, "4789"),
+                (ANNOTATION_ROUTER_MAC, "02:00:00:00:00:09"),
+            ],
         );
         let r = record_of(&n, &c).unwrap();
         assert_eq!(r.tunnel_port, 4789);
         assert_eq!(r.router_mac, "02:00:00:00:00:09");
         assert_eq!(r.pod_cidr_v6, Some("fd10:244:0:2::/64".parse().unwrap()));
-        let bad = node("b", &["10.244.2.0/24"], "192.168.9.2", &[(ANNOTATION_VNI, "x")]);
+        let bad = node(
+            "b",
+            &["10.244.2.0/24"],
+            "192.168.9.2",
+            &[(ANNOTATION_VNI, "x")],
+        );
         assert!(record_of(&bad, &c).unwrap_err().contains(ANNOTATION_VNI));
         let none = node("b", &[], "192.168.9.2", &[]);
-        assert!(record_of(&none, &c).unwrap_err().contains("no IPv4 pod CIDR"));
+        assert!(record_of(&none, &c)
+            .unwrap_err()
+            .contains("no IPv4 pod CIDR"));
         let v6ip = node("b", &["10.244.2.0/24"], "fd00::2", &[]);
         assert!(record_of(&v6ip, &c).unwrap_err().contains("InternalIP"));
         let garbage = node("b", &["ten"], "192.168.9.2", &[]);
@@ -716,7 +699,12 @@ mod tests {
 
     #[test]
     fn ipv6_first_pod_cidrs_are_sorted_by_family() {
-        let n = node("b", &["fd10:244:0:2::/64", "10.244.2.0/24"], "192.168.9.2", &[]);
+        let n = node(
+            "b",
+            &["fd10:244:0:2::/64", "10.244.2.0/24"],
+            "192.168.9.2",
+            &[],
+        );
         let (v4, v6) = pod_cidrs(&n).unwrap();
         assert_eq!(v4, Some("10.244.2.0/24".parse().unwrap()));
         assert_eq!(v6, Some("fd10:244:0:2::/64".parse().unwrap()));
@@ -727,31 +715,58 @@ mod tests {
         let c = cfg();
         let mut set = NodeSet::default();
         assert!(!set.apply(Event::Init, &c));
-        assert!(!set.apply(Event::InitApply(node("a", &["10.244.1.0/24"], "192.168.9.1", &[])), &c));
-        assert!(!set.apply(Event::InitApply(node("b", &["10.244.2.0/24"], "192.168.9.2", &[])), &c));
+        assert!(!set.apply(
+            Event::InitApply(node("a", &["10.244.1.0/24"], "192.168.9.1", &[])),
+            &c
+        ));
+        assert!(!set.apply(
+            Event::InitApply(node("b", &["10.244.2.0/24"], "192.168.9.2", &[])),
+            &c
+        ));
         assert!(!set.apply(Event::InitApply(node("c", &[], "192.168.9.3", &[])), &c));
         assert!(set.apply(Event::InitDone, &c), "the first list publishes");
         let (peers, _) = crate::membership::peers_of(set.records(), &c);
-        assert_eq!(peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(
+            peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
         assert_eq!(set.unusable("a").count(), 1, "c waits for its pod CIDR");
         assert!(set.own_conflict(&c).is_none());
 
         // c gets its pod CIDR: one Apply makes it a peer.
-        assert!(set.apply(Event::Apply(node("c", &["10.244.3.0/24"], "192.168.9.3", &[])), &c));
+        assert!(set.apply(
+            Event::Apply(node("c", &["10.244.3.0/24"], "192.168.9.3", &[])),
+            &c
+        ));
         // A status heartbeat that changes nothing we use publishes nothing.
-        assert!(!set.apply(Event::Apply(node("c", &["10.244.3.0/24"], "192.168.9.3", &[])), &c));
+        assert!(!set.apply(
+            Event::Apply(node("c", &["10.244.3.0/24"], "192.168.9.3", &[])),
+            &c
+        ));
         let (peers, _) = crate::membership::peers_of(set.records(), &c);
         assert_eq!(peers.len(), 2);
 
         // The watch broke; b was deleted meanwhile; the relist drops it.
         set.apply(Event::Init, &c);
-        set.apply(Event::InitApply(node("a", &["10.244.1.0/24"], "192.168.9.1", &[])), &c);
-        set.apply(Event::InitApply(node("c", &["10.244.3.0/24"], "192.168.9.3", &[])), &c);
+        set.apply(
+            Event::InitApply(node("a", &["10.244.1.0/24"], "192.168.9.1", &[])),
+            &c,
+        );
+        set.apply(
+            Event::InitApply(node("c", &["10.244.3.0/24"], "192.168.9.3", &[])),
+            &c,
+        );
         assert!(set.apply(Event::InitDone, &c));
         let (peers, _) = crate::membership::peers_of(set.records(), &c);
-        assert_eq!(peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["c"]);
+        assert_eq!(
+            peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["c"]
+        );
 
-        assert!(set.apply(Event::Delete(node("c", &["10.244.3.0/24"], "192.168.9.3", &[])), &c));
+        assert!(set.apply(
+            Event::Delete(node("c", &["10.244.3.0/24"], "192.168.9.3", &[])),
+            &c
+        ));
         assert_eq!(crate::membership::peers_of(set.records(), &c).0.len(), 0);
         assert!(!set.apply(Event::Delete(node("zz", &[], "192.168.9.9", &[])), &c));
     }
@@ -760,9 +775,15 @@ mod tests {
     fn own_node_renumbered_under_running_pods_is_reported() {
         let c = cfg();
         let mut set = NodeSet::default();
-        set.apply(Event::Apply(node("a", &["10.244.7.0/24"], "192.168.9.1", &[])), &c);
+        set.apply(
+            Event::Apply(node("a", &["10.244.7.0/24"], "192.168.9.1", &[])),
+            &c,
+        );
         let why = set.own_conflict(&c).unwrap();
-        assert!(why.contains("10.244.7.0/24") && why.contains("10.244.1.0/24"), "{why}");
+        assert!(
+            why.contains("10.244.7.0/24") && why.contains("10.244.1.0/24"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -9,6 +9,8 @@
 # module and build caches stay where the go command keeps them, so a pin change
 # recompiles only what changed.
 set -euo pipefail
+# go keeps its module and build caches under $HOME; a bare root environment may lack it.
+export HOME=${HOME:-/root}
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
 
@@ -36,7 +38,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
-echo "k8s/build.sh: building Kubernetes v$version into $out (cold: about 40 min on 2 cores)" >&2
+echo "k8s/build.sh: building Kubernetes v$version into $out (cold: about 13 min on 2 cores)" >&2
 go build -trimpath -ldflags "$ldflags" -o "$out/bin/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \

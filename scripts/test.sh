@@ -49,5 +49,5 @@ if ! scripts/cluster.sh is-up; then
     trap 'scripts/cluster.sh down' EXIT
     scripts/cluster.sh up
 fi
-scripts/cluster.sh e2e '\[sig-network\].*\[Conformance\]'
+scripts/cluster.sh e2e-conformance
 tests/cluster/kube_membership.sh

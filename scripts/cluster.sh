@@ -468,7 +468,8 @@ node_up() {
         die "importing the switchd image into $name failed"
     start "kubelet-$n" in_node "$n" "$BIN/kubelet" --config="$dir/kubelet.yaml" \
         --kubeconfig="$STATE/kubelet-$n.kubeconfig" --hostname-override="$name" \
-        --node-ip="$(node_ip "$n")$([[ $DUAL == 1 ]] && echo ",$(node_ip6 "$n")")" --v=1
+        --node-ip="$(node_ip "$n")$([[ $DUAL == 1 ]] && echo ",$(node_ip6 "$n")")" \
+        --node-labels="topology.kubernetes.io/region=swk,topology.kubernetes.io/zone=swk-zone-$n" --v=1
     start "kube-proxy-$n" in_node "$n" "$BIN/kube-proxy" --config="$dir/kube-proxy.yaml" --v=1
 }
 
@@ -605,7 +606,7 @@ e2e() {
     local args=(--kubeconfig="$KUBECONFIG_ADMIN" --provider=local
         --report-dir="$report" --ginkgo.focus="$focus" --ginkgo.no-color
         --ginkgo.timeout=2h --ginkgo.flake-attempts=1 --ginkgo.v=false
-        --allowed-not-ready-nodes=0 --dump-logs-on-failure=false)
+        --allowed-not-ready-nodes=0 --dump-logs-on-failure=false --num-nodes="$NODES")
     [[ -n $skip ]] && args+=(--ginkgo.skip="$skip")
     local rc=0 procs=${SWK_E2E_PROCS:-1} runner
     if ((procs > 1)); then
@@ -629,12 +630,13 @@ e2e() {
 #     Provider:GCE                   controller
 #   SCTPConnectivity, SCTP           this kernel has no SCTP sockets
 #   NetworkPolicy, Netpol            switchd has no NetworkPolicy yet (its own issue)
-#   Networking-IPv4/IPv6/DNS         reach the Internet (8.8.8.8, google.com)
+#   Networking-IPv4/IPv6/DNS, DNS    reach the Internet (8.8.8.8, google.com, the PTR
+#     configMap Forward PTR lookup   record of 8.8.8.8 from the real DNS)
 #   Networking-Performance           needs iperf >= 2.2 output; Debian 12 ships 2.1.8
 #   PerformanceDNS                   tens of thousands of Services: a scale test
 #   OffByDefault                     alpha feature gates the cluster does not turn on
 #   IPv6DualStack                    run on a dual-stack cluster instead (SWK_DUAL_STACK=1)
-NETWORK_SKIP='\[Disruptive\]|LoadBalancer|ESIPP|\[Feature:Ingress\]|\[Provider:GCE\]|SCTP|\[Feature:NetworkPolicy\]|\[sig-network\] Netpol|\[Feature:Networking-(IPv4|IPv6|DNS|Performance)\]|\[Feature:PerformanceDNS\]|\[Feature:OffByDefault\]|\[Feature:IPv6DualStack\]'
+NETWORK_SKIP='\[Disruptive\]|LoadBalancer|ESIPP|\[Feature:Ingress\]|\[Provider:GCE\]|SCTP|\[Feature:NetworkPolicy\]|\[sig-network\] Netpol|\[Feature:Networking-(IPv4|IPv6|DNS|Performance)\]|\[Feature:PerformanceDNS\]|\[Feature:OffByDefault\]|DNS configMap nameserver Forward PTR lookup|\[Feature:IPv6DualStack\]'
 
 summarize() {
     [[ -f $1 ]] || die "no JUnit report at $1 (did e2e.test start? see $(dirname "$1")/e2e.log)"
@@ -710,7 +712,7 @@ down() {
         sort -ru "$STATE/created-dirs" | while read -r d; do rmdir "$d" 2>/dev/null || true; done
     fi
     # Anything still mounted below the state folder (a failed up) goes before the folder.
-    grep -o " $STATE[^ ]*" /proc/self/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    { grep -o " $STATE[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     rm -rf "$STATE"
     say "down: nothing of the cluster is left"
 }

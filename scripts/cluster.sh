@@ -266,7 +266,7 @@ network() {
 # The control plane reaches each node's pods through that node, as a cloud route table
 # would (the apiserver proxies to pods and Services; e2e.test runs there too).
 cp_routes() {
-    local line name cidr n ip
+    local name cidrs n ip cidr
     while read -r name cidrs; do
         [[ $name == swk-n* && -n $cidrs ]] || continue
         n=${name#swk-n}
@@ -275,7 +275,21 @@ cp_routes() {
             ip -n swk-cp route replace "$cidr" via "$ip"
             ip route replace "$cidr" via "$ip" dev "$BR"
         done
-    done < <(kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.podCIDRs[*]}{"\n"}{end}')
+    done < <(pod_subnets)
+}
+
+# "node cidr..." per line: the Nodes' spec.podCIDRs, or with etcd membership the subnets
+# the switchds leased (they are not the Nodes').
+pod_subnets() {
+    local n status
+    if [[ $MEMBERSHIP == etcd ]]; then
+        for ((n = 1; n <= NODES; n++)); do
+            status=$("$repo/target/release/switchctl" --socket "$STATE/nodes/$n/root/run/switchd/switchd.sock" status)
+            echo "$(node_name "$n") $(grep -oE ' pod_cidr(_v6)?=[^ ]+' <<<"$status" | cut -d= -f2 | tr '\n' ' ')"
+        done
+    else
+        kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.podCIDRs[*]}{"\n"}{end}'
+    fi
 }
 
 # --- control plane ------------------------------------------------------------------
@@ -572,10 +586,10 @@ up() {
     say "waiting for the nodes to register and get pod CIDRs"
     wait_for 120 "all $NODES nodes registered with pod CIDRs" \
         bash -c "[[ \$('$BIN/kubectl' --kubeconfig '$KUBECONFIG_ADMIN' get nodes -o jsonpath='{range .items[*]}{.spec.podCIDR}{\"\\n\"}{end}' | grep -c .) == $NODES ]]"
-    cp_routes
     addons
     say "waiting for switchd on every node, and for the nodes to be Ready"
     wait_for 180 "switchd running on every node" kubectl -n kube-system rollout status ds/switchd --timeout=5s
+    cp_routes
     wait_for 120 "every node Ready" kubectl wait --for=condition=Ready nodes --all --timeout=5s
     wait_for 180 "CoreDNS ready" kubectl -n kube-system rollout status deploy/coredns --timeout=5s
     say "checking DNS and the kubernetes Service from a pod on every node"

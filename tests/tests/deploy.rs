@@ -58,6 +58,17 @@ fn switchd_check(dir: &Path, config: &str) -> std::process::Output {
     out
 }
 
+/// [`switchd_check`] that must succeed; returns switchd's summary line.
+fn switchd_accepts(dir: &Path, config: &str) -> String {
+    let out = switchd_check(dir, config);
+    assert!(
+        out.status.success(),
+        "switchd refused the rendered config: {}{config}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn kubernetes_manifests_parse_and_refer_to_files_that_exist() {
     let etcd = daemonset("switchd-etcd.yaml", &["DaemonSet"]);
@@ -171,13 +182,7 @@ fn the_node_mode_entrypoint_renders_a_config_that_switchd_accepts() {
         );
         let dir = std::env::temp_dir().join(unique("k8s"));
         std::fs::create_dir_all(&dir).unwrap();
-        let out = switchd_check(&dir, &config);
-        assert!(
-            out.status.success(),
-            "switchd refused the rendered config: {}{config}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let summary = String::from_utf8_lossy(&out.stdout);
+        let summary = switchd_accepts(&dir, &config);
         assert!(
             summary.contains("pod_cidr (from this node's Node object)"),
             "{summary}"
@@ -258,13 +263,7 @@ fn the_etcd_entrypoint_renders_a_config_that_switchd_accepts() {
         !config.contains("pod_cidr"),
         "leased, not configured: {config}"
     );
-    let out = switchd_check(&dir, &config);
-    assert!(
-        out.status.success(),
-        "switchd refused the rendered config: {}{config}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = String::from_utf8_lossy(&out.stdout);
+    let summary = switchd_accepts(&dir, &config);
     assert!(
         summary.contains("node worker-7 pod_cidr (leased from etcd)"),
         "{summary}"

@@ -168,6 +168,20 @@ pub fn annotations_of(cfg: &Config) -> BTreeMap<&'static str, Option<String>> {
     ])
 }
 
+/// This node's pod CIDRs, as its own Node shows them.
+type OwnCidrs = (Option<Ipv4Net>, Option<Ipv6Net>);
+
+/// A Node as [`NodeSet`] keeps it: its name, its record or why it is none, and its pod
+/// CIDRs when it is this node's own. `None` for a Node without a name.
+fn judge(
+    node: &Node,
+    cfg: &Config,
+) -> Option<(String, Result<NodeRecord, String>, Option<OwnCidrs>)> {
+    let name = node.metadata.name.clone()?;
+    let own = (name == cfg.node_name).then(|| pod_cidrs(node).unwrap_or_default());
+    Some((name, record_of(node, cfg), own))
+}
+
 /// The Nodes the watch has shown, as records or the reason each is not one. Folds the
 /// watcher's events without I/O: a relist (`Init` … `InitDone`) replaces the whole set at
 /// its end, so a Node deleted while the watch was down is gone after it.
@@ -175,9 +189,9 @@ pub fn annotations_of(cfg: &Config) -> BTreeMap<&'static str, Option<String>> {
 pub struct NodeSet {
     nodes: BTreeMap<String, Result<NodeRecord, String>>,
     /// This node's own pod CIDRs as its Node shows them now (`None`: not seen, or deleted).
-    own: Option<(Option<Ipv4Net>, Option<Ipv6Net>)>,
+    own: Option<OwnCidrs>,
     listing: Option<BTreeMap<String, Result<NodeRecord, String>>>,
-    listing_own: Option<(Option<Ipv4Net>, Option<Ipv6Net>)>,
+    listing_own: Option<OwnCidrs>,
 }
 
 impl NodeSet {
@@ -200,13 +214,12 @@ impl NodeSet {
                 false
             }
             Event::InitApply(node) => {
-                let Some(name) = node.metadata.name.clone() else {
+                let Some((name, entry, own)) = judge(&node, cfg) else {
                     return false;
                 };
-                if name == cfg.node_name {
-                    self.listing_own = Some(pod_cidrs(&node).unwrap_or_default());
+                if own.is_some() {
+                    self.listing_own = own;
                 }
-                let entry = record_of(&node, cfg);
                 self.listing
                     .get_or_insert_with(BTreeMap::new)
                     .insert(name, entry);
@@ -220,13 +233,12 @@ impl NodeSet {
                 changed
             }
             Event::Apply(node) => {
-                let Some(name) = node.metadata.name.clone() else {
+                let Some((name, entry, own)) = judge(&node, cfg) else {
                     return false;
                 };
-                if name == cfg.node_name {
-                    self.own = Some(pod_cidrs(&node).unwrap_or_default());
+                if own.is_some() {
+                    self.own = own;
                 }
-                let entry = record_of(&node, cfg);
                 if self.nodes.get(&name) == Some(&entry) {
                     return false;
                 }

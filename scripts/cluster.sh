@@ -504,7 +504,9 @@ addons() {
     # prefix are filled in, as its comments ask.
     sed -e "s|value: \"https://10.0.0.5:2379[^\"]*\"|value: \"https://$CP_IP:2381\"|" \
         -e "s|# - name: CLUSTER_CIDR_V6|- name: CLUSTER_CIDR_V6|" \
-        -e "s|#   value: \"fd10:244::/48\"|  value: \"$CLUSTER_CIDR_V6\"|" "$manifest" |
+        -e "s|#   value: \"fd10:244::/48\"|  value: \"$CLUSTER_CIDR_V6\"|" \
+        -e "s|# - name: SERVICE_CIDRS|- name: SERVICE_CIDRS|" \
+        -e "s|#   value: \"10.96.0.0/12\"|  value: \"$SERVICE_CIDR$([[ $DUAL == 1 ]] && echo ",$SERVICE_CIDR_V6")\"|" "$manifest" |
         if [[ $DUAL == 1 ]]; then cat; else grep -v -e '- name: CLUSTER_CIDR_V6' -e "value: \"$CLUSTER_CIDR_V6\""; fi |
         kubectl apply -f - >/dev/null
     sed "s|@DNS_IP@|$DNS_IP|" "$repo/k8s/manifests/coredns.yaml" | kubectl apply -f - >/dev/null

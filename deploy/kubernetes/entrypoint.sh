@@ -70,6 +70,18 @@ TOML
     if [ -n "${CLUSTER_CIDR_V6:-}" ]; then
         echo "cluster_cidr_v6 = \"${CLUSTER_CIDR_V6}\""
     fi
+    policy_config
+}
+
+# NetworkPolicy (docs/network-policy.md): on unless NETWORK_POLICY=off; SERVICE_CIDRS
+# (comma-separated, default 10.96.0.0/12) are the ClusterIP ranges, judged after DNAT.
+policy_config() {
+    echo "[policy]"
+    if [ "${NETWORK_POLICY:-on}" = off ]; then
+        echo "enabled = false"
+        return
+    fi
+    printf 'service_cidrs = ["%s"]\n' "$(printf '%s' "${SERVICE_CIDRS:-10.96.0.0/12}" | sed 's/,/", "/g')"
 }
 
 case "${MEMBERSHIP:-kubernetes}" in

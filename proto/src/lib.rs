@@ -193,6 +193,9 @@ pub struct DropEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dst: Option<String>,
     pub len: u32,
+    /// Why, when the reason has more to say: for `policy_denied`, the policy and the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -123,6 +123,72 @@ pub struct FileConfig {
     /// Plain VXLAN while encryption is rolled out: "send" (still send it to every peer, and
     /// accept it), "accept" (seal to peers with a key, accept plain) or "refuse" (default).
     pub encryption_plain: Option<String>,
+    /// NetworkPolicy enforcement (`[policy]`, `docs/network-policy.md`).
+    pub policy: Option<PolicyFile>,
+}
+
+/// The `[policy]` table as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Enforce NetworkPolicy and ClusterNetworkPolicy (default: true with membership =
+    /// "kubernetes", the only mode with an API server to watch them from).
+    pub enabled: Option<bool>,
+    /// Service address ranges (ClusterIPs): a pod's packet to one is judged after the
+    /// node's DNAT, against the endpoint pod (default ["10.96.0.0/12"]).
+    pub service_cidrs: Option<Vec<String>>,
+    /// Flows whose verdict is cached (default 262144; 8 bytes each).
+    pub verdict_cache_size: Option<u32>,
+    /// Denied-flow log lines per second at most, all namespaces together (default 100).
+    pub denied_log_rate: Option<u32>,
+}
+
+/// NetworkPolicy settings, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyConfig {
+    pub enabled: bool,
+    pub service_cidrs: Vec<ipnet::IpNet>,
+    pub verdict_cache_size: usize,
+    pub denied_log_rate: u32,
+}
+
+pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
+
+fn parse_policy(file: Option<&PolicyFile>, membership: &Membership) -> Result<PolicyConfig> {
+    let p = file.cloned().unwrap_or_default();
+    let kube = matches!(membership, Membership::Kubernetes(_));
+    let enabled = p.enabled.unwrap_or(kube);
+    if enabled && !kube {
+        bail!("policy.enabled: NetworkPolicy is watched from the Kubernetes API; it needs membership = \"kubernetes\" (or set policy.enabled = false)");
+    }
+    let service_cidrs = p
+        .service_cidrs
+        .unwrap_or_else(|| vec![DEFAULT_SERVICE_CIDR.into()])
+        .iter()
+        .map(|s| {
+            s.parse::<ipnet::IpNet>().map(|n| n.trunc()).with_context(|| {
+                format!("policy.service_cidrs: {s:?} is not a CIDR such as \"10.96.0.0/12\" or \"fd00:10:96::/112\"")
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let verdict_cache_size = match p.verdict_cache_size {
+        None => 262_144,
+        Some(n) if (1024..=1 << 26).contains(&n) => n as usize,
+        Some(n) => bail!(
+            "policy.verdict_cache_size: {n} must be between 1024 and 67108864 (flows of 8 bytes)"
+        ),
+    };
+    let denied_log_rate = match p.denied_log_rate {
+        None => 100,
+        Some(n) if n <= 100_000 => n,
+        Some(n) => bail!("policy.denied_log_rate: {n} must be at most 100000 lines a second (0 turns the log off)"),
+    };
+    Ok(PolicyConfig {
+        enabled,
+        service_cidrs,
+        verdict_cache_size,
+        denied_log_rate,
+    })
 }
 
 /// One `[[peers]]` table, in the config file or in the peers file.
@@ -332,6 +398,8 @@ pub struct Config {
     pub loaded_from: Option<(PathBuf, Overrides)>,
     /// Where peers (and, in etcd mode, this node's subnet) come from.
     pub membership: Membership,
+    /// NetworkPolicy enforcement.
+    pub policy: PolicyConfig,
     /// True until an etcd-mode node without `pod_cidr` has leased its subnet; `pod_cidr`
     /// is only a placeholder until then (see [`Config::assign_pod_cidr`]).
     pub pod_cidr_pending: bool,
@@ -573,6 +641,7 @@ impl Config {
         };
         let membership = parse_membership(&file, &o, cluster_cidr, given_pod_cidr)?;
         let encryption = parse_encryption(&file, &o)?;
+        let policy = parse_policy(file.policy.as_ref(), &membership)?;
         let (pod_cidr, pod_cidr_pending) = match (given_pod_cidr, &membership) {
             (Some(p), _) => (p, false),
             (None, Membership::Etcd(e)) => (
@@ -700,6 +769,7 @@ impl Config {
             },
             loaded_from: None,
             membership,
+            policy,
             pod_cidr_pending,
             router_mac_explicit,
         };

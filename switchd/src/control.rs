@@ -452,5 +452,6 @@ fn drop_event(sw: &Switch, e: crate::monitor::Dropped) -> proto::DropEvent {
         src: e.what.src,
         dst: e.what.dst,
         len: e.len,
+        why: e.why,
     }
 }

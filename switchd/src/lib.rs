@@ -24,6 +24,7 @@ pub mod monitor;
 pub mod netns;
 pub mod node;
 pub mod notify;
+pub mod policy;
 pub mod port;
 pub mod snapshot;
 pub mod stats;

@@ -43,6 +43,8 @@ pub struct Dropped {
     pub source: Source,
     pub what: Described,
     pub len: u32,
+    /// More about why, when the reason has it (the policy behind `policy_denied`).
+    pub why: Option<String>,
 }
 
 #[derive(Debug)]
@@ -110,6 +112,21 @@ impl DropMonitor {
     #[cold]
     #[inline(never)]
     pub fn offer(&self, reason: DropReason, source: Source, frame: &[u8]) {
+        self.offer_why(reason, source, frame, || None)
+    }
+
+    /// [`offer`](Self::offer) with an explanation, computed only when somebody wants the
+    /// event.
+    #[cold]
+    #[inline(never)]
+    pub fn offer_why(
+        &self,
+        reason: DropReason,
+        source: Source,
+        frame: &[u8],
+        why: impl FnOnce() -> Option<String>,
+    ) {
+        let mut why = Some(why);
         let listeners = self.listeners.lock().unwrap();
         let wanted = |l: &&Listener| match (l.port, source) {
             (None, _) => true,
@@ -124,6 +141,7 @@ impl DropMonitor {
                 source,
                 what: describe(frame),
                 len: frame.len() as u32,
+                why: why.take().and_then(|f| f()),
             });
             if l.tx.try_send(e.clone()).is_err() {
                 l.lost.fetch_add(1, Relaxed);

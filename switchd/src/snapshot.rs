@@ -35,6 +35,10 @@ pub struct Snapshot {
     pub flows: Arc<FlowTable>,
     /// Where the workers hand replies to the health probes.
     pub health: Arc<Health>,
+    /// The NetworkPolicy this node enforces, compiled.
+    pub policy: Arc<crate::datapath::policy::Policy>,
+    /// Verdicts of policed flows; one cache for the switch's life.
+    pub verdicts: Arc<crate::datapath::policy::VerdictCache>,
 }
 
 pub type SnapshotCell = ArcSwap<Snapshot>;

@@ -47,6 +47,22 @@ impl Stats {
         }
     }
 
+    /// [`drop_frame`](Self::drop_frame) with an explanation for the monitor, computed only
+    /// while somebody listens.
+    #[inline]
+    pub fn drop_frame_why(
+        &self,
+        reason: DropReason,
+        source: Source,
+        frame: &[u8],
+        why: impl FnOnce() -> Option<String>,
+    ) {
+        self.count_drop(reason);
+        if self.monitor.is_on() {
+            self.monitor.offer_why(reason, source, frame, why);
+        }
+    }
+
     pub fn drops(&self) -> Vec<(String, u64)> {
         DropReason::ALL
             .iter()

@@ -79,6 +79,10 @@ pub struct Switch {
     pub workers: Workers,
     /// RTT, loss and path MTU of every peer, from probes through the tunnel.
     pub health: Arc<Health>,
+    /// The compiled NetworkPolicy this node enforces (`crate::policy` compiles it).
+    policy: arc_swap::ArcSwap<crate::datapath::policy::Policy>,
+    /// Verdicts of policed flows; one cache for the switch's life.
+    pub verdicts: Arc<crate::datapath::policy::VerdictCache>,
 }
 
 type OpResult<T> = std::result::Result<T, ErrorReply>;
@@ -208,6 +212,11 @@ impl Switch {
         let (gone, gone_rx) = tokio::sync::mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
         let health = Arc::new(Health::new(cfg.probe_interval, cfg.probe_budget));
+        let policy = Arc::new(crate::datapath::policy::Policy::default());
+        let verdicts = Arc::new(crate::datapath::policy::VerdictCache::new(
+            cfg.policy.verdict_cache_size,
+            flows.seed() ^ 0x5eed_0f70_11c7,
+        ));
         let cell = Arc::new(ArcSwap::from_pointee(Snapshot {
             table,
             ports: HashMap::default(),
@@ -217,6 +226,8 @@ impl Switch {
             peer_by_addr: HashMap::default(),
             flows: flows.clone(),
             health: health.clone(),
+            policy: policy.clone(),
+            verdicts: verdicts.clone(),
         }));
         let workers = Workers::start(
             settings,
@@ -250,6 +261,8 @@ impl Switch {
             masquerade: masquerade.clone(),
             workers,
             health,
+            policy: arc_swap::ArcSwap::new(policy),
+            verdicts,
         });
         tokio::spawn(masquerade.run());
         tokio::spawn(sweep_flows(sw.flows.clone(), flow_file));
@@ -379,6 +392,18 @@ impl Switch {
     }
 
     /// Rebuild the forwarding table from the current ports and publish it.
+    /// Enforce `policy` from the next batch on. Its epoch must differ from the one before
+    /// (the compiler counts them) so every cached verdict is decided again.
+    pub fn set_policy(&self, policy: Arc<crate::datapath::policy::Policy>) {
+        self.policy.store(policy);
+        self.publish();
+    }
+
+    /// The policy being enforced.
+    pub fn policy(&self) -> Arc<crate::datapath::policy::Policy> {
+        self.policy.load_full()
+    }
+
     fn publish(&self) {
         let _serialised = self.publish_lock.lock().unwrap();
         let mut table = Table::new(
@@ -422,6 +447,8 @@ impl Switch {
             peer_by_addr,
             flows: self.flows.clone(),
             health: self.health.clone(),
+            policy: self.policy.load_full(),
+            verdicts: self.verdicts.clone(),
         }));
         for mut slot in self.slots.iter_mut() {
             if slot.registered {

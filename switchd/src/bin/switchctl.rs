@@ -505,8 +505,13 @@ fn monitor(
                     (Some(s), Some(d)) => format!(" {s} > {d}"),
                     _ => String::new(),
                 };
+                let why = e
+                    .why
+                    .as_deref()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default();
                 println!(
-                    "{} drop {} from {}: {}{ends}, {} bytes",
+                    "{} drop {} from {}: {}{ends}, {} bytes{why}",
                     clock(e.ts_micros),
                     e.reason,
                     e.from,

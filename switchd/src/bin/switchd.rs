@@ -282,6 +282,9 @@ async fn run(
         tokio::spawn(switchd::membership::etcd::run(sw.clone(), joined));
     }
     if let Some(joined) = kube_joined {
+        if sw.cfg.policy.enabled {
+            tokio::spawn(switchd::policy::watch::run(sw.clone(), joined.client()));
+        }
         tokio::spawn(switchd::membership::kube::run(sw.clone(), joined));
     }
     if adopted > 0 {

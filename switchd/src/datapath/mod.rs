@@ -16,6 +16,7 @@ pub mod icmp;
 pub mod ipv6;
 pub mod ndp;
 pub mod offload;
+pub mod policy;
 pub mod probe;
 pub mod ratelimit;
 pub mod table;
@@ -78,10 +79,13 @@ pub enum DropReason {
     NdIgnored,
     /// A Neighbor Solicitation for an IPv6 address the switch does not know.
     NdUnknownTarget,
+    /// A NetworkPolicy (or ClusterNetworkPolicy) denies the flow; `switchctl monitor` and
+    /// `switchctl trace` name the policy.
+    PolicyDenied,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::Malformed,
         DropReason::UnsupportedProtocol,
         DropReason::Multicast,
@@ -102,6 +106,7 @@ impl DropReason {
         DropReason::Unencrypted,
         DropReason::NdIgnored,
         DropReason::NdUnknownTarget,
+        DropReason::PolicyDenied,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -126,6 +131,7 @@ impl DropReason {
             DropReason::Unencrypted => "unencrypted",
             DropReason::NdIgnored => "nd_ignored",
             DropReason::NdUnknownTarget => "nd_unknown_target",
+            DropReason::PolicyDenied => "policy_denied",
         }
     }
 }

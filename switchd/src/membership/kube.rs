@@ -317,6 +317,14 @@ pub struct Joined {
     cached: Vec<NodeRecord>,
 }
 
+impl Joined {
+    /// The API client `join` connected with, for the other watches (NetworkPolicy) to
+    /// share; `None` when the node started from its cache with the API server down.
+    pub fn client(&self) -> Option<kube::Client> {
+        self.client.clone()
+    }
+}
+
 /// A client for the API server from `k`'s kubeconfig, or inferred (service account in a
 /// pod, else `$KUBECONFIG` or `~/.kube/config`).
 pub async fn client(k: &KubeConfig) -> Result<(kube::Client, String)> {

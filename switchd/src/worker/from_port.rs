@@ -55,7 +55,13 @@ pub fn handle(
     }
     let reply = &mut bufs.reply;
     let from = Source::Port(port.id);
-    match datapath::forward(buf, port.id, &snapshot.table, &snapshot.flows, now, reply) {
+    let verdict = datapath::forward(buf, port.id, &snapshot.table, &snapshot.flows, now, reply);
+    let Some(verdict) = super::police::police(buf, port.id, verdict, snapshot, now, stats, from)
+    else {
+        port.counters.drops.fetch_add(1, Relaxed);
+        return;
+    };
+    match verdict {
         Verdict::Forward(to) => match snapshot.ports.get(&to) {
             Some(out) => out.transmit(buf, stats, worker),
             None => {

@@ -177,7 +177,21 @@ pub(super) fn route(
 ) {
     peer.counters.rx_packets.fetch_add(1, Relaxed);
     peer.counters.rx_bytes.fetch_add(n as u64, Relaxed);
-    match forward_from_tunnel(frame, idx, &snapshot.table, &snapshot.flows, now) {
+    let verdict = forward_from_tunnel(frame, idx, &snapshot.table, &snapshot.flows, now);
+    let from = Source::Peer(idx);
+    let Some(verdict) = super::police::police(
+        frame,
+        crate::datapath::PortId::MAX,
+        verdict,
+        snapshot,
+        now,
+        stats,
+        from,
+    ) else {
+        peer.counters.drops.fetch_add(1, Relaxed);
+        return;
+    };
+    match verdict {
         Verdict::Forward(port) => {
             // A reply to one of our health probes is for the prober, not for the node.
             if port == HOST_PORT {

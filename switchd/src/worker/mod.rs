@@ -23,6 +23,7 @@ pub mod epoll;
 pub mod from_port;
 mod from_tunnel;
 mod from_wireguard;
+mod police;
 pub mod to_peer;
 
 use std::os::fd::AsRawFd;

@@ -1,0 +1,899 @@
+//! The policy compiler: the watched objects ([`World`]) in, the [`Policy`] the datapath
+//! enforces out. Pure: no I/O, no clocks.
+//!
+//! For each of this node's pods, the policies of its namespace that select it are merged
+//! per direction into one [`RuleSet`]: peer sets per (protocol, port), per port range and
+//! for every port, each peer set a hash set of pod addresses plus a prefix set of ipBlocks.
+//! Pods isolated by the same policies (and, where an ingress rule names a port, with the
+//! same named ports) share one compiled set, so a thousand pods behind one policy cost one
+//! compile. Named ports resolve per target pod: an ingress rule's on the pod it protects,
+//! an egress rule's on each peer pod (two peers may give one name different numbers).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::model::{NetworkPolicy, Peer, Pod, PortSpec, Rule, World};
+use crate::datapath::policy::{
+    ip_key, key_prefix, Direction, Guarded, PeerSet, Policy, PolicyCounters, PolicyInfo, RateGate,
+    RuleInfo, RuleRef, RuleSet,
+};
+
+/// What survives from one compile to the next: the per-policy counters (by name) and the
+/// epoch.
+#[derive(Debug, Default)]
+pub struct Compiler {
+    counters: HashMap<String, Arc<PolicyCounters>>,
+    epoch: u32,
+    denied_log: Arc<RateGate>,
+}
+
+impl Compiler {
+    pub fn new(denied_log_rate: u32) -> Compiler {
+        Compiler {
+            counters: HashMap::new(),
+            epoch: 0,
+            denied_log: Arc::new(RateGate::new(denied_log_rate)),
+        }
+    }
+
+    /// Compile `world` into the next [`Policy`] (a new epoch).
+    pub fn compile(&mut self, world: &World) -> Policy {
+        self.epoch = self.epoch.wrapping_add(1);
+        let mut out = compile(world, self.epoch, &mut self.counters);
+        out.denied_log = self.denied_log.clone();
+        // Counters of policies that are gone are dropped with them.
+        let live: std::collections::HashSet<&str> =
+            out.policies.iter().map(|p| p.name.as_str()).collect();
+        self.counters.retain(|name, _| live.contains(name.as_str()));
+        out
+    }
+}
+
+/// The namespaces' labels, by name.
+struct Index<'w> {
+    world: &'w World,
+    ns_labels: HashMap<&'w str, &'w super::model::Labels>,
+    /// Pods with an address, by namespace.
+    pods_by_ns: HashMap<&'w str, Vec<&'w Pod>>,
+}
+
+impl<'w> Index<'w> {
+    fn new(world: &'w World) -> Index<'w> {
+        let ns_labels = world
+            .namespaces
+            .iter()
+            .map(|n| (n.name.as_str(), &n.labels))
+            .collect();
+        let mut pods_by_ns: HashMap<&str, Vec<&Pod>> = HashMap::new();
+        for p in world.pods.iter().filter(|p| !p.ips.is_empty()) {
+            pods_by_ns.entry(p.namespace.as_str()).or_default().push(p);
+        }
+        Index {
+            world,
+            ns_labels,
+            pods_by_ns,
+        }
+    }
+
+    /// The pods a `Peer::Pods` of a policy in namespace `own_ns` selects.
+    fn peer_pods(
+        &self,
+        own_ns: &str,
+        namespaces: Option<&super::model::Selector>,
+        pods: Option<&super::model::Selector>,
+    ) -> Vec<&'w Pod> {
+        let empty = super::model::Labels::new();
+        let in_ns = |ns: &str| -> Vec<&'w Pod> {
+            self.pods_by_ns
+                .get(ns)
+                .map(|v| {
+                    v.iter()
+                        .copied()
+                        .filter(|p| pods.is_none_or(|s| s.matches(&p.labels)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        match namespaces {
+            None => in_ns(own_ns),
+            Some(sel) => {
+                let mut out = Vec::new();
+                for ns in self.pods_by_ns.keys() {
+                    let labels = self.ns_labels.get(ns).copied().unwrap_or(&empty);
+                    if sel.matches(labels) {
+                        out.extend(in_ns(ns));
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// The key pods share a compiled rule set by: which policies, and (when an ingress rule
+/// names a port) the pod's own named ports.
+type SetKey = (Direction, Vec<u32>, Option<Vec<(String, u8, u16)>>);
+
+fn compile(
+    world: &World,
+    epoch: u32,
+    counters: &mut HashMap<String, Arc<PolicyCounters>>,
+) -> Policy {
+    let index = Index::new(world);
+    let mut out = Policy {
+        epoch,
+        ..Policy::default()
+    };
+    for a in &world.node_addrs {
+        out.node_addrs.insert(ip_key(*a));
+    }
+    out.deferred = world.service_cidrs.iter().map(|n| key_prefix(*n)).collect();
+    // Every pod by address, for explanations and logs.
+    for p in world.pods.iter().filter(|p| !p.ips.is_empty()) {
+        let at = out.pods.len() as u32;
+        out.pods.push(format!("{}/{}", p.namespace, p.name));
+        for ip in &p.ips {
+            out.pod_by_ip.insert(ip_key(*ip), at);
+        }
+    }
+    // Policies in a stable order (namespace, name), so rule numbers do not move.
+    let mut policies: Vec<&NetworkPolicy> = world.policies.iter().collect();
+    policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    for p in &policies {
+        let name = format!("{}/{}", p.namespace, p.name);
+        let c = counters.entry(name.clone()).or_default().clone();
+        out.policies.push(PolicyInfo { name, counters: c });
+    }
+    let log_ns: std::collections::HashSet<&str> = world
+        .namespaces
+        .iter()
+        .filter(|n| n.log_denied)
+        .map(|n| n.name.as_str())
+        .collect();
+    let mut sets: HashMap<SetKey, Arc<RuleSet>> = HashMap::new();
+    // Rule numbers are assigned per (policy, direction, rule) once, in `rule_ids`.
+    let mut rule_ids: HashMap<(u32, Direction, u32), RuleRef> = HashMap::new();
+    for pod in world
+        .pods
+        .iter()
+        .filter(|p| p.node == world.node && !p.ips.is_empty())
+    {
+        let mut ingress = Vec::new();
+        let mut egress = Vec::new();
+        for (i, p) in policies.iter().enumerate() {
+            if p.namespace != pod.namespace || !p.pod_selector.matches(&pod.labels) {
+                continue;
+            }
+            if p.ingress_isolates {
+                ingress.push(i as u32);
+            }
+            if p.egress_isolates {
+                egress.push(i as u32);
+            }
+        }
+        if ingress.is_empty() && egress.is_empty() {
+            continue;
+        }
+        let mut set_for = |direction: Direction, ids: Vec<u32>| -> Option<Arc<RuleSet>> {
+            if ids.is_empty() {
+                return None;
+            }
+            let uses_names = direction == Direction::Ingress
+                && ids.iter().any(|&i| {
+                    policies[i as usize]
+                        .ingress
+                        .iter()
+                        .any(|r| r.ports.iter().any(|p| matches!(p, PortSpec::Named { .. })))
+                });
+            let named = uses_names.then(|| {
+                pod.named_ports
+                    .iter()
+                    .map(|n| (n.name.clone(), n.proto, n.port))
+                    .collect()
+            });
+            let key = (direction, ids, named);
+            if let Some(s) = sets.get(&key) {
+                return Some(s.clone());
+            }
+            let set = Arc::new(build_set(
+                &index,
+                &policies,
+                direction,
+                &key.1,
+                pod,
+                &mut out.rules,
+                &mut rule_ids,
+            ));
+            sets.insert(key, set.clone());
+            Some(set)
+        };
+        let ingress = set_for(Direction::Ingress, ingress);
+        let egress = set_for(Direction::Egress, egress);
+        let pod_at = out.pod_by_ip[&ip_key(pod.ips[0])];
+        for ip in &pod.ips {
+            let key = ip_key(*ip);
+            out.guarded.insert(
+                key,
+                Guarded {
+                    pod: pod_at,
+                    ingress: ingress.clone(),
+                    egress: egress.clone(),
+                },
+            );
+            if log_ns.contains(pod.namespace.as_str()) {
+                out.log_denied.insert(key);
+            }
+        }
+    }
+    out
+}
+
+/// Merge the rules of `ids` (indexes into `policies`) in `direction` for `target` (the
+/// pod they protect; its named ports resolve ingress rules' port names).
+fn build_set(
+    index: &Index<'_>,
+    policies: &[&NetworkPolicy],
+    direction: Direction,
+    ids: &[u32],
+    target: &Pod,
+    rules: &mut Vec<RuleInfo>,
+    rule_ids: &mut HashMap<(u32, Direction, u32), RuleRef>,
+) -> RuleSet {
+    let mut set = RuleSet {
+        isolated_by: ids.to_vec(),
+        ..RuleSet::default()
+    };
+    for &pi in ids {
+        let p = policies[pi as usize];
+        let list = match direction {
+            Direction::Ingress => &p.ingress,
+            Direction::Egress => &p.egress,
+        };
+        for (ri, rule) in list.iter().enumerate() {
+            let r = *rule_ids
+                .entry((pi, direction, ri as u32))
+                .or_insert_with(|| {
+                    rules.push(RuleInfo {
+                        policy: pi,
+                        direction,
+                        index: ri as u32,
+                    });
+                    RuleRef(rules.len() as u32 - 1)
+                });
+            add_rule(index, p, rule, direction, target, r, &mut set);
+        }
+    }
+    set
+}
+
+/// The peers of one rule, resolved: everyone, or pods and blocks.
+struct Peers<'w> {
+    all: bool,
+    pods: Vec<&'w Pod>,
+    blocks: Vec<(ipnet::IpNet, Vec<ipnet::IpNet>)>,
+}
+
+fn resolve_peers<'w>(index: &Index<'w>, p: &NetworkPolicy, rule: &Rule) -> Peers<'w> {
+    if rule.peers.is_empty() {
+        return Peers {
+            all: true,
+            pods: Vec::new(),
+            blocks: Vec::new(),
+        };
+    }
+    let mut out = Peers {
+        all: false,
+        pods: Vec::new(),
+        blocks: Vec::new(),
+    };
+    for peer in &rule.peers {
+        match peer {
+            Peer::Pods { namespaces, pods } => {
+                out.pods
+                    .extend(index.peer_pods(&p.namespace, namespaces.as_ref(), pods.as_ref()));
+            }
+            Peer::Block { cidr, except } => out.blocks.push((*cidr, except.clone())),
+        }
+    }
+    out
+}
+
+fn fill(set: &mut PeerSet, peers: &Peers<'_>, r: RuleRef) {
+    if peers.all {
+        set.insert_all(r);
+        return;
+    }
+    for pod in &peers.pods {
+        for ip in &pod.ips {
+            set.insert_ip(ip_key(*ip), r);
+        }
+    }
+    for (cidr, except) in &peers.blocks {
+        set.blocks.insert(*cidr, except, r);
+    }
+}
+
+fn add_rule(
+    index: &Index<'_>,
+    p: &NetworkPolicy,
+    rule: &Rule,
+    direction: Direction,
+    target: &Pod,
+    r: RuleRef,
+    set: &mut RuleSet,
+) {
+    let peers = resolve_peers(index, p, rule);
+    if rule.ports.is_empty() {
+        fill(&mut set.any, &peers, r);
+        return;
+    }
+    for port in &rule.ports {
+        match port {
+            PortSpec::All { proto } => fill(set.ports.entry((*proto, 0)).or_default(), &peers, r),
+            PortSpec::Number { proto, port, end } if end == port => {
+                fill(set.ports.entry((*proto, *port)).or_default(), &peers, r)
+            }
+            PortSpec::Number { proto, port, end } => {
+                if end < port {
+                    continue;
+                }
+                match set
+                    .ranges
+                    .iter_mut()
+                    .find(|x| (x.0, x.1, x.2) == (*proto, *port, *end))
+                {
+                    Some(x) => fill(&mut x.3, &peers, r),
+                    None => {
+                        let mut s = PeerSet::default();
+                        fill(&mut s, &peers, r);
+                        set.ranges.push((*proto, *port, *end, s));
+                    }
+                }
+            }
+            PortSpec::Named { proto, name } => match direction {
+                // The protected pod's own port by that name.
+                Direction::Ingress => {
+                    if let Some(n) = target
+                        .named_ports
+                        .iter()
+                        .find(|n| n.name == *name && n.proto == *proto)
+                    {
+                        fill(set.ports.entry((*proto, n.port)).or_default(), &peers, r);
+                    }
+                }
+                // Each peer pod's port by that name; every pod when the rule admits all.
+                Direction::Egress => {
+                    let everyone: Vec<&Pod>;
+                    let pods: &[&Pod] = if peers.all {
+                        everyone = index.world.pods.iter().collect();
+                        &everyone
+                    } else {
+                        &peers.pods
+                    };
+                    let mut by_port: BTreeMap<u16, Vec<IpAddr>> = BTreeMap::new();
+                    for pod in pods {
+                        if let Some(n) = pod
+                            .named_ports
+                            .iter()
+                            .find(|n| n.name == *name && n.proto == *proto)
+                        {
+                            by_port.entry(n.port).or_default().extend(&pod.ips);
+                        }
+                    }
+                    for (port, ips) in by_port {
+                        let s = set.ports.entry((*proto, port)).or_default();
+                        for ip in ips {
+                            s.insert_ip(ip_key(ip), r);
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::flows::{FlowKey, Packet};
+    use crate::datapath::policy::{police, Because, IpKey, Tuple, VerdictCache};
+    use crate::policy::model::{Labels, NamedPort, Namespace, Selector};
+
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+    const SCTP: u8 = 132;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn sel(pairs: &[(&str, &str)]) -> Selector {
+        Selector {
+            match_labels: labels(pairs),
+            expressions: Vec::new(),
+        }
+    }
+
+    fn pod(ns: &str, name: &str, ip: &str, node: &str, l: &[(&str, &str)]) -> Pod {
+        Pod {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: labels(l),
+            ips: ip.split(',').map(|i| i.parse().unwrap()).collect(),
+            node: node.into(),
+            named_ports: Vec::new(),
+        }
+    }
+
+    fn ns(name: &str, l: &[(&str, &str)]) -> Namespace {
+        Namespace {
+            name: name.into(),
+            labels: labels(l),
+            log_denied: false,
+        }
+    }
+
+    fn policy(ns: &str, name: &str, select: Selector) -> NetworkPolicy {
+        NetworkPolicy {
+            namespace: ns.into(),
+            name: name.into(),
+            pod_selector: select,
+            ingress_isolates: true,
+            egress_isolates: false,
+            ingress: Vec::new(),
+            egress: Vec::new(),
+        }
+    }
+
+    /// x/a (10.0.1.2) and x/b (10.0.1.3) here on n1; y/c (10.0.2.2) on n2.
+    fn world(policies: Vec<NetworkPolicy>) -> World {
+        World {
+            node: "n1".into(),
+            pods: vec![
+                pod("x", "a", "10.0.1.2", "n1", &[("app", "a")]),
+                pod("x", "b", "10.0.1.3", "n1", &[("app", "b")]),
+                pod("y", "c", "10.0.2.2", "n2", &[("app", "c")]),
+            ],
+            namespaces: vec![ns("x", &[("team", "x")]), ns("y", &[("team", "y")])],
+            policies,
+            node_addrs: vec!["10.0.1.1".parse().unwrap(), "172.30.0.11".parse().unwrap()],
+            service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+        }
+    }
+
+    fn t(src: &str, dst: &str, proto: u8, dport: u16) -> Tuple {
+        let local = |ip: &str| ip.starts_with("10.0.1.");
+        Tuple {
+            src: ip_key(src.parse().unwrap()),
+            dst: ip_key(dst.parse().unwrap()),
+            proto,
+            sport: 40000,
+            dport: Some(dport),
+            from_node: false,
+            to_local_pod: local(dst),
+            to_node: !dst.starts_with("10.0."),
+        }
+    }
+
+    fn allowed(p: &Policy, src: &str, dst: &str, proto: u8, dport: u16) -> bool {
+        crate::datapath::policy::classify(p, &t(src, dst, proto, dport)).allowed
+    }
+
+    fn compiled(w: &World) -> Policy {
+        Compiler::new(10).compile(w)
+    }
+
+    #[test]
+    fn a_policy_without_rules_isolates_and_names_itself_in_the_denial() {
+        let p = compiled(&world(vec![policy("x", "deny-all", Selector::default())]));
+        assert!(!allowed(&p, "10.0.2.2", "10.0.1.2", TCP, 80));
+        assert!(!allowed(&p, "10.0.1.3", "10.0.1.2", UDP, 53));
+        // Egress is not isolated by an ingress-only policy.
+        assert!(allowed(&p, "10.0.1.2", "10.0.2.2", TCP, 80));
+        let d = crate::datapath::policy::classify(&p, &t("10.0.2.2", "10.0.1.2", TCP, 80));
+        assert!(matches!(d.because, Because::DefaultDeny { .. }));
+        let why = p.explain(&d);
+        assert!(why.contains("x/deny-all") && why.contains("x/a"), "{why}");
+    }
+
+    #[test]
+    fn pod_and_namespace_selectors_alone_and_together() {
+        let mut only_pods = policy("x", "p", sel(&[("app", "a")]));
+        only_pods.ingress = vec![Rule {
+            peers: vec![Peer::Pods {
+                namespaces: None,
+                pods: Some(sel(&[("app", "b")])),
+            }],
+            ports: Vec::new(),
+        }];
+        let p = compiled(&world(vec![only_pods.clone()]));
+        assert!(allowed(&p, "10.0.1.3", "10.0.1.2", TCP, 80), "x/b is in x");
+        assert!(!allowed(&p, "10.0.2.2", "10.0.1.2", TCP, 80), "y/c is not");
+        // namespaceSelector alone: every pod of team=y.
+        let mut by_ns = only_pods.clone();
+        by_ns.ingress[0].peers = vec![Peer::Pods {
+            namespaces: Some(sel(&[("team", "y")])),
+            pods: None,
+        }];
+        let p = compiled(&world(vec![by_ns]));
+        assert!(allowed(&p, "10.0.2.2", "10.0.1.2", TCP, 80));
+        assert!(!allowed(&p, "10.0.1.3", "10.0.1.2", TCP, 80));
+        // Both in one peer: pods labelled app=b in team=y namespaces (none).
+        let mut both = only_pods;
+        both.ingress[0].peers = vec![Peer::Pods {
+            namespaces: Some(sel(&[("team", "y")])),
+            pods: Some(sel(&[("app", "b")])),
+        }];
+        let p = compiled(&world(vec![both]));
+        assert!(!allowed(&p, "10.0.2.2", "10.0.1.2", TCP, 80));
+        assert!(!allowed(&p, "10.0.1.3", "10.0.1.2", TCP, 80));
+        // Pods of another node are never guarded here.
+        assert!(allowed(&p, "10.0.1.2", "10.0.2.2", TCP, 80));
+    }
+
+    #[test]
+    fn ports_numbers_ranges_protocols_and_sctp() {
+        let mut np = policy("x", "ports", sel(&[("app", "a")]));
+        np.ingress = vec![Rule {
+            peers: Vec::new(),
+            ports: vec![
+                PortSpec::Number {
+                    proto: TCP,
+                    port: 80,
+                    end: 80,
+                },
+                PortSpec::Number {
+                    proto: UDP,
+                    port: 1000,
+                    end: 1010,
+                },
+                PortSpec::Number {
+                    proto: SCTP,
+                    port: 9003,
+                    end: 9003,
+                },
+                PortSpec::All { proto: UDP },
+            ],
+        }];
+        np.ingress[0].ports.pop();
+        let p = compiled(&world(vec![np.clone()]));
+        assert!(allowed(&p, "10.0.2.2", "10.0.1.2", TCP, 80));
+        assert!(!allowed(&p, "10.0.2.2", "10.0.1.2", TCP, 81));
+        assert!(!allowed(&p, "10.0.2.2", "10.0.1.2", UDP, 80));
+        assert!(allowed(&p, "10.0.2.2", "10.0.1.2", UDP, 1000));
+        assert!(allowed(&p, "10.0.2.2", "10.0.1.2", UDP, 1010));
+        assert!(!allowed(&p, "10.0.2.2", "10.0.1.2", UDP, 1011));
+        assert!(allowed(&p, "10.0.2.2", "10.0.1.2", SCTP, 9003));
+        assert!(!allowed(&p, "10.0.2.2", "10.0.1.2", SCTP, 9005));
+        assert!(!allowed(&p, "10.0.2.2", "10.0.1.2", TCP, 9003));
+        // ICMP is only admitted by a rule without ports.
+        assert!(!allowed(&p, "10.0.2.2", "10.0.1.2", 1, 0));
+        np.ingress[0].ports.push(PortSpec::All { proto: UDP });
+        let p = compiled(&world(vec![np]));
+        assert!(allowed(&p, "10.0.2.2", "10.0.1.2", UDP, 5353));
+    }
+
+    #[test]
+    fn named_ports_resolve_on_the_pod_that_owns_them() {
+        let mut w = world(Vec::new());
+        w.pods[0].named_ports = vec![NamedPort {
+            name: "serve".into(),
+            proto: TCP,
+            port: 8080,
+        }];
+        // The same name, another number, on another pod.
+        w.pods[2].named_ports = vec![NamedPort {
+            name: "serve".into(),
+            proto: TCP,
+            port: 9090,
+        }];
+        let mut ing = policy("x", "in", Selector::default());
+        ing.ingress = vec![Rule {
+            peers: Vec::new(),
+            ports: vec![PortSpec::Named {
+                proto: TCP,
+                name: "serve".into(),
+            }],
+        }];
+        let mut eg = policy("x", "out", sel(&[("app", "b")]));
+        eg.ingress_isolates = false;
+        eg.egress_isolates = true;
+        eg.egress = ing.ingress.clone();
+        w.policies = vec![ing, eg];
+        let p = compiled(&w);
+        assert!(allowed(&p, "10.0.2.2", "10.0.1.2", TCP, 8080));
+        assert!(!allowed(&p, "10.0.2.2", "10.0.1.2", TCP, 9090));
+        // x/b names no port "serve": nothing admits anything to it.
+        assert!(!allowed(&p, "10.0.2.2", "10.0.1.3", TCP, 8080));
+        // x/b's egress: to each peer on that peer's number.
+        let mut out = t("10.0.1.3", "10.0.2.2", TCP, 9090);
+        out.to_local_pod = false;
+        assert!(crate::datapath::policy::classify(&p, &out).allowed);
+        out.dport = Some(8080);
+        assert!(!crate::datapath::policy::classify(&p, &out).allowed);
+    }
+
+    #[test]
+    fn ip_blocks_with_except_and_both_families() {
+        let mut np = policy("x", "blocks", sel(&[("app", "a")]));
+        np.ingress_isolates = false;
+        np.egress_isolates = true;
+        np.egress = vec![Rule {
+            peers: vec![
+                Peer::Block {
+                    cidr: "192.168.0.0/16".parse().unwrap(),
+                    except: vec!["192.168.5.0/24".parse().unwrap()],
+                },
+                Peer::Block {
+                    cidr: "fd00:1::/64".parse().unwrap(),
+                    except: Vec::new(),
+                },
+            ],
+            ports: Vec::new(),
+        }];
+        let mut w = world(vec![np]);
+        w.pods[0].ips.push("fd10:244:1::2".parse().unwrap());
+        let p = compiled(&w);
+        assert!(allowed(&p, "10.0.1.2", "192.168.4.1", TCP, 443));
+        assert!(!allowed(&p, "10.0.1.2", "192.168.5.1", TCP, 443));
+        assert!(!allowed(&p, "10.0.1.2", "8.8.8.8", UDP, 53));
+        assert!(allowed(&p, "fd10:244:1::2", "fd00:1::99", TCP, 443));
+        assert!(!allowed(&p, "fd10:244:1::2", "fd00:2::99", TCP, 443));
+    }
+
+    #[test]
+    fn services_are_judged_after_dnat_and_the_node_always_reaches_its_pods() {
+        let mut np = policy("x", "lockdown", Selector::default());
+        np.egress_isolates = true;
+        // Egress only to y/c.
+        np.egress = vec![Rule {
+            peers: vec![Peer::Pods {
+                namespaces: Some(Selector::default()),
+                pods: Some(sel(&[("app", "c")])),
+            }],
+            ports: Vec::new(),
+        }];
+        let p = compiled(&world(vec![np]));
+        // To a ClusterIP: out through the node, judged when it comes back translated.
+        let d = crate::datapath::policy::classify(&p, &t("10.0.1.2", "10.96.0.10", UDP, 53));
+        assert!(d.allowed && d.because == Because::Deferred);
+        let mut back = t("10.0.1.2", "10.0.2.2", UDP, 53);
+        back.from_node = true;
+        assert!(crate::datapath::policy::classify(&p, &back).allowed);
+        back.dst = ip_key("10.0.1.3".parse().unwrap());
+        back.to_local_pod = true;
+        assert!(!crate::datapath::policy::classify(&p, &back).allowed);
+        // Outside, not a Service: denied on the way out.
+        assert!(!allowed(&p, "10.0.1.2", "1.1.1.1", TCP, 443));
+        // Kubelet's probe from the node itself.
+        let mut probe = t("172.30.0.11", "10.0.1.2", TCP, 8080);
+        probe.from_node = true;
+        let d = crate::datapath::policy::classify(&p, &probe);
+        assert!(d.allowed && d.because == Because::FromNode);
+        // The same address through the tunnel is not the node.
+        probe.from_node = false;
+        assert!(!crate::datapath::policy::classify(&p, &probe).allowed);
+    }
+
+    #[test]
+    fn several_policies_add_up() {
+        let mut a = policy("x", "a", sel(&[("app", "a")]));
+        a.ingress = vec![Rule {
+            peers: vec![Peer::Pods {
+                namespaces: None,
+                pods: Some(sel(&[("app", "b")])),
+            }],
+            ports: Vec::new(),
+        }];
+        let mut b = policy("x", "b", sel(&[("app", "a")]));
+        b.ingress = vec![Rule {
+            peers: vec![Peer::Pods {
+                namespaces: Some(sel(&[("team", "y")])),
+                pods: None,
+            }],
+            ports: vec![PortSpec::Number {
+                proto: TCP,
+                port: 80,
+                end: 80,
+            }],
+        }];
+        let p = compiled(&world(vec![a, b]));
+        assert!(allowed(&p, "10.0.1.3", "10.0.1.2", TCP, 81));
+        assert!(allowed(&p, "10.0.2.2", "10.0.1.2", TCP, 80));
+        assert!(!allowed(&p, "10.0.2.2", "10.0.1.2", TCP, 81));
+        let d = crate::datapath::policy::classify(&p, &t("10.0.2.2", "10.0.1.2", TCP, 80));
+        assert!(
+            p.explain(&d).contains("x/b ingress rule 0"),
+            "{}",
+            p.explain(&d)
+        );
+        let d = crate::datapath::policy::classify(&p, &t("10.0.2.2", "10.0.1.2", TCP, 81));
+        assert!(p.explain(&d).contains("x/a,x/b"), "{}", p.explain(&d));
+    }
+
+    fn packet(t: &Tuple, tcp_flags: u8) -> Packet {
+        let v4 = |k: IpKey| -> u32 {
+            crate::datapath::policy::ip_of(k)
+                .to_string()
+                .parse::<std::net::Ipv4Addr>()
+                .unwrap()
+                .into()
+        };
+        Packet::Flow {
+            key: FlowKey {
+                src: v4(t.src),
+                dst: v4(t.dst),
+                proto: t.proto,
+                sport: t.sport,
+                dport: t.dport.unwrap(),
+                fragment: false,
+                v6: false,
+            },
+            tcp_flags,
+            more_fragments: false,
+            ip_id: 0,
+        }
+    }
+
+    fn reply(t: &Tuple) -> Tuple {
+        Tuple {
+            src: t.dst,
+            dst: t.src,
+            sport: t.dport.unwrap(),
+            dport: Some(t.sport),
+            ..*t
+        }
+    }
+
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+
+    #[test]
+    fn replies_pass_a_revoking_policy_cuts_the_flow_at_its_next_packet_and_removal_resumes_it() {
+        let mut c = Compiler::new(10);
+        // x/b may reach x/a; x/a's own egress is locked down (so its replies pass only as
+        // replies).
+        let mut open = policy("x", "open", sel(&[("app", "a")]));
+        open.egress_isolates = true;
+        open.ingress = vec![Rule {
+            peers: vec![Peer::Pods {
+                namespaces: None,
+                pods: Some(sel(&[("app", "b")])),
+            }],
+            ports: Vec::new(),
+        }];
+        let p1 = c.compile(&world(vec![open.clone()]));
+        let cache = VerdictCache::new(1024, 3);
+        let fwd = t("10.0.1.3", "10.0.1.2", TCP, 80);
+        let back = reply(&fwd);
+        assert!(police(&p1, &cache, &fwd, &packet(&fwd, SYN), 1).allowed);
+        let r = police(&p1, &cache, &back, &packet(&back, SYN | ACK), 1);
+        assert!(r.allowed && r.decided.is_none(), "a reply, from the cache");
+        // a's own new connection to b is denied by its egress lockdown.
+        let own = reply(&t("10.0.1.3", "10.0.1.2", TCP, 5555));
+        let own = Tuple {
+            sport: 41000,
+            dport: Some(80),
+            ..own
+        };
+        assert!(!police(&p1, &cache, &own, &packet(&own, SYN), 1).allowed);
+        // Steady state: no classification.
+        assert!(police(&p1, &cache, &fwd, &packet(&fwd, ACK), 2)
+            .decided
+            .is_none());
+        // Revoke: a's ingress admits nobody now.
+        let mut shut = open.clone();
+        shut.ingress.clear();
+        let p2 = c.compile(&world(vec![shut]));
+        assert_ne!(p1.epoch, p2.epoch);
+        assert!(!police(&p2, &cache, &fwd, &packet(&fwd, ACK), 3).allowed);
+        assert!(!police(&p2, &cache, &back, &packet(&back, ACK), 3).allowed);
+        // Restore: the same connection flows again (mid-stream segments both ways).
+        let p3 = c.compile(&world(vec![open]));
+        assert!(police(&p3, &cache, &fwd, &packet(&fwd, ACK), 4).allowed);
+        assert!(police(&p3, &cache, &back, &packet(&back, ACK), 4).allowed);
+    }
+
+    #[test]
+    fn a_lost_entry_is_picked_up_for_tcp_but_not_for_udp() {
+        let mut np = policy("x", "lock", sel(&[("app", "a")]));
+        np.ingress_isolates = false;
+        np.egress_isolates = true;
+        let p = compiled(&world(vec![np]));
+        let cache = VerdictCache::new(1024, 3);
+        // A reply of a connection x/b opened to x/a before this switchd started.
+        let back = reply(&t("10.0.1.3", "10.0.1.2", TCP, 80));
+        assert!(police(&p, &cache, &back, &packet(&back, ACK), 1).allowed);
+        // ... but never an opening SYN, nor UDP.
+        let open = Tuple {
+            sport: 41000,
+            ..back
+        };
+        assert!(!police(&p, &cache, &open, &packet(&open, SYN), 1).allowed);
+        let udp = Tuple {
+            proto: UDP,
+            sport: 53,
+            ..back
+        };
+        assert!(!police(&p, &cache, &udp, &packet(&udp, 0), 1).allowed);
+    }
+
+    #[test]
+    fn a_label_change_moves_a_pod_out_of_a_policy() {
+        let mut c = Compiler::new(10);
+        let mut np = policy("x", "web", sel(&[("app", "a")]));
+        np.ingress = vec![Rule {
+            peers: vec![Peer::Pods {
+                namespaces: None,
+                pods: Some(sel(&[("role", "client")])),
+            }],
+            ports: Vec::new(),
+        }];
+        let mut w = world(vec![np]);
+        w.pods[1].labels.insert("role".into(), "client".into());
+        let p = c.compile(&w);
+        assert!(allowed(&p, "10.0.1.3", "10.0.1.2", TCP, 80));
+        w.pods[1].labels.remove("role");
+        let p = c.compile(&w);
+        assert!(!allowed(&p, "10.0.1.3", "10.0.1.2", TCP, 80));
+    }
+
+    #[test]
+    fn counters_survive_recompiles_and_count_allows_and_denials() {
+        let mut c = Compiler::new(10);
+        let mut np = policy("x", "web", sel(&[("app", "a")]));
+        np.ingress = vec![Rule {
+            peers: Vec::new(),
+            ports: vec![PortSpec::Number {
+                proto: TCP,
+                port: 80,
+                end: 80,
+            }],
+        }];
+        let w = world(vec![np]);
+        let p = c.compile(&w);
+        p.count(&crate::datapath::policy::classify(
+            &p,
+            &t("10.0.2.2", "10.0.1.2", TCP, 80),
+        ));
+        let p = c.compile(&w);
+        p.count(&crate::datapath::policy::classify(
+            &p,
+            &t("10.0.2.2", "10.0.1.2", TCP, 81),
+        ));
+        let counters = &p.policies[0].counters;
+        assert_eq!(
+            counters.allowed.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(
+            counters.denied.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn an_ipv6_flow_is_judged_by_its_whole_address() {
+        let mut np = policy("x", "v6", sel(&[("app", "a")]));
+        np.ingress = vec![Rule {
+            peers: vec![Peer::Pods {
+                namespaces: None,
+                pods: Some(sel(&[("app", "b")])),
+            }],
+            ports: Vec::new(),
+        }];
+        let mut w = world(vec![np]);
+        w.pods[0].ips.push("fd10:244:1::2".parse().unwrap());
+        w.pods[1].ips.push("fd10:244:1::3".parse().unwrap());
+        let p = compiled(&w);
+        let mut x = t("fd10:244:1::3", "fd10:244:1::2", TCP, 80);
+        x.to_local_pod = true;
+        assert!(crate::datapath::policy::classify(&p, &x).allowed);
+        x.src = ip_key("fd10:244:1::4".parse().unwrap());
+        assert!(!crate::datapath::policy::classify(&p, &x).allowed);
+    }
+}

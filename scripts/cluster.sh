@@ -7,6 +7,8 @@
 #                                       until every node is Ready and DNS answers
 #   scripts/cluster.sh e2e FOCUS [SKIP] upstream's e2e.test with that ginkgo focus/skip
 #   scripts/cluster.sh e2e-conformance  sig-network's [Conformance] specs (what CI runs)
+#   scripts/cluster.sh redeploy         rebuild switchd's image and roll it out (an upgrade)
+#   scripts/cluster.sh e2e-netpol       upstream's NetworkPolicy suite (netpol), SCTP skipped
 #   scripts/cluster.sh e2e-network      every sig-network spec that can run here (the
 #                                       skipped ones and why: NETWORK_SKIP below);
 #                                       with SWK_DUAL_STACK=1, the dual-stack specs
@@ -645,14 +647,13 @@ e2e() {
 #   LoadBalancer, ESIPP, Ingress,    need a cloud provider's load balancers / ingress
 #     Provider:GCE                   controller
 #   SCTPConnectivity, SCTP           this kernel has no SCTP sockets
-#   NetworkPolicy, Netpol            switchd has no NetworkPolicy yet (its own issue)
 #   Networking-IPv4/IPv6/DNS, DNS    reach the Internet (8.8.8.8, google.com, the PTR
 #     configMap Forward PTR lookup   record of 8.8.8.8 from the real DNS)
 #   Networking-Performance           needs iperf >= 2.2 output; Debian 12 ships 2.1.8
 #   PerformanceDNS                   tens of thousands of Services: a scale test
 #   OffByDefault                     alpha feature gates the cluster does not turn on
 #   IPv6DualStack                    run on a dual-stack cluster instead (SWK_DUAL_STACK=1)
-NETWORK_SKIP='\[Disruptive\]|LoadBalancer|ESIPP|\[Feature:Ingress\]|\[Provider:GCE\]|SCTP|\[Feature:NetworkPolicy\]|\[sig-network\] Netpol|\[Feature:Networking-(IPv4|IPv6|DNS|Performance)\]|\[Feature:PerformanceDNS\]|\[Feature:OffByDefault\]|DNS configMap nameserver Forward PTR lookup|\[Feature:IPv6DualStack\]'
+NETWORK_SKIP='\[Disruptive\]|LoadBalancer|ESIPP|\[Feature:Ingress\]|\[Provider:GCE\]|SCTP|\[Feature:Networking-(IPv4|IPv6|DNS|Performance)\]|\[Feature:PerformanceDNS\]|\[Feature:OffByDefault\]|DNS configMap nameserver Forward PTR lookup|\[Feature:IPv6DualStack\]'
 
 summarize() {
     [[ -f $1 ]] || die "no JUnit report at $1 (did e2e.test start? see $(dirname "$1")/e2e.log)"
@@ -733,6 +734,21 @@ down() {
     say "down: nothing of the cluster is left"
 }
 
+# A new switchd in a running cluster, as an operator upgrades it: build the image, import
+# it on every node, restart the DaemonSet and wait for the rollout.
+redeploy() {
+    bins
+    cluster_healthy || die "the cluster is not up; run scripts/cluster.sh up first"
+    images
+    local n
+    for n in $(seq 1 "$NODES"); do
+        in_node "$n" ctr -n k8s.io images import "$STATE/switchd-image.tar" >/dev/null ||
+            die "importing the switchd image into swk-n$n failed"
+    done
+    kubectl -n kube-system rollout restart ds/switchd >/dev/null
+    wait_for 180 "the new switchd running on every node" kubectl -n kube-system rollout status ds/switchd --timeout=5s
+}
+
 status() {
     bins
     local f
@@ -748,6 +764,11 @@ case ${1:-} in
     down) down ;;
     e2e) shift; e2e "$@" ;;
     e2e-conformance) e2e '\[sig-network\].*\[Conformance\]' ;;
+    e2e-netpol)
+        # Upstream's NetworkPolicy suite (test/e2e/network/netpol); its SCTP cases need
+        # SCTP sockets, which this kernel does not have.
+        export SWK_E2E_PROCS=${SWK_E2E_PROCS:-3}
+        e2e '\[Feature:NetworkPolicy\]|\[sig-network\] Netpol' 'SCTP' ;;
     e2e-network)
         export SWK_E2E_PROCS=${SWK_E2E_PROCS:-3}
         if [[ $DUAL == 1 ]]; then
@@ -757,6 +778,7 @@ case ${1:-} in
         fi ;;
     kubectl) shift; bins; kubectl "$@" ;;
     status) status ;;
+    redeploy) redeploy ;;
     is-up) bins >/dev/null 2>&1 && cluster_healthy ;;
     apiserver-down) bins; apiserver_down ;;
     apiserver-up) bins; apiserver_up ;;

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-10}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(forward tunnel segment control cni config membership)
+[ ${#targets[@]} -gt 0 ] || targets=(forward tunnel segment control cni config membership policy)
 host="$(rustc -vV | sed -n 's/^host: //p')"
 sancov="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \

@@ -346,6 +346,11 @@ pub struct Counters {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub drops: u64,
+    /// Frames the switch absorbs on purpose (IPv6 router solicitations, MLD, duplicate
+    /// address probes, gratuitous ARP): normal chatter, kept out of `drops` so that a
+    /// drop always means something went wrong.
+    #[serde(default)]
+    pub ignored: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

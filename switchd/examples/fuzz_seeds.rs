@@ -170,5 +170,18 @@ fn main() {
     let mut nodes = vec![1u8];
     nodes.extend_from_slice(br#"[{"metadata":{"name":"n1"},"spec":{"podCIDRs":["10.244.1.0/24"]},"status":{"addresses":[{"type":"InternalIP","address":"192.168.7.1"}]}},{"metadata":{"name":"n2","annotations":{"switchd.dev/tunnel-port":"4789","switchd.dev/router-mac":"02:00:00:00:00:02"}},"spec":{"podCIDRs":["10.244.2.0/24","fd10:244:0:2::/64"]},"status":{"addresses":[{"type":"Hostname","address":"n2"},{"type":"InternalIP","address":"192.168.7.2"}]}},{"metadata":{"name":"n3","annotations":{"switchd.dev/wireguard-public-key":"x","switchd.dev/wireguard-port":"51820"}},"spec":{"podCIDR":"10.244.2.128/25"},"status":{"addresses":[{"type":"InternalIP","address":"192.168.7.3"}]}}]"#);
     write(dir, "membership", "node-list", &nodes);
+    // policy: a random world (0), a NetworkPolicy as the API returns it (1), frames
+    // between the fixed world's pods (2), SCTP included.
+    write(dir, "policy", "world", &with(0, &(0u8..=255).collect::<Vec<_>>()));
+    write(dir, "policy", "networkpolicy", &with(1, br#"{"metadata":{"name":"web","namespace":"x"},"spec":{"podSelector":{"matchLabels":{"app":"a"},"matchExpressions":[{"key":"tier","operator":"NotIn","values":["b"]}]},"policyTypes":["Ingress","Egress"],"ingress":[{"from":[{"namespaceSelector":{"matchLabels":{"team":"a"}},"podSelector":{}},{"ipBlock":{"cidr":"10.0.0.0/16","except":["10.0.1.0/28"]}}],"ports":[{"protocol":"TCP","port":80},{"protocol":"UDP","port":1000,"endPort":1010},{"protocol":"SCTP","port":"serve"}]}],"egress":[{"to":[{"podSelector":{"matchLabels":{"app":"b"}}}],"ports":[{"port":"dns","protocol":"UDP"}]}]}}"#));
+    let pod = |n: u8| Ipv4Addr::new(10, 0, 1, n);
+    for (name, proto, dport) in [("tcp", 6u8, 80u16), ("udp", 17, 1005), ("icmp", 1, 0), ("sctp", 132, 9003)] {
+        let (wire, patch) = if proto == 132 { (17, true) } else { (proto, false) };
+        let mut f = craft::ipv4_packet(mac_for_ip(pod(10)), mac_for_ip(pod(11)), pod(10), pod(11), wire, dport, 64);
+        if patch {
+            f[VNET_HDR_LEN + 14 + 9] = 132;
+        }
+        write(dir, "policy", name, &with(2, &f[VNET_HDR_LEN..]));
+    }
     println!("seeds written under {}", dir.display());
 }

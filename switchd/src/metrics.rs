@@ -51,9 +51,9 @@ fn counter_families(
     registry: &mut Registry,
     prefix: &str,
     labelled: &[(Labels, &Counters)],
-    fields: [CounterField; 5],
+    fields: &[CounterField],
 ) {
-    for (field, help, value) in fields {
+    for &(field, help, value) in fields {
         counter_family(
             registry,
             &format!("{prefix}_{field}"),
@@ -147,7 +147,7 @@ pub fn render(sw: &Switch) -> String {
         &mut r,
         "switchd_port",
         &port_counters,
-        [
+        &[
             ("rx_packets", "Frames read from the port", |c| c.rx_packets),
             ("rx_bytes", "Bytes read from the port", |c| c.rx_bytes),
             ("tx_packets", "Frames written to the port", |c| c.tx_packets),
@@ -156,6 +156,11 @@ pub fn render(sw: &Switch) -> String {
                 "drops",
                 "Frames from or to the port that were dropped",
                 |c| c.drops,
+            ),
+            (
+                "ignored",
+                "Link chatter from the port absorbed on purpose (IPv6 router solicitations, MLD, duplicate-address probes, gratuitous ARP)",
+                |c| c.ignored,
             ),
         ],
     );
@@ -177,7 +182,7 @@ pub fn render(sw: &Switch) -> String {
         &mut r,
         "switchd_peer",
         &peer_counters,
-        [
+        &[
             (
                 "rx_packets",
                 "Tunnel datagrams received from the peer",
@@ -346,6 +351,50 @@ pub fn render(sw: &Switch) -> String {
             "switchd_etcd_publications",
             "Forwarding-table publications caused by etcd changes (coalesced: at most one per 100 ms)",
             [(Labels::new(), m.publications)],
+        );
+    }
+    if sw.cfg.policy.enabled {
+        use std::sync::atomic::Ordering::Relaxed;
+        let policy = sw.policy();
+        let per_policy = |verdict: &'static str| {
+            policy
+                .policies
+                .iter()
+                .map(move |p| {
+                    let c = &p.counters;
+                    let v = if verdict == "allowed" {
+                        c.allowed.load(Relaxed)
+                    } else {
+                        c.denied.load(Relaxed)
+                    };
+                    let (ns, name) = p.name.split_once('/').unwrap_or(("", &p.name));
+                    (
+                        vec![
+                            ("namespace".to_string(), ns.to_string()),
+                            ("policy".to_string(), name.to_string()),
+                            ("verdict".to_string(), verdict.to_string()),
+                        ],
+                        v,
+                    )
+                })
+        };
+        counter_family(
+            &mut r,
+            "switchd_policy_flows",
+            "Flows a NetworkPolicy decided on this node (first packets, and re-checks after a policy change): allowed by one of its rules, or denied while it isolated the pod",
+            per_policy("allowed").chain(per_policy("denied")),
+        );
+        gauge_family(
+            &mut r,
+            "switchd_policy_epoch",
+            "Compiles of the node's policy so far (each re-judges cached verdicts)",
+            [(Labels::new(), f64::from(policy.epoch))],
+        );
+        gauge_family(
+            &mut r,
+            "switchd_policy_guarded_addresses",
+            "Addresses of this node's pods that a policy isolates",
+            [(Labels::new(), policy.guarded.len() as f64)],
         );
     }
     r.register(

@@ -53,7 +53,14 @@ pub fn run(sw: &Switch, req: &TraceRequest) -> Result<TraceInfo, ErrorReply> {
         ),
     }];
     steps.extend(t.steps.iter().map(|s| say(s, &probe, &snap)));
-    let (verdict, to, reason) = match t.verdict {
+    let mut verdict = t.verdict;
+    if let Some((decision, step)) = policy_step(&snap, &probe, verdict) {
+        steps.push(step);
+        if !decision.allowed {
+            verdict = Verdict::Drop(crate::datapath::DropReason::PolicyDenied);
+        }
+    }
+    let (verdict, to, reason) = match verdict {
         Verdict::Forward(p) => ("forward", Some(port_name(&snap, p)), None),
         Verdict::Encap(n) => ("encap", Some(peer_name(&snap, n)), None),
         Verdict::Reply(_) => ("reply", Some(port.label()), None),
@@ -92,6 +99,45 @@ pub fn run(sw: &Switch, req: &TraceRequest) -> Result<TraceInfo, ErrorReply> {
         to,
         reason: reason.map(|r| r.as_str().to_string()),
     })
+}
+
+/// What the node's NetworkPolicy says of the probe, when the core would deliver it and a
+/// policy concerns either end: the rule that admits it, or the default deny and the
+/// policies behind it. Classified afresh (the verdict cache is neither read nor written).
+fn policy_step(
+    snap: &Snapshot,
+    probe: &Probe,
+    verdict: Verdict,
+) -> Option<(crate::datapath::policy::Decision, TraceStep)> {
+    use crate::datapath::policy::{classify, ip_key, Tuple};
+    let policy = &*snap.policy;
+    let (to_local_pod, to_node) = match verdict {
+        Verdict::Forward(HOST_PORT) => (false, true),
+        Verdict::Forward(_) => (true, false),
+        Verdict::Encap(_) => (false, false),
+        _ => return None,
+    };
+    let t = Tuple {
+        src: ip_key(probe.src.into()),
+        dst: ip_key(probe.dst.into()),
+        proto: probe.protocol,
+        sport: if probe.protocol == 1 { 0 } else { 40000 },
+        dport: Some(if probe.protocol == 1 { 0 } else { probe.dport }),
+        from_node: probe.in_port == HOST_PORT,
+        to_local_pod,
+        to_node,
+    };
+    if !crate::datapath::policy::classify::concerns(policy, &t) {
+        return None;
+    }
+    let d = classify(policy, &t);
+    Some((
+        d,
+        TraceStep {
+            step: "network policy".into(),
+            result: policy.explain(&d),
+        },
+    ))
 }
 
 fn port_name(snap: &Snapshot, id: PortId) -> String {

@@ -160,7 +160,7 @@ fn main() -> ExitCode {
     match response {
         Response::Ports { ports } => {
             println!(
-                "{:>4} {:<5} {:<28} {:<8} {:<17} {:<15} {:>10} {:>12} {:>10} {:>12} {:>7}",
+                "{:>4} {:<5} {:<28} {:<8} {:<17} {:<15} {:>10} {:>12} {:>10} {:>12} {:>7} {:>7}",
                 "PORT",
                 "KIND",
                 "POD",
@@ -171,7 +171,8 @@ fn main() -> ExitCode {
                 "RX_BYTES",
                 "TX_PKTS",
                 "TX_BYTES",
-                "DROPS"
+                "DROPS",
+                "IGNORED"
             );
             for p in ports {
                 let pod = if p.pod.name.is_empty() {
@@ -185,7 +186,7 @@ fn main() -> ExitCode {
                 };
                 let c = p.counters;
                 println!(
-                    "{:>4} {:<5} {:<28} {:<8} {:<17} {:<15} {:>10} {:>12} {:>10} {:>12} {:>7}",
+                    "{:>4} {:<5} {:<28} {:<8} {:<17} {:<15} {:>10} {:>12} {:>10} {:>12} {:>7} {:>7}",
                     p.id,
                     p.kind,
                     pod,
@@ -196,7 +197,8 @@ fn main() -> ExitCode {
                     c.rx_bytes,
                     c.tx_packets,
                     c.tx_bytes,
-                    c.drops
+                    c.drops,
+                    c.ignored
                 );
                 if let Some(bw) = p.bandwidth {
                     let rate = |bits: u64| match bits {

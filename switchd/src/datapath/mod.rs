@@ -109,6 +109,12 @@ impl DropReason {
         DropReason::PolicyDenied,
     ];
 
+    /// Link chatter the switch absorbs on purpose: normal whenever an interface comes up,
+    /// counted apart from the drops that mean something is wrong.
+    pub fn is_chatter(self) -> bool {
+        matches!(self, DropReason::NdIgnored | DropReason::ArpIgnored)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::Malformed => "malformed",

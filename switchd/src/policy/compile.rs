@@ -362,23 +362,28 @@ fn add_rule(
                         fill(set.ports.entry((*proto, n.port)).or_default(), &peers, r);
                     }
                 }
-                // Each peer pod's port by that name; every pod when the rule admits all.
+                // Each peer pod's port by that name: the pods the rule names, the pods
+                // whose addresses its ipBlocks cover, every pod when it admits all.
                 Direction::Egress => {
-                    let everyone: Vec<&Pod>;
-                    let pods: &[&Pod] = if peers.all {
-                        everyone = index.world.pods.iter().collect();
-                        &everyone
-                    } else {
-                        &peers.pods
-                    };
                     let mut by_port: BTreeMap<u16, Vec<IpAddr>> = BTreeMap::new();
-                    for pod in pods {
-                        if let Some(n) = pod
+                    let named_pods: std::collections::HashSet<*const Pod> =
+                        peers.pods.iter().map(|p| *p as *const Pod).collect();
+                    for pod in &index.world.pods {
+                        let Some(n) = pod
                             .named_ports
                             .iter()
                             .find(|n| n.name == *name && n.proto == *proto)
-                        {
-                            by_port.entry(n.port).or_default().extend(&pod.ips);
+                        else {
+                            continue;
+                        };
+                        let named = peers.all || named_pods.contains(&(pod as *const Pod));
+                        for ip in &pod.ips {
+                            let in_block = peers.blocks.iter().any(|(cidr, except)| {
+                                cidr.contains(ip) && !except.iter().any(|e| e.contains(ip))
+                            });
+                            if named || in_block {
+                                by_port.entry(n.port).or_default().push(*ip);
+                            }
                         }
                     }
                     for (port, ips) in by_port {
@@ -796,6 +801,25 @@ mod tests {
         let p3 = c.compile(&world(vec![open]));
         assert!(police(&p3, &cache, &fwd, &packet(&fwd, ACK), 4).allowed);
         assert!(police(&p3, &cache, &back, &packet(&back, ACK), 4).allowed);
+    }
+
+    #[test]
+    fn a_udp_answer_from_a_service_reaches_an_ingress_isolated_client() {
+        // x/a admits nobody, but its own query to a ClusterIP must get its answer, which
+        // comes back from the node with the Service's address as source.
+        let p = compiled(&world(vec![policy("x", "deny-in", Selector::default())]));
+        let cache = VerdictCache::new(1024, 3);
+        let query = t("10.0.1.2", "10.96.0.10", UDP, 53);
+        assert!(crate::datapath::policy::classify::concerns(&p, &query));
+        assert!(police(&p, &cache, &query, &packet(&query, 0), 1).allowed);
+        let mut answer = reply(&query);
+        answer.from_node = true;
+        answer.to_local_pod = true;
+        answer.to_node = false;
+        assert!(police(&p, &cache, &answer, &packet(&answer, 0), 1).allowed);
+        // An unsolicited datagram from the same address is not an answer.
+        let other = Tuple { dport: Some(9), ..answer };
+        assert!(!police(&p, &cache, &other, &packet(&other, 0), 1).allowed);
     }
 
     #[test]

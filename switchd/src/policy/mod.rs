@@ -4,4 +4,5 @@
 
 pub mod compile;
 pub mod model;
+pub mod oracle;
 pub mod watch;

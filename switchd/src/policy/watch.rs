@@ -29,6 +29,10 @@ use super::model::{
 };
 use crate::switch::Switch;
 
+/// The API's NetworkPolicy, as [`network_policy_of`] takes it (re-exported for the fuzz
+/// target, which does not depend on the client crates itself).
+pub use k8s_openapi::api::networking::v1::NetworkPolicy as ApiNetworkPolicy;
+
 /// The annotation that turns on the denied-flow log for a namespace's pods.
 pub const ANNOTATION_LOG_DENIED: &str = "switchd.dev/log-denied";
 

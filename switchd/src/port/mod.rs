@@ -47,6 +47,10 @@ pub struct PortCounters {
     pub tx_packets: AtomicU64,
     pub tx_bytes: AtomicU64,
     pub drops: AtomicU64,
+    /// Link chatter absorbed on purpose (see [`DropReason::is_chatter`]).
+    ///
+    /// [`DropReason::is_chatter`]: crate::datapath::DropReason::is_chatter
+    pub ignored: AtomicU64,
 }
 
 impl PortCounters {
@@ -57,6 +61,7 @@ impl PortCounters {
             tx_packets: self.tx_packets.load(Relaxed),
             tx_bytes: self.tx_bytes.load(Relaxed),
             drops: self.drops.load(Relaxed),
+            ignored: self.ignored.load(Relaxed),
         }
     }
 }

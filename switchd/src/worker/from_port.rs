@@ -92,7 +92,11 @@ pub fn handle(
             port.transmit(&reply[..len], stats, worker);
         }
         Verdict::Drop(reason) => {
-            port.counters.drops.fetch_add(1, Relaxed);
+            if reason.is_chatter() {
+                port.counters.ignored.fetch_add(1, Relaxed);
+            } else {
+                port.counters.drops.fetch_add(1, Relaxed);
+            }
             stats.drop_frame(reason, from, &buf[VNET_HDR_LEN..]);
         }
     }

@@ -176,19 +176,14 @@ pub fn read(frame: &[u8]) -> Option<(Tuple, Packet)> {
     ))
 }
 
-/// Is this tuple one the node must judge at all? Two hash lookups; false for every packet
-/// between pods no policy isolates.
+/// Is this tuple one the node must judge (or remember) at all? Two hash lookups; false for
+/// every packet between pods no policy isolates. A pod isolated in one direction has its
+/// flows of the other direction remembered too: their replies come back against its
+/// isolated side (an ingress-isolated pod's UDP query to a Service gets its answer from
+/// the Service's address, which no ingress rule names).
 #[inline]
 pub fn concerns(policy: &Policy, t: &Tuple) -> bool {
-    policy
-        .guarded
-        .get(&t.src)
-        .is_some_and(|g| g.egress.is_some())
-        || (t.to_local_pod
-            && policy
-                .guarded
-                .get(&t.dst)
-                .is_some_and(|g| g.ingress.is_some()))
+    policy.guarded.contains_key(&t.src) || (t.to_local_pod && policy.guarded.contains_key(&t.dst))
 }
 
 /// The outcome of [`police`]: allowed or not, and whether the classifier ran (a new

@@ -23,7 +23,10 @@ use switchd::policy::model::{
 const BATCH: usize = 64;
 
 fn labels(pairs: &[(&str, String)]) -> Labels {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
 }
 
 fn selector(pairs: &[(&str, String)]) -> Selector {
@@ -55,7 +58,11 @@ fn world(pods: usize, policies: usize, all_select_bench: bool) -> World {
         let node = i / 100;
         let ip = Ipv4Addr::new(10, 244, 1 + node as u8, 2 + (i % 100) as u8);
         w.pods.push(Pod {
-            namespace: if i < 2 { "ns0".into() } else { format!("ns{}", i % 50) },
+            namespace: if i < 2 {
+                "ns0".into()
+            } else {
+                format!("ns{}", i % 50)
+            },
             name: format!("pod{i}"),
             labels: labels(&[("app", format!("app{}", if i < 2 { 0 } else { i % 200 }))]),
             ips: vec![IpAddr::V4(ip)],
@@ -70,7 +77,11 @@ fn world(pods: usize, policies: usize, all_select_bench: bool) -> World {
     for p in 0..policies {
         let app = if all_select_bench { 0 } else { p % 200 };
         w.policies.push(NetworkPolicy {
-            namespace: if all_select_bench { "ns0".into() } else { format!("ns{}", p % 50) },
+            namespace: if all_select_bench {
+                "ns0".into()
+            } else {
+                format!("ns{}", p % 50)
+            },
             name: format!("np{p}"),
             pod_selector: selector(&[("app", format!("app{app}"))]),
             ingress_isolates: true,
@@ -142,8 +153,14 @@ fn established(c: &mut Criterion) {
     let none = Policy::default();
     for (name, policy) in [
         ("no_policy", none),
-        ("100_rules", Compiler::new(0).compile(&world(200, 100, true))),
-        ("10000_rules", Compiler::new(0).compile(&world(200, 10_000, true))),
+        (
+            "100_rules",
+            Compiler::new(0).compile(&world(200, 100, true)),
+        ),
+        (
+            "10000_rules",
+            Compiler::new(0).compile(&world(200, 10_000, true)),
+        ),
     ] {
         let cache = VerdictCache::new(262_144, 9);
         let mut fs = frames();
@@ -151,7 +168,10 @@ fn established(c: &mut Criterion) {
         // The flow is established: its first packet has been judged (and allowed).
         let v = forward(&mut fs[0], 1, &table, &flows, 0, &mut reply);
         assert_eq!(v, Verdict::Forward(2));
-        assert_eq!(enforce(&fs[0], 1, v, &policy, &cache, 0).0, Verdict::Forward(2));
+        assert_eq!(
+            enforce(&fs[0], 1, v, &policy, &cache, 0).0,
+            Verdict::Forward(2)
+        );
         group.bench_function(name, |bench| {
             bench.iter(|| {
                 for f in fs.iter_mut() {
@@ -167,7 +187,11 @@ fn established(c: &mut Criterion) {
 fn first_packet(c: &mut Criterion) {
     let w = world(5000, 1000, false);
     let policy = Compiler::new(0).compile(&w);
-    assert!(policy.guarded.len() >= 90, "{} guarded", policy.guarded.len());
+    assert!(
+        policy.guarded.len() >= 90,
+        "{} guarded",
+        policy.guarded.len()
+    );
     // New flows between this node's pods and pods anywhere, on varied ports.
     let tuples: Vec<Tuple> = (0..1024)
         .map(|i| {
@@ -185,8 +209,15 @@ fn first_packet(c: &mut Criterion) {
             }
         })
         .collect();
-    let allowed = tuples.iter().filter(|t| classify(&policy, t).allowed).count();
-    assert!(allowed > 0 && allowed < tuples.len(), "{allowed} of {} allowed: the benchmark must see both", tuples.len());
+    let allowed = tuples
+        .iter()
+        .filter(|t| classify(&policy, t).allowed)
+        .count();
+    assert!(
+        allowed > 0 && allowed < tuples.len(),
+        "{allowed} of {} allowed: the benchmark must see both",
+        tuples.len()
+    );
     let mut group = c.benchmark_group("policy_first_packet");
     group.throughput(Throughput::Elements(tuples.len() as u64));
     group.bench_function("1000_policies_5000_pods", |bench| {

@@ -172,12 +172,34 @@ fn main() {
     write(dir, "membership", "node-list", &nodes);
     // policy: a random world (0), a NetworkPolicy as the API returns it (1), frames
     // between the fixed world's pods (2), SCTP included.
-    write(dir, "policy", "world", &with(0, &(0u8..=255).collect::<Vec<_>>()));
+    write(
+        dir,
+        "policy",
+        "world",
+        &with(0, &(0u8..=255).collect::<Vec<_>>()),
+    );
     write(dir, "policy", "networkpolicy", &with(1, br#"{"metadata":{"name":"web","namespace":"x"},"spec":{"podSelector":{"matchLabels":{"app":"a"},"matchExpressions":[{"key":"tier","operator":"NotIn","values":["b"]}]},"policyTypes":["Ingress","Egress"],"ingress":[{"from":[{"namespaceSelector":{"matchLabels":{"team":"a"}},"podSelector":{}},{"ipBlock":{"cidr":"10.0.0.0/16","except":["10.0.1.0/28"]}}],"ports":[{"protocol":"TCP","port":80},{"protocol":"UDP","port":1000,"endPort":1010},{"protocol":"SCTP","port":"serve"}]}],"egress":[{"to":[{"podSelector":{"matchLabels":{"app":"b"}}}],"ports":[{"port":"dns","protocol":"UDP"}]}]}}"#));
     let pod = |n: u8| Ipv4Addr::new(10, 0, 1, n);
-    for (name, proto, dport) in [("tcp", 6u8, 80u16), ("udp", 17, 1005), ("icmp", 1, 0), ("sctp", 132, 9003)] {
-        let (wire, patch) = if proto == 132 { (17, true) } else { (proto, false) };
-        let mut f = craft::ipv4_packet(mac_for_ip(pod(10)), mac_for_ip(pod(11)), pod(10), pod(11), wire, dport, 64);
+    for (name, proto, dport) in [
+        ("tcp", 6u8, 80u16),
+        ("udp", 17, 1005),
+        ("icmp", 1, 0),
+        ("sctp", 132, 9003),
+    ] {
+        let (wire, patch) = if proto == 132 {
+            (17, true)
+        } else {
+            (proto, false)
+        };
+        let mut f = craft::ipv4_packet(
+            mac_for_ip(pod(10)),
+            mac_for_ip(pod(11)),
+            pod(10),
+            pod(11),
+            wire,
+            dport,
+            64,
+        );
         if patch {
             f[VNET_HDR_LEN + 14 + 9] = 132;
         }

@@ -357,26 +357,23 @@ pub fn render(sw: &Switch) -> String {
         use std::sync::atomic::Ordering::Relaxed;
         let policy = sw.policy();
         let per_policy = |verdict: &'static str| {
-            policy
-                .policies
-                .iter()
-                .map(move |p| {
-                    let c = &p.counters;
-                    let v = if verdict == "allowed" {
-                        c.allowed.load(Relaxed)
-                    } else {
-                        c.denied.load(Relaxed)
-                    };
-                    let (ns, name) = p.name.split_once('/').unwrap_or(("", &p.name));
-                    (
-                        vec![
-                            ("namespace".to_string(), ns.to_string()),
-                            ("policy".to_string(), name.to_string()),
-                            ("verdict".to_string(), verdict.to_string()),
-                        ],
-                        v,
-                    )
-                })
+            policy.policies.iter().map(move |p| {
+                let c = &p.counters;
+                let v = if verdict == "allowed" {
+                    c.allowed.load(Relaxed)
+                } else {
+                    c.denied.load(Relaxed)
+                };
+                let (ns, name) = p.name.split_once('/').unwrap_or(("", &p.name));
+                (
+                    vec![
+                        ("namespace".to_string(), ns.to_string()),
+                        ("policy".to_string(), name.to_string()),
+                        ("verdict".to_string(), verdict.to_string()),
+                    ],
+                    v,
+                )
+            })
         };
         counter_family(
             &mut r,

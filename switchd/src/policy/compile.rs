@@ -818,8 +818,47 @@ mod tests {
         answer.to_node = false;
         assert!(police(&p, &cache, &answer, &packet(&answer, 0), 1).allowed);
         // An unsolicited datagram from the same address is not an answer.
-        let other = Tuple { dport: Some(9), ..answer };
+        let other = Tuple {
+            dport: Some(9),
+            ..answer
+        };
         assert!(!police(&p, &cache, &other, &packet(&other, 0), 1).allowed);
+    }
+
+    #[test]
+    fn a_connection_older_than_the_policy_is_judged_the_way_it_runs() {
+        // x/b has streamed to x/a:9000 since before any policy: no entry either way.
+        let p = compiled(&world(vec![policy("x", "deny-in", sel(&[("app", "a")]))]));
+        let cache = VerdictCache::new(1024, 3);
+        let data = t("10.0.1.3", "10.0.1.2", TCP, 9000);
+        let ack = reply(&data);
+        // The server's ACK may come first: it must not make the client's data a reply.
+        let first = police(&p, &cache, &ack, &packet(&ack, ACK), 1);
+        assert!(first.allowed, "x/a's own egress is not isolated");
+        assert!(!police(&p, &cache, &data, &packet(&data, ACK), 1).allowed);
+        assert!(!police(&p, &cache, &data, &packet(&data, ACK), 2).allowed);
+        // The same for a UDP flow to a server port.
+        let dgram = Tuple {
+            proto: UDP,
+            dport: Some(53),
+            ..data
+        };
+        let answer = reply(&dgram);
+        assert!(police(&p, &cache, &answer, &packet(&answer, 0), 1).allowed);
+        assert!(!police(&p, &cache, &dgram, &packet(&dgram, 0), 1).allowed);
+    }
+
+    #[test]
+    fn ports_tell_a_server_from_a_client() {
+        use crate::datapath::policy::classify::looks_like_reply;
+        assert!(looks_like_reply(80, 40000));
+        assert!(!looks_like_reply(40000, 80));
+        assert!(
+            looks_like_reply(9000, 61000),
+            "61000 is above the range: lower wins"
+        );
+        assert!(!looks_like_reply(9000, 80));
+        assert!(!looks_like_reply(53, 53));
     }
 
     #[test]

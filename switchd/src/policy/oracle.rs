@@ -17,9 +17,7 @@ use super::model::{Labels, NetworkPolicy, Peer, Pod, PortSpec, Rule, World};
 /// Would `world`'s policies let `src` send `proto`/`dport` to `dst`, judged on node
 /// `world.node` (egress of `src` when it is a pod there, ingress of `dst` likewise)?
 pub fn allowed(world: &World, src: IpAddr, dst: IpAddr, proto: u8, dport: u16) -> bool {
-    let local = |ip: IpAddr| {
-        pod_at(world, ip).filter(|p| p.node == world.node)
-    };
+    let local = |ip: IpAddr| pod_at(world, ip).filter(|p| p.node == world.node);
     if let Some(p) = local(src) {
         if !admits(world, p, Direction::Egress, dst, proto, dport) {
             return false;
@@ -44,7 +42,11 @@ fn pod_at(world: &World, ip: IpAddr) -> Option<&Pod> {
 }
 
 fn ns_labels<'a>(world: &'a World, ns: &str) -> Option<&'a Labels> {
-    world.namespaces.iter().find(|n| n.name == ns).map(|n| &n.labels)
+    world
+        .namespaces
+        .iter()
+        .find(|n| n.name == ns)
+        .map(|n| &n.labels)
 }
 
 /// Does `pod`'s policy in `dir` admit `peer` (the other end) on `proto`/`dport`?
@@ -250,11 +252,20 @@ fn rule(g: &mut Gen) -> Rule {
         r.peers.push(match g.below(4) {
             0 => Peer::Block {
                 cidr: g
-                    .pick(&["10.0.0.0/16", "10.0.1.0/24", "0.0.0.0/0", "192.168.0.0/16", "fd00::/8"])
+                    .pick(&[
+                        "10.0.0.0/16",
+                        "10.0.1.0/24",
+                        "0.0.0.0/0",
+                        "192.168.0.0/16",
+                        "fd00::/8",
+                    ])
                     .parse()
                     .unwrap(),
                 except: if g.chance(2) {
-                    vec![g.pick(&["10.0.1.0/28", "10.0.2.0/24", "192.168.7.0/24"]).parse().unwrap()]
+                    vec![g
+                        .pick(&["10.0.1.0/28", "10.0.2.0/24", "192.168.7.0/24"])
+                        .parse()
+                        .unwrap()]
                 } else {
                     Vec::new()
                 },
@@ -346,7 +357,13 @@ pub fn world(g: &mut Gen) -> World {
 /// Addresses worth sending from and to in `w`: every pod's, and a few outside ones.
 pub fn addresses(w: &World) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = w.pods.iter().flat_map(|p| p.ips.iter().copied()).collect();
-    for a in ["192.168.7.9", "192.168.1.1", "10.0.3.3", "8.8.8.8", "fd00:9::1"] {
+    for a in [
+        "192.168.7.9",
+        "192.168.1.1",
+        "10.0.3.3",
+        "8.8.8.8",
+        "fd00:9::1",
+    ] {
         out.push(a.parse().unwrap());
     }
     out

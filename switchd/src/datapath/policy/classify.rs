@@ -263,6 +263,40 @@ pub fn police(
             };
         }
     }
+    // A packet without an entry starts a flow, or belongs to one that began before this
+    // node remembered it (its pod was not isolated yet, the entry was evicted, switchd
+    // restarted). A TCP SYN is an opening for sure; otherwise the ports say which way the
+    // flow most likely goes (see `looks_like_reply`).
+    let opening = match *packet {
+        Packet::Flow { tcp_flags, .. } => tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0,
+        _ => false,
+    };
+    let seems_reply = cached.is_none()
+        && !opening
+        && super::has_ports(key.proto)
+        && looks_like_reply(key.sport, key.dport);
+    if seems_reply && key.proto == 6 {
+        // A segment of an established connection coming back from its server: a reply
+        // when the connection's own direction is allowed. (Only TCP: an unsolicited UDP
+        // datagram from a low port must not pass for an answer.)
+        let r = as_reply(classify(policy, &reversed(t)));
+        if r.allowed {
+            cache.put(
+                hash,
+                Entry {
+                    epoch,
+                    allowed: true,
+                    reply: true,
+                },
+                key.proto,
+                now,
+            );
+            return Policed {
+                allowed: true,
+                decided: Some(r),
+            };
+        }
+    }
     let d = classify(policy, t);
     if d.allowed {
         let original = Entry {
@@ -271,44 +305,24 @@ pub fn police(
             reply: false,
         };
         cache.put(hash, original, key.proto, now);
-        let back = key.reversed();
-        cache.put(
-            cache.hash(&back),
-            Entry {
-                reply: true,
-                ..original
-            },
-            key.proto,
-            now,
-        );
+        // Its replies pass too, unless this packet itself looks like one: then the
+        // other direction is the flow's own and is judged on its own packets.
+        if !seems_reply {
+            let back = key.reversed();
+            cache.put(
+                cache.hash(&back),
+                Entry {
+                    reply: true,
+                    ..original
+                },
+                key.proto,
+                now,
+            );
+        }
         return Policed {
             allowed: true,
             decided: Some(d),
         };
-    }
-    if let Packet::Flow { tcp_flags, .. } = *packet {
-        let opening = tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0;
-        if key.proto == 6 && !opening && cached.is_none() {
-            // A segment of an established connection whose entry is gone: a reply when
-            // its reverse is allowed.
-            let r = as_reply(classify(policy, &reversed(t)));
-            if r.allowed {
-                cache.put(
-                    hash,
-                    Entry {
-                        epoch,
-                        allowed: true,
-                        reply: true,
-                    },
-                    key.proto,
-                    now,
-                );
-                return Policed {
-                    allowed: true,
-                    decided: Some(r),
-                };
-            }
-        }
     }
     cache.put(
         hash,
@@ -323,6 +337,20 @@ pub fn police(
     Policed {
         allowed: false,
         decided: Some(d),
+    }
+}
+
+/// Which way does a flow seen mid-way go? A client's port is ephemeral (Linux picks it
+/// from 32768–60999 by default) and a server's usually is not: a packet from a
+/// non-ephemeral port to an ephemeral one is most likely the server's reply. Two ports of
+/// the same kind: the lower one is taken for the server's.
+#[inline]
+pub fn looks_like_reply(sport: u16, dport: u16) -> bool {
+    let ephemeral = |p: u16| (32768..=60999).contains(&p);
+    match (ephemeral(sport), ephemeral(dport)) {
+        (false, true) => true,
+        (true, false) => false,
+        _ => sport < dport,
     }
 }
 

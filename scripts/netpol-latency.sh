@@ -10,7 +10,9 @@
 #   scripts/netpol-latency.sh [ROUNDS] [PRESENT]
 #
 # ROUNDS (default 5) rounds with no other policy, then ROUNDS with PRESENT (default 250)
-# unrelated policies in the namespace (every node recompiles them all on each change).
+# unrelated policies in the namespace (every node recompiles them all on each change),
+# then ROUNDS in which PRESENT new policies and the allow arrive in one kubectl apply
+# (the allow last): the time for that many to converge on every node.
 # Prints each round and the median and worst per case. Everything lives in the namespace
 # swk-lat-<pid>, deleted at the end, also on failure.
 set -uo pipefail
@@ -53,7 +55,7 @@ k -n "$ns" wait --for=condition=Ready pod -l role=target --timeout=120s >/dev/nu
 send=""
 for n in "${nodes[@]}"; do
     ip=$(k -n "$ns" get pod "target-$n" -o jsonpath='{.status.podIP}')
-    send+="(while :; do cut -d. -f1,2 /proc/uptime | tr -d .; sleep 0.01; done | nc -u $ip 9001) & "
+    send+="(while :; do cut -d' ' -f1 /proc/uptime | tr -d .; sleep 0.01; done | nc -u $ip 9001) & "
 done
 pod client swk-n1 '{"role": "client"}' "${send}wait" | k create -f - >/dev/null
 k -n "$ns" wait --for=condition=Ready pod/client --timeout=120s >/dev/null || { echo "the client did not start" >&2; exit 1; }
@@ -61,16 +63,20 @@ k -n "$ns" wait --for=condition=Ready pod/client --timeout=120s >/dev/null || { 
 # First value (centiseconds of uptime) a target has logged, or nothing yet.
 first() { k -n "$ns" exec "target-$1" -- head -1 /tmp/log 2>/dev/null | tr -dc 0-9; }
 
-round() { # prints the worst latency of this round over all targets, in ms
-    local n t0 worst=0 v lat
+round() { # [BULK] prints the worst latency of this round over all targets, in ms; with
+    # BULK, that many new policies are applied in the same kubectl apply, the allow last
+    local bulk=${1:-0} n t0 worst=0 v lat i
     for n in "${nodes[@]}"; do k -n "$ns" exec "target-$n" -- sh -c ': > /tmp/log'; done
     sleep 1
     for n in "${nodes[@]}"; do
         [[ -z $(first "$n") ]] || { echo "target-$n receives while denied" >&2; return 1; }
     done
     t0=$(uptime_ms)
-    policy allow target '[{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}]}]' | k apply -f - >/dev/null
-    local per=()
+    {
+        for ((i = 1; i <= bulk; i++)); do policy "bulk-$i" "bulk-$i" '[{"from": [{"podSelector": {}}]}]'; echo '---'; done
+        policy allow target '[{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}]}]'
+    } | k apply -f - >/dev/null
+    local per=("(kubectl apply returned after $(($(uptime_ms) - t0))ms)")
     for n in "${nodes[@]}"; do
         local end=$((SECONDS + 30))
         v=""
@@ -82,6 +88,7 @@ round() { # prints the worst latency of this round over all targets, in ms
         ((lat > worst)) && worst=$lat
     done
     k -n "$ns" delete networkpolicy allow >/dev/null
+    ((bulk == 0)) || for ((i = 1; i <= bulk; i++)); do echo "bulk-$i"; done | sed 's|^|networkpolicy/|' | xargs "$cluster" kubectl -n "$ns" delete --ignore-not-found >/dev/null
     echo "  ${per[*]}" >&2
     echo "$worst"
 }
@@ -107,3 +114,8 @@ results=()
 echo "with $present policies present:" >&2
 for _ in $(seq "$rounds"); do results+=("$(round)") || exit 1; sleep 2; done
 report "allow applied, $present policies present" "${results[@]}"
+
+results=()
+echo "$present policies applied at once, the allow last:" >&2
+for _ in $(seq "$rounds"); do results+=("$(round "$present")") || exit 1; sleep 5; done
+report "$present new policies converged" "${results[@]}"

@@ -44,10 +44,14 @@ scripts/fuzz.sh 5
 # conformance tests against it (docs/kubernetes.md). A cluster that was already up is
 # used and left up; one started here is removed again, also on failure.
 # switchd's Node watch is then checked in the same cluster: joins, deletes, and an API
-# server that dies and comes back (tests/cluster/kube_membership.sh).
+# server that dies and comes back (tests/cluster/kube_membership.sh). Then NetworkPolicy:
+# upstream's netpol suite (docs/network-policy.md), and established flows cut and resumed
+# by policies and labels (tests/cluster/netpol.sh).
 if ! scripts/cluster.sh is-up; then
     trap 'scripts/cluster.sh down' EXIT
     scripts/cluster.sh up
 fi
 scripts/cluster.sh e2e-conformance
 tests/cluster/kube_membership.sh
+scripts/cluster.sh e2e-netpol
+tests/cluster/netpol.sh

@@ -393,6 +393,8 @@ fn worker_path(c: &mut Criterion) {
         peer_by_addr: Default::default(),
         flows: std::sync::Arc::new(flows),
         health: std::sync::Arc::new(switchd::health::Health::new(None, 1)),
+        policy: Default::default(),
+        verdicts: std::sync::Arc::new(switchd::datapath::policy::VerdictCache::new(1024, 1)),
     };
     let stats = switchd::stats::Stats::default();
     let from = snapshot.ports[&1].clone();

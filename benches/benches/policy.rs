@@ -6,6 +6,7 @@
 //! - `first_packet`: classifying a new flow's first packet with 1,000 policies over 5,000
 //!   pods (what the cache saves on every later packet).
 //! - `compile`: compiling those 1,000 policies and 5,000 pods for one node.
+//!
 //! `docs/network-policy.md` has the figures and the command.
 
 use std::hint::black_box;

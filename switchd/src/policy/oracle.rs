@@ -150,7 +150,7 @@ impl Gen {
         }
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         if let Some((data, at)) = &mut self.bytes {
             let b = data.get(*at).copied().unwrap_or(0);
             *at += 1;
@@ -163,7 +163,7 @@ impl Gen {
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 
     pub fn chance(&mut self, one_in: u64) -> bool {

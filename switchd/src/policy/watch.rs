@@ -376,7 +376,7 @@ impl Watched {
 }
 
 enum Change {
-    Pod(Event<core::Pod>),
+    Pod(Box<Event<core::Pod>>),
     Namespace(Event<core::Namespace>),
     Policy(Event<net::NetworkPolicy>),
     Failed(&'static str, String),
@@ -418,7 +418,7 @@ pub async fn run(sw: Arc<Switch>, client: Option<kube::Client>) {
     let pods = watcher::watcher(Api::<core::Pod>::all(client.clone()), wc())
         .default_backoff()
         .map(|r| {
-            r.map(Change::Pod)
+            r.map(|e| Change::Pod(Box::new(e)))
                 .unwrap_or_else(|e| Change::Failed("Pods", e.to_string()))
         });
     let nss = watcher::watcher(Api::<core::Namespace>::all(client.clone()), wc())
@@ -461,7 +461,7 @@ pub async fn run(sw: Arc<Switch>, client: Option<kube::Client>) {
                     return;
                 };
                 let changed = match change {
-                    Change::Pod(e) => watched.pods.apply(e, pod_of),
+                    Change::Pod(e) => watched.pods.apply(*e, pod_of),
                     Change::Namespace(e) => watched.namespaces.apply(e, namespace_of),
                     Change::Policy(e) => watched.policies.apply(e, network_policy_of),
                     Change::Failed(kind, e) => {

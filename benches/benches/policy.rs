@@ -193,11 +193,20 @@ fn first_packet(c: &mut Criterion) {
         "{} guarded",
         policy.guarded.len()
     );
-    // New flows between this node's pods and pods anywhere, on varied ports.
+    // New flows to this node's pods, on varied ports: half from pods anywhere (mostly
+    // denied), half from pods that a policy of the destination names (pod d is selected
+    // by policy d, which admits app (7d mod 200) of team (d mod 10): such pods exist for
+    // d a multiple of 5).
     let tuples: Vec<Tuple> = (0..1024)
         .map(|i| {
-            let src = &w.pods[5000 - 1 - (i * 37) % 4900].ips[0];
-            let dst = &w.pods[i % 100].ips[0];
+            let d = 5 * (1 + i % 19);
+            let s = if i % 2 == 0 {
+                (7 * d) % 200 + 200 * (1 + i % 20)
+            } else {
+                5000 - 1 - (i * 37) % 4900
+            };
+            let src = &w.pods[s].ips[0];
+            let dst = &w.pods[d].ips[0];
             Tuple {
                 src: ip_key(*src),
                 dst: ip_key(*dst),

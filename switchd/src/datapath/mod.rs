@@ -141,3 +141,20 @@ impl DropReason {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::DropReason;
+
+    #[test]
+    fn only_absorbed_link_chatter_is_kept_out_of_the_drop_counters() {
+        let chatter: Vec<&str> = DropReason::ALL
+            .iter()
+            .filter(|r| r.is_chatter())
+            .map(|r| r.as_str())
+            .collect();
+        assert_eq!(chatter, ["arp_ignored", "nd_ignored"]);
+        assert!(!DropReason::PolicyDenied.is_chatter());
+        assert!(!DropReason::NdUnknownTarget.is_chatter());
+    }
+}

@@ -7,7 +7,8 @@
 #     when it is deleted;
 #   - the same when the client's label that a policy admits is removed and put back;
 #   - the denial is explained: `switchctl monitor` names the policy behind the drop,
-#     `switchctl trace` names it for the same packet, /metrics counts it.
+#     `switchctl trace` names it for the same packet, /metrics counts it;
+#   - a restarted switchd (its pod deleted) keeps the flows cut, from its saved policy.
 # Prints one line per check and "N passed, N failed"; exits non-zero on a failure.
 # Everything it creates lives in the namespace swk-np-<pid>, deleted also on failure.
 set -uo pipefail
@@ -101,6 +102,20 @@ if grep -q "switchd_policy_flows_total{namespace=\"$ns\",policy=\"deny-all\",ver
 else
     bad "/metrics has no denied count for $ns/deny-all: $(grep switchd_policy_flows <<<"$metrics" | head -3)"
 fi
+# A restarted switchd enforces what it saved before it stopped, before the API's lists
+# arrive: the flows stay cut across the restart.
+old=$(k -n kube-system get pods -l app=switchd --field-selector spec.nodeName=swk-n1 -o jsonpath='{.items[0].metadata.name}')
+k -n kube-system delete pod "$old" --wait=true >/dev/null
+k -n kube-system rollout status ds/switchd --timeout=120s >/dev/null
+new=$(k -n kube-system get pods -l app=switchd --field-selector spec.nodeName=swk-n1 -o jsonpath='{.items[0].metadata.name}')
+if k -n kube-system logs "$new" 2>/dev/null | grep -q "enforcing what was saved before the restart"; then
+    ok "the restarted switchd on swk-n1 enforced its saved policy before the API's lists arrived"
+else
+    bad "the restarted switchd did not start from its saved policy"
+fi
+for f in tcp udp; do
+    if until_flow "$f" 0 5; then ok "$f: still cut after switchd restarted"; else bad "$f: flowing again after switchd restarted"; fi
+done
 k -n "$ns" delete networkpolicy deny-all >/dev/null
 for f in tcp udp; do
     # TCP resumes at its next retransmission (backed off while it was cut).

@@ -5,24 +5,26 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use serde::{Deserialize, Serialize};
+
 pub type Labels = BTreeMap<String, String>;
 
 /// A label selector (`matchLabels` and `matchExpressions`). The empty selector selects
 /// everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Selector {
     pub match_labels: Labels,
     pub expressions: Vec<Expression>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Expression {
     pub key: String,
     pub op: Operator,
     pub values: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Operator {
     In,
     NotIn,
@@ -48,7 +50,7 @@ impl Selector {
 }
 
 /// A container port with a name, which a policy may name instead of its number.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NamedPort {
     pub name: String,
     /// IP protocol number (6, 17, 132).
@@ -56,7 +58,7 @@ pub struct NamedPort {
     pub port: u16,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pod {
     pub namespace: String,
     pub name: String,
@@ -68,7 +70,7 @@ pub struct Pod {
     pub named_ports: Vec<NamedPort>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespace {
     pub name: String,
     pub labels: Labels,
@@ -77,7 +79,7 @@ pub struct Namespace {
 }
 
 /// A NetworkPolicy (networking.k8s.io/v1).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkPolicy {
     pub namespace: String,
     pub name: String,
@@ -91,7 +93,7 @@ pub struct NetworkPolicy {
 }
 
 /// One ingress or egress rule: traffic from/to any of `peers` on any of `ports`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Rule {
     /// Empty: every peer (the field missing or empty in the object).
     pub peers: Vec<Peer>,
@@ -99,7 +101,7 @@ pub struct Rule {
     pub ports: Vec<PortSpec>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Peer {
     /// Pods: `pods` selects in the namespaces `namespaces` selects; `None` for
     /// `namespaces` is the policy's own namespace, `None` for `pods` every pod.
@@ -114,7 +116,7 @@ pub enum Peer {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PortSpec {
     /// Every port of the protocol (`port` missing).
     All { proto: u8 },

@@ -5,8 +5,12 @@
 //! switch's snapshot. The datapath never waits for a compile: it keeps the previous
 //! policy until the next one is published.
 //!
-//! Nothing is enforced until all three lists have arrived once: a partial view (policies
-//! without the pods they admit) would deny traffic the policies allow.
+//! Nothing new is enforced until all three lists have arrived once: a partial view
+//! (policies without the pods they admit) would deny traffic the policies allow. Until
+//! then, a restarted switchd enforces what it compiled last before it stopped: the
+//! compiler's input is saved in `state_dir/policy-world.json` (at most every 2 s, written
+//! atomically) and compiled again at start, so a restart leaves no window in which
+//! isolated pods are open.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -32,6 +36,21 @@ use crate::switch::Switch;
 /// The API's NetworkPolicy, as [`network_policy_of`] takes it (re-exported for the fuzz
 /// target, which does not depend on the client crates itself).
 pub use k8s_openapi::api::networking::v1::NetworkPolicy as ApiNetworkPolicy;
+
+/// Where the last compiled input is saved, in `state_dir`.
+pub const SAVED_WORLD: &str = "policy-world.json";
+/// How often, at most, it is rewritten.
+const SAVE_EVERY: Duration = Duration::from_secs(2);
+
+/// The compiler's input as saved: what was watched (this node's own facts come from its
+/// configuration at each start).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    saved_unix: u64,
+    pods: Vec<model::Pod>,
+    namespaces: Vec<Namespace>,
+    policies: Vec<NetworkPolicy>,
+}
 
 /// The annotation that turns on the denied-flow log for a namespace's pods.
 pub const ANNOTATION_LOG_DENIED: &str = "switchd.dev/log-denied";
@@ -414,6 +433,22 @@ pub async fn run(sw: Arc<Switch>, client: Option<kube::Client>) {
     }
     let service_cidrs = cfg.policy.service_cidrs.clone();
     let node = cfg.node_name.clone();
+    let saved_path = cfg.state_dir.join(SAVED_WORLD);
+    let mut compiler = Some(Compiler::new(cfg.policy.denied_log_rate));
+    // What this node enforced before a restart, until the lists arrive.
+    if let Some(saved) = crate::membership::read_json::<Saved>(&saved_path) {
+        let world = World {
+            node: node.clone(),
+            pods: saved.pods,
+            namespaces: saved.namespaces,
+            policies: saved.policies,
+            node_addrs: node_addrs.clone(),
+            service_cidrs: service_cidrs.clone(),
+        };
+        let policy = compiler.as_mut().expect("just made").compile(&world);
+        tracing::info!(policies = world.policies.len(), guarded = policy.guarded.len(), saved_secs_ago = crate::membership::now_unix().saturating_sub(saved.saved_unix), "network policy: enforcing what was saved before the restart until the API's lists arrive");
+        sw.set_policy(Arc::new(policy));
+    }
     let wc = || watcher::Config::default();
     let pods = watcher::watcher(Api::<core::Pod>::all(client.clone()), wc())
         .default_backoff()
@@ -436,12 +471,13 @@ pub async fn run(sw: Arc<Switch>, client: Option<kube::Client>) {
     let mut changes =
         futures_util::stream::select(futures_util::stream::select(pods, nss), nps).boxed();
     let mut watched = Watched::default();
-    let mut compiler = Some(Compiler::new(cfg.policy.denied_log_rate));
     let mut dirty = false;
-    let mut in_flight: Option<
-        tokio::task::JoinHandle<(Compiler, crate::datapath::policy::Policy, Duration)>,
-    > = None;
+    type Done = (Compiler, crate::datapath::policy::Policy, Duration, World);
+    let mut in_flight: Option<tokio::task::JoinHandle<Done>> = None;
     let mut announced_sync = false;
+    let mut unsaved: Option<World> = None;
+    let mut save_tick = tokio::time::interval(SAVE_EVERY);
+    save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if dirty && in_flight.is_none() && watched.synced() {
             if let Some(mut c) = compiler.take() {
@@ -450,7 +486,7 @@ pub async fn run(sw: Arc<Switch>, client: Option<kube::Client>) {
                 in_flight = Some(tokio::task::spawn_blocking(move || {
                     let started = Instant::now();
                     let p = c.compile(&world);
-                    (c, p, started.elapsed())
+                    (c, p, started.elapsed(), world)
                 }));
             }
         }
@@ -479,7 +515,8 @@ pub async fn run(sw: Arc<Switch>, client: Option<kube::Client>) {
             done = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
                 in_flight = None;
                 match done {
-                    Ok((c, policy, took)) => {
+                    Ok((c, policy, took, world)) => {
+                        unsaved = Some(world);
                         tracing::debug!(epoch = policy.epoch, guarded = policy.guarded.len(), policies = policy.policies.len(), compile_ms = took.as_secs_f64() * 1e3, "network policy compiled");
                         sw.set_policy(Arc::new(policy));
                         compiler = Some(c);
@@ -491,6 +528,166 @@ pub async fn run(sw: Arc<Switch>, client: Option<kube::Client>) {
                     }
                 }
             }
+            _ = save_tick.tick(), if unsaved.is_some() => {
+                let world = unsaved.take().expect("guarded");
+                let path = saved_path.clone();
+                let saved = Saved {
+                    saved_unix: crate::membership::now_unix(),
+                    pods: world.pods,
+                    namespaces: world.namespaces,
+                    policies: world.policies,
+                };
+                // Off the runtime: a large cluster's state is a few MB.
+                let result = tokio::task::spawn_blocking(move || crate::membership::write_json(&path, &saved)).await;
+                if let Ok(Err(e)) = result {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot save the policy state; enforcement goes on, but a restart would enforce nothing until the API answers (disk full?)");
+                }
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn np(json: &str) -> NetworkPolicy {
+        let api: net::NetworkPolicy = serde_json::from_str(json).unwrap();
+        network_policy_of(&api).1.unwrap()
+    }
+
+    #[test]
+    fn policy_types_default_as_the_api_says() {
+        let ingress_only =
+            np(r#"{"metadata":{"name":"a","namespace":"x"},"spec":{"podSelector":{}}}"#);
+        assert!(ingress_only.ingress_isolates && !ingress_only.egress_isolates);
+        let with_egress = np(
+            r#"{"metadata":{"name":"a","namespace":"x"},"spec":{"podSelector":{},"egress":[{}]}}"#,
+        );
+        assert!(with_egress.ingress_isolates && with_egress.egress_isolates);
+        let egress_only = np(
+            r#"{"metadata":{"name":"a","namespace":"x"},"spec":{"podSelector":{},"policyTypes":["Egress"]}}"#,
+        );
+        assert!(!egress_only.ingress_isolates && egress_only.egress_isolates);
+    }
+
+    #[test]
+    fn ports_peers_and_a_policy_that_cannot_be_read() {
+        let p = np(
+            r#"{"metadata":{"name":"a","namespace":"x"},"spec":{"podSelector":{"matchLabels":{"app":"a"}},
+            "ingress":[{"from":[{"ipBlock":{"cidr":"10.1.2.3/16","except":["10.1.5.0/24"]}},
+                                {"namespaceSelector":{"matchExpressions":[{"key":"t","operator":"Exists"}]}}],
+                        "ports":[{"port":80},{"port":"http","protocol":"UDP"},{"port":"8080"},
+                                 {"port":1000,"endPort":1010,"protocol":"SCTP"},{"protocol":"TCP"}]}]}}"#,
+        );
+        let r = &p.ingress[0];
+        assert_eq!(
+            r.peers[0],
+            Peer::Block {
+                cidr: "10.1.0.0/16".parse().unwrap(),
+                except: vec!["10.1.5.0/24".parse().unwrap()]
+            }
+        );
+        assert!(matches!(
+            &r.peers[1],
+            Peer::Pods {
+                namespaces: Some(_),
+                pods: None
+            }
+        ));
+        assert_eq!(
+            r.ports,
+            vec![
+                PortSpec::Number {
+                    proto: 6,
+                    port: 80,
+                    end: 80
+                },
+                PortSpec::Named {
+                    proto: 17,
+                    name: "http".into()
+                },
+                PortSpec::Number {
+                    proto: 6,
+                    port: 8080,
+                    end: 8080
+                },
+                PortSpec::Number {
+                    proto: 132,
+                    port: 1000,
+                    end: 1010
+                },
+                PortSpec::All { proto: 6 },
+            ]
+        );
+        // A protocol nobody knows: the pods it selects are isolated with no rule.
+        let bad = np(
+            r#"{"metadata":{"name":"b","namespace":"x"},"spec":{"podSelector":{"matchLabels":{"app":"a"}},
+            "ingress":[{"ports":[{"port":80,"protocol":"QUIC"}]}]}}"#,
+        );
+        assert!(bad.ingress_isolates && bad.ingress.is_empty());
+        assert_eq!(
+            bad.pod_selector.match_labels.get("app").map(String::as_str),
+            Some("a")
+        );
+    }
+
+    #[test]
+    fn a_relist_replaces_and_only_real_changes_count() {
+        let pod = |name: &str, ip: &str, phase: &str| -> core::Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "x", "labels": {"app": "a"}},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [{"name": "web", "containerPort": 80}]}]},
+                "status": {"phase": phase, "podIPs": [{"ip": ip}]}
+            }))
+            .unwrap()
+        };
+        let mut o: Objects<model::Pod> = Objects::default();
+        assert!(!o.apply(Event::Init, pod_of));
+        assert!(!o.apply(Event::InitApply(pod("a", "10.0.0.2", "Running")), pod_of));
+        assert!(
+            o.apply(Event::InitDone, pod_of),
+            "the first list is a change"
+        );
+        assert!(o.synced);
+        assert!(
+            !o.apply(Event::Apply(pod("a", "10.0.0.2", "Running")), pod_of),
+            "same again"
+        );
+        assert!(o.apply(Event::Apply(pod("b", "10.0.0.3", "Running")), pod_of));
+        assert!(
+            o.apply(Event::Apply(pod("b", "10.0.0.3", "Succeeded")), pod_of),
+            "finished: gone"
+        );
+        assert_eq!(o.len(), 1);
+        assert_eq!(o.values().next().unwrap().named_ports[0].port, 80);
+        // A relist without "a": it is gone when the relist completes.
+        o.apply(Event::Init, pod_of);
+        o.apply(Event::InitApply(pod("c", "10.0.0.4", "Running")), pod_of);
+        assert_eq!(o.len(), 1, "nothing replaced before InitDone");
+        assert!(o.apply(Event::InitDone, pod_of));
+        assert_eq!(o.values().next().unwrap().name, "c");
+    }
+
+    #[test]
+    fn the_saved_state_compiles_to_the_same_verdicts() {
+        let mut g = super::super::oracle::Gen::seeded(5);
+        let w = super::super::oracle::world(&mut g);
+        let saved = Saved {
+            saved_unix: 1,
+            pods: w.pods.clone(),
+            namespaces: w.namespaces.clone(),
+            policies: w.policies.clone(),
+        };
+        let back: Saved = serde_json::from_slice(&serde_json::to_vec(&saved).unwrap()).unwrap();
+        let restored = World {
+            pods: back.pods,
+            namespaces: back.namespaces,
+            policies: back.policies,
+            ..w.clone()
+        };
+        assert_eq!(restored.policies, w.policies);
+        assert_eq!(restored.pods, w.pods);
+        assert!(super::super::oracle::compare(&restored).is_ok());
     }
 }

@@ -20,6 +20,7 @@ seconds=${3:-5}
 ns=swk-perf-$$
 image=swk-iperf3:local
 . "$repo/scripts/lib/rootfs.sh"
+. "$repo/tests/cluster/lib.sh"
 
 k() { "$cluster" kubectl "$@"; }
 tmp=$(mktemp -d /tmp/swk-iperf.XXXXXX)
@@ -39,18 +40,9 @@ for n in 1 2 3; do
         ctr -n k8s.io images import "$tmp/iperf3.tar" >/dev/null || { echo "importing into swk-n$n failed" >&2; exit 1; }
 done
 
-pod() { # NAME NODE ROLE COMMAND
-    cat <<EOF
-{"apiVersion": "v1", "kind": "Pod",
- "metadata": {"name": "$1", "namespace": "$ns", "labels": {"role": "$3"}},
- "spec": {"nodeName": "$2", "terminationGracePeriodSeconds": 0,
-          "containers": [{"name": "c", "image": "$image", "imagePullPolicy": "Never",
-                          "command": ["/bin/sh", "-c", "$4"]}]}}
-EOF
-}
 k create namespace "$ns" >/dev/null
-pod server swk-n1 server 'exec iperf3 -s' | k create -f - >/dev/null
-pod client swk-n2 client 'exec sleep 100000' | k create -f - >/dev/null
+pod_json server swk-n1 '{"role": "server"}' 'exec iperf3 -s' | k create -f - >/dev/null
+pod_json client swk-n2 '{"role": "client"}' 'exec sleep 100000' | k create -f - >/dev/null
 k -n "$ns" wait --for=condition=Ready pod/server pod/client --timeout=120s >/dev/null || { echo "pods did not start" >&2; exit 1; }
 server_ip=$(k -n "$ns" get pod server -o jsonpath='{.status.podIP}')
 

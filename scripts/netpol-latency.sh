@@ -17,6 +17,7 @@
 # swk-lat-<pid>, deleted at the end, also on failure.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
+. "$repo/tests/cluster/lib.sh"
 cluster=$repo/scripts/cluster.sh
 rounds=${1:-5}
 present=${2:-250}
@@ -30,14 +31,7 @@ trap cleanup EXIT
 "$cluster" is-up || { echo "the cluster is not up: scripts/cluster.sh up" >&2; exit 1; }
 uptime_ms() { awk '{printf "%d\n", $1 * 1000}' /proc/uptime; }
 
-pod() { # NAME NODE LABELS COMMAND
-    cat <<EOF
-{"apiVersion": "v1", "kind": "Pod",
- "metadata": {"name": "$1", "namespace": "$ns", "labels": $3},
- "spec": {"nodeName": "$2", "terminationGracePeriodSeconds": 0,
-          "containers": [{"name": "c", "image": "$image", "command": ["/bin/sh", "-c", "$4"]}]}}
-EOF
-}
+pod() { pod_json "$@"; }
 policy() { # NAME SELECTOR-LABEL INGRESS
     cat <<EOF
 {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",

@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use switchd::datapath::frame::{mac_for_ip, ETH_HDR_LEN, VNET_HDR_LEN};
-use switchd::datapath::policy::{classify, enforce, ip_key, Policy, Tuple, VerdictCache};
+use switchd::datapath::policy::{classify, enforce, ip_key, Memo, Policy, Tuple, VerdictCache};
 use switchd::datapath::{craft, forward, FlowTable, Timeouts, Verdict};
 use switchd::policy::compile::Compiler;
 use switchd::policy::model::{
@@ -170,14 +170,26 @@ fn established(c: &mut Criterion) {
         let v = forward(&mut fs[0], 1, &table, &flows, 0, &mut reply);
         assert_eq!(v, Verdict::Forward(2));
         assert_eq!(
-            enforce(&fs[0], 1, v, &policy, &cache, 0).0,
+            enforce(&fs[0], 1, v, &policy, &cache, 0, &mut Memo::default()).0,
             Verdict::Forward(2)
         );
+        // Consecutive frames of one flow, as a GRO batch or a stream delivers them: the
+        // worker's memo answers.
+        let mut memo = Memo::default();
         group.bench_function(name, |bench| {
             bench.iter(|| {
                 for f in fs.iter_mut() {
                     let v = forward(black_box(f), 1, &table, &flows, 0, &mut reply);
-                    black_box(enforce(f, 1, v, &policy, &cache, 0));
+                    black_box(enforce(f, 1, v, &policy, &cache, 0, &mut memo));
+                }
+            })
+        });
+        // Frames of many flows interleaved: every frame goes to the verdict cache.
+        group.bench_function(format!("{name}_interleaved"), |bench| {
+            bench.iter(|| {
+                for f in fs.iter_mut() {
+                    let v = forward(black_box(f), 1, &table, &flows, 0, &mut reply);
+                    black_box(enforce(f, 1, v, &policy, &cache, 0, &mut Memo::default()));
                 }
             })
         });

@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchd::datapath::policy::{enforce, VerdictCache};
+use switchd::datapath::policy::{enforce, Memo, VerdictCache};
 use switchd::datapath::{Verdict, HOST_PORT};
 use switchd::policy::compile::Compiler;
 use switchd::policy::oracle::{self, Gen};
@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
             let w = oracle::world(&mut Gen::seeded(11));
             let policy = Compiler::new(0).compile(&w);
             let cache = VerdictCache::new(1024, 5);
+            let mut memo = Memo::default();
             let mut buf = vec![0u8; 10];
             buf.extend_from_slice(body);
             for (in_port, verdict) in [
@@ -52,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
                 (u32::MAX, Verdict::Forward(1)),
                 (1, Verdict::Encap(0)),
             ] {
-                let _ = enforce(&buf, in_port, verdict, &policy, &cache, 1);
+                let _ = enforce(&buf, in_port, verdict, &policy, &cache, 1, &mut memo);
             }
         }
     }

@@ -13,6 +13,7 @@
 # Everything it creates lives in the namespace swk-np-<pid>, deleted also on failure.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
+. "$repo/tests/cluster/lib.sh"
 cluster=$repo/scripts/cluster.sh
 STATE=${SWK_STATE:-/var/lib/switchd-cluster}
 switchctl=$repo/target/release/switchctl
@@ -33,14 +34,7 @@ trap cleanup EXIT
 # The server (node 1) writes the last line number it received, per protocol; the client
 # (node 2) sends one numbered line every 20 ms over one TCP connection and as UDP
 # datagrams from one socket: one flow each, for the whole test.
-pod() { # NAME NODE LABELS COMMAND
-    cat <<EOF
-{"apiVersion": "v1", "kind": "Pod",
- "metadata": {"name": "$1", "namespace": "$ns", "labels": $3},
- "spec": {"nodeName": "$2", "terminationGracePeriodSeconds": 0,
-          "containers": [{"name": "c", "image": "$image", "command": ["/bin/sh", "-c", "$4"]}]}}
-EOF
-}
+pod() { pod_json "$@"; }
 k create namespace "$ns" >/dev/null
 pod server swk-n1 '{"app": "server"}' \
     'nc -lk 9000 | while read -r l; do echo $l > /tmp/tcp; done & nc -lku 9001 | while read -r l; do echo $l > /tmp/udp; done & wait' |

@@ -37,6 +37,16 @@ impl Compiler {
         }
     }
 
+    /// A compiler whose first epoch follows `last`: one that replaces a compiler lost to a
+    /// failure must never reuse an epoch, or verdicts cached under the old one would pass
+    /// for current.
+    pub fn after(denied_log_rate: u32, last: u32) -> Compiler {
+        Compiler {
+            epoch: last,
+            ..Compiler::new(denied_log_rate)
+        }
+    }
+
     /// Compile `world` into the next [`Policy`] (a new epoch).
     pub fn compile(&mut self, world: &World) -> Policy {
         self.epoch = self.epoch.wrapping_add(1);
@@ -859,6 +869,40 @@ mod tests {
         );
         assert!(!looks_like_reply(9000, 80));
         assert!(!looks_like_reply(53, 53));
+    }
+
+    #[test]
+    fn the_workers_memo_never_outlives_a_policy_change() {
+        use crate::datapath::policy::{enforce, Memo};
+        use crate::datapath::{craft, frame::mac_for_ip, DropReason, Verdict};
+        let (b, a) = ("10.0.1.3".parse().unwrap(), "10.0.1.2".parse().unwrap());
+        let mut frame = craft::ipv4_packet(mac_for_ip(b), mac_for_ip(a), b, a, TCP, 80, 60);
+        frame[crate::datapath::frame::VNET_HDR_LEN + 14 + 20 + 13] = ACK;
+        let mut c = Compiler::new(10);
+        let mut open = policy("x", "open", sel(&[("app", "a")]));
+        open.ingress = vec![Rule::default()];
+        let p1 = c.compile(&world(vec![open]));
+        let p2 = c.compile(&world(vec![policy("x", "shut", sel(&[("app", "a")]))]));
+        let cache = VerdictCache::new(1024, 3);
+        let mut memo = Memo::default();
+        let deliver = Verdict::Forward(1);
+        for _ in 0..3 {
+            assert_eq!(
+                enforce(&frame, 2, deliver, &p1, &cache, 7, &mut memo).0,
+                deliver
+            );
+        }
+        assert_ne!(memo, Memo::default(), "the flow is remembered");
+        // Same second, same flow, new policy: judged again, and denied.
+        assert_eq!(
+            enforce(&frame, 2, deliver, &p2, &cache, 7, &mut memo).0,
+            Verdict::Drop(DropReason::PolicyDenied)
+        );
+        assert_eq!(
+            enforce(&frame, 2, deliver, &p2, &cache, 7, &mut memo).0,
+            Verdict::Drop(DropReason::PolicyDenied),
+            "a denial is never remembered as a pass"
+        );
     }
 
     #[test]

@@ -476,6 +476,7 @@ pub async fn run(sw: Arc<Switch>, client: Option<kube::Client>) {
     let mut in_flight: Option<tokio::task::JoinHandle<Done>> = None;
     let mut announced_sync = false;
     let mut unsaved: Option<World> = None;
+    let mut last_epoch = sw.policy().epoch;
     let mut save_tick = tokio::time::interval(SAVE_EVERY);
     save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -517,13 +518,14 @@ pub async fn run(sw: Arc<Switch>, client: Option<kube::Client>) {
                 match done {
                     Ok((c, policy, took, world)) => {
                         unsaved = Some(world);
+                        last_epoch = policy.epoch;
                         tracing::debug!(epoch = policy.epoch, guarded = policy.guarded.len(), policies = policy.policies.len(), compile_ms = took.as_secs_f64() * 1e3, "network policy compiled");
                         sw.set_policy(Arc::new(policy));
                         compiler = Some(c);
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "the policy compiler failed; enforcing the last policy compiled");
-                        compiler = Some(Compiler::new(cfg.policy.denied_log_rate));
+                        compiler = Some(Compiler::after(cfg.policy.denied_log_rate, last_epoch.wrapping_add(1)));
                         dirty = true;
                     }
                 }

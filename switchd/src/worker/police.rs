@@ -11,6 +11,11 @@ use crate::monitor::Source;
 use crate::snapshot::Snapshot;
 use crate::stats::Stats;
 
+std::thread_local! {
+    /// This worker's [`policy::Memo`]: each datapath worker is its own thread.
+    static MEMO: std::cell::Cell<policy::Memo> = const { std::cell::Cell::new(policy::Memo::EMPTY) };
+}
+
 /// The verdict to carry out, or `None` when the policy dropped the frame (already counted).
 #[inline]
 pub fn police(
@@ -26,7 +31,17 @@ pub fn police(
     if pol.is_empty() {
         return Some(verdict);
     }
-    let (v, judged) = policy::enforce(buf, in_port, verdict, pol, &snapshot.verdicts, now);
+    let mut memo = MEMO.get();
+    let (v, judged) = policy::enforce(
+        buf,
+        in_port,
+        verdict,
+        pol,
+        &snapshot.verdicts,
+        now,
+        &mut memo,
+    );
+    MEMO.set(memo);
     let Some((t, p)) = judged else {
         return Some(v);
     };

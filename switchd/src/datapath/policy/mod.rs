@@ -375,12 +375,33 @@ impl Policy {
     }
 }
 
+/// The last flow [`enforce`] let through, which a worker keeps from one frame to the next:
+/// the frames of one flow within one second and one policy epoch (the segments of a GRO
+/// batch from the tunnel, a stream's consecutive frames) then pass on one comparison,
+/// without the guarded lookups and the verdict cache. Within the same second, because the
+/// cache entry's time is refreshed at most once a second anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Memo {
+    epoch: u32,
+    now: u32,
+    tuple: Option<Tuple>,
+}
+
+impl Memo {
+    /// Remembers nothing.
+    pub const EMPTY: Memo = Memo {
+        epoch: 0,
+        now: 0,
+        tuple: None,
+    };
+}
+
 /// Apply the policy to a frame the forwarding core has decided to deliver (`verdict`):
 /// the same verdict when the policy allows it (or does not concern it), a drop with
 /// [`DropReason::PolicyDenied`](super::DropReason::PolicyDenied) when it denies it. `buf`
 /// is the port buffer (virtio-net header, then the frame); `in_port` is where it came from
 /// (`PortId::MAX` for the tunnel). The [`classify::Policed`] says whether the classifier
-/// ran, for the counters and the denied-flow log.
+/// ran, for the counters and the denied-flow log. `memo` is the caller's [`Memo`].
 #[inline]
 pub fn enforce(
     buf: &[u8],
@@ -389,6 +410,7 @@ pub fn enforce(
     policy: &Policy,
     cache: &VerdictCache,
     now: u32,
+    memo: &mut Memo,
 ) -> (super::Verdict, Option<(Tuple, classify::Policed)>) {
     use super::{Verdict, HOST_PORT};
     if policy.is_empty() {
@@ -409,11 +431,27 @@ pub fn enforce(
     t.from_node = in_port == HOST_PORT;
     t.to_local_pod = to_local_pod;
     t.to_node = to_node;
+    // Only whole flows are remembered: a fragment or an ICMP error is judged each time.
+    let flow = matches!(packet, crate::datapath::flows::Packet::Flow { .. });
+    let seen = Memo {
+        epoch: policy.epoch,
+        now,
+        tuple: Some(t),
+    };
+    if flow && *memo == seen {
+        return (verdict, None);
+    }
     if !classify::concerns(policy, &t) {
+        if flow {
+            *memo = seen;
+        }
         return (verdict, None);
     }
     let p = police(policy, cache, &t, &packet, now);
     if p.allowed {
+        if flow {
+            *memo = seen;
+        }
         (verdict, Some((t, p)))
     } else {
         (Verdict::Drop(super::DropReason::PolicyDenied), Some((t, p)))

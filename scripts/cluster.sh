@@ -9,6 +9,10 @@
 #   scripts/cluster.sh e2e-conformance  sig-network's [Conformance] specs (what CI runs)
 #   scripts/cluster.sh redeploy         rebuild switchd's image and roll it out (an upgrade)
 #   scripts/cluster.sh e2e-netpol       upstream's NetworkPolicy suite (netpol), SCTP skipped
+#   scripts/cluster.sh e2e-cnp          the ClusterNetworkPolicy conformance profile of the
+#                                       pinned sigs.k8s.io/network-policy-api (installs its
+#                                       CRD first; SCTP probes skipped, counted)
+#   scripts/cluster.sh cnp-crd          install only that CRD
 #   scripts/cluster.sh e2e-network      every sig-network spec that can run here (the
 #                                       skipped ones and why: NETWORK_SKIP below);
 #                                       with SWK_DUAL_STACK=1, the dual-stack specs
@@ -684,6 +688,63 @@ print(f"{passed} passed, {failed} failed, {skipped} skipped")
 EOF
 }
 
+# --- ClusterNetworkPolicy -------------------------------------------------------------
+
+# The pinned network-policy-api's CRD and conformance suite (k8s/netpol-api/build.sh).
+cnp_build() {
+    CNP=$("$repo/k8s/netpol-api/build.sh") || die "building the ClusterNetworkPolicy conformance suite failed"
+}
+
+cnp_crd() {
+    cnp_build
+    kubectl apply --server-side -f "$CNP/clusternetworkpolicies.yaml" >/dev/null
+    kubectl wait --for=condition=Established --timeout=60s \
+        crd/clusternetworkpolicies.policy.networking.k8s.io >/dev/null
+    say "ClusterNetworkPolicy CRD $(<"$CNP/VERSION") installed"
+}
+
+# The suite's conformance profile. Its only image, agnhost:2.45, is our agnhost (built from
+# the pinned Kubernetes) under that name too; its StatefulSets live in the
+# network-policy-conformance-* namespaces, removed by the suite at the end.
+e2e_cnp() {
+    bins
+    cluster_healthy || die "the cluster is not up; run scripts/cluster.sh up first"
+    cnp_crd
+    local n report=$STATE/cnp
+    for ((n = 1; n <= NODES; n++)); do
+        in_node "$n" ctr -n k8s.io images tag --force "$AGNHOST" registry.k8s.io/e2e-test-images/agnhost:2.45 >/dev/null ||
+            die "tagging agnhost:2.45 in $(node_name "$n") failed"
+    done
+    # A previous run's namespaces must be gone before the suite creates them again.
+    kubectl wait --for=delete namespace -l conformance-house --timeout=300s >/dev/null 2>&1 || true
+    rm -rf "$report"
+    mkdir -p "$report"
+    say "ClusterNetworkPolicy conformance ($(<"$CNP/VERSION")); log in $report/cnp.log"
+    local rc=0
+    (cd "$report" && in_cp env KUBECONFIG="$KUBECONFIG_ADMIN" "$CNP/cnp-conformance.test" \
+        -test.v -test.run '^TestConformanceProfiles$' -test.timeout 75m \
+        --conformance-profiles=ClusterNetworkPolicy --organization=switchd --project=switchd \
+        --url=https://switchd.dev --version="$(git -C "$repo" describe --always --dirty 2>/dev/null || echo dev)" \
+        --additional-info="scripts/cluster.sh e2e-cnp" --contact=none \
+        --report-output="$report/report.yaml") >"$report/cnp.log" 2>&1 || rc=$?
+    python3 - "$report/cnp.log" <<'EOF'
+import re, sys
+results, sctp = {}, 0
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"\s*--- (PASS|FAIL|SKIP): TestConformanceProfiles/([^/\s]+) ", line)
+    if m:
+        results[m.group(2)] = m.group(1)
+    sctp += "SWITCHD-SKIPPED-SCTP-PROBE" in line
+for name, r in sorted(results.items()):
+    if r != "PASS":
+        print(f"{r}: {name}")
+count = lambda r: sum(1 for v in results.values() if v == r)
+print(f"{count('PASS')} passed, {count('FAIL')} failed, {count('SKIP')} skipped (not supported); "
+      f"{sctp} SCTP probes skipped (no SCTP sockets on this kernel)")
+EOF
+    return "$rc"
+}
+
 # --- down ---------------------------------------------------------------------------
 
 kill_cgroup_tree() { # every process in a pids cgroup subtree we made, by PID
@@ -770,6 +831,8 @@ case ${1:-} in
         # the two that only carry SCTP in the policy (and probe over TCP) do run.
         export SWK_E2E_PROCS=${SWK_E2E_PROCS:-3}
         e2e '\[Feature:NetworkPolicy\]|\[sig-network\] Netpol' 'SCTPConnectivity' ;;
+    e2e-cnp) e2e_cnp ;;
+    cnp-crd) bins; cnp_crd ;;
     e2e-network)
         export SWK_E2E_PROCS=${SWK_E2E_PROCS:-3}
         if [[ $DUAL == 1 ]]; then

@@ -3,13 +3,16 @@
 //! and the compiled classifier must agree with the literal reference
 //! (`switchd::policy::oracle`) on every packet. 1: a NetworkPolicy as JSON, read as the
 //! watcher reads it and compiled into a small world; judging packets must not panic, and a
-//! policy that cannot be read isolates what it selects (never admits more). Other: a frame
-//! (Ethernet, any protocol, SCTP included) policed against a fixed policy.
+//! policy that cannot be read isolates what it selects (never admits more). 3: a
+//! ClusterNetworkPolicy as JSON, read as the watcher reads it and compiled into a small
+//! world; the classifier must agree with the reference. Other: a frame (Ethernet, any
+//! protocol, SCTP included) policed against a fixed policy.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use switchd::datapath::policy::{enforce, Memo, VerdictCache};
 use switchd::datapath::{Verdict, HOST_PORT};
+use switchd::policy::cluster::{cluster_policy_of, DynamicObject};
 use switchd::policy::compile::Compiler;
 use switchd::policy::oracle::{self, Gen};
 use switchd::policy::watch::{network_policy_of, ApiNetworkPolicy};
@@ -35,6 +38,17 @@ fuzz_target!(|data: &[u8]| {
                 p.namespace = "x".into();
                 w.policies.push(p);
             }
+            if let Err(e) = oracle::compare(&w) {
+                panic!("{e}");
+            }
+        }
+        3 => {
+            let Ok(o) = serde_json::from_slice::<DynamicObject>(body) else {
+                return;
+            };
+            let (_, parsed) = cluster_policy_of(&o);
+            let mut w = oracle::world(&mut Gen::seeded(7));
+            w.cluster_policies.extend(parsed);
             if let Err(e) = oracle::compare(&w) {
                 panic!("{e}");
             }

@@ -171,7 +171,7 @@ fn main() {
     nodes.extend_from_slice(br#"[{"metadata":{"name":"n1"},"spec":{"podCIDRs":["10.244.1.0/24"]},"status":{"addresses":[{"type":"InternalIP","address":"192.168.7.1"}]}},{"metadata":{"name":"n2","annotations":{"switchd.dev/tunnel-port":"4789","switchd.dev/router-mac":"02:00:00:00:00:02"}},"spec":{"podCIDRs":["10.244.2.0/24","fd10:244:0:2::/64"]},"status":{"addresses":[{"type":"Hostname","address":"n2"},{"type":"InternalIP","address":"192.168.7.2"}]}},{"metadata":{"name":"n3","annotations":{"switchd.dev/wireguard-public-key":"x","switchd.dev/wireguard-port":"51820"}},"spec":{"podCIDR":"10.244.2.128/25"},"status":{"addresses":[{"type":"InternalIP","address":"192.168.7.3"}]}}]"#);
     write(dir, "membership", "node-list", &nodes);
     // policy: a random world (0), a NetworkPolicy as the API returns it (1), frames
-    // between the fixed world's pods (2), SCTP included.
+    // between the fixed world's pods (2), SCTP included, a ClusterNetworkPolicy (3).
     write(
         dir,
         "policy",
@@ -179,6 +179,7 @@ fn main() {
         &with(0, &(0u8..=255).collect::<Vec<_>>()),
     );
     write(dir, "policy", "networkpolicy", &with(1, br#"{"metadata":{"name":"web","namespace":"x"},"spec":{"podSelector":{"matchLabels":{"app":"a"},"matchExpressions":[{"key":"tier","operator":"NotIn","values":["b"]}]},"policyTypes":["Ingress","Egress"],"ingress":[{"from":[{"namespaceSelector":{"matchLabels":{"team":"a"}},"podSelector":{}},{"ipBlock":{"cidr":"10.0.0.0/16","except":["10.0.1.0/28"]}}],"ports":[{"protocol":"TCP","port":80},{"protocol":"UDP","port":1000,"endPort":1010},{"protocol":"SCTP","port":"serve"}]}],"egress":[{"to":[{"podSelector":{"matchLabels":{"app":"b"}}}],"ports":[{"port":"dns","protocol":"UDP"}]}]}}"#));
+    write(dir, "policy", "clusternetworkpolicy", &with(3, br#"{"apiVersion":"policy.networking.k8s.io/v1beta1","kind":"ClusterNetworkPolicy","metadata":{"name":"c"},"spec":{"tier":"Admin","priority":5,"subject":{"namespaces":{"matchLabels":{"team":"a"}}},"ingress":[{"name":"r","action":"Deny","from":[{"pods":{"namespaceSelector":{},"podSelector":{"matchLabels":{"app":"b"}}}}],"protocols":[{"tcp":{"destinationPort":{"number":80}}},{"udp":{"destinationPort":{"range":{"start":1000,"end":1010}}}}]}],"egress":[{"action":"Pass","to":[{"networks":["10.0.0.0/16"]}]},{"action":"Accept","to":[{"namespaces":{}}],"protocols":[{"destinationNamedPort":"dns"}]}]}}"#));
     let pod = |n: u8| Ipv4Addr::new(10, 0, 1, n);
     for (name, proto, dport) in [
         ("tcp", 6u8, 80u16),

@@ -364,9 +364,10 @@ pub fn render(sw: &Switch) -> String {
                 } else {
                     c.denied.load(Relaxed)
                 };
-                let (ns, name) = p.name.split_once('/').unwrap_or(("", &p.name));
+                let (ns, name) = p.namespace_and_name();
                 (
                     vec![
+                        ("tier".to_string(), p.tier.as_str().to_string()),
                         ("namespace".to_string(), ns.to_string()),
                         ("policy".to_string(), name.to_string()),
                         ("verdict".to_string(), verdict.to_string()),
@@ -378,7 +379,7 @@ pub fn render(sw: &Switch) -> String {
         counter_family(
             &mut r,
             "switchd_policy_flows",
-            "Flows a NetworkPolicy decided on this node (first packets, and re-checks after a policy change): allowed by one of its rules, or denied while it isolated the pod",
+            "Flows a policy decided on this node (first packets, and re-checks after a policy change): allowed by one of its rules, denied by a ClusterNetworkPolicy's Deny rule, or denied while a NetworkPolicy isolated the pod; tier is Admin or Baseline for a ClusterNetworkPolicy (no namespace), NetworkPolicy otherwise",
             per_policy("allowed").chain(per_policy("denied")),
         );
         gauge_family(

@@ -8,9 +8,14 @@
 #   - the same when the client's label that a policy admits is removed and put back;
 #   - the denial is explained: `switchctl monitor` names the policy behind the drop,
 #     `switchctl trace` names it for the same packet, /metrics counts it;
-#   - a restarted switchd (its pod deleted) keeps the flows cut, from its saved policy.
+#   - a restarted switchd (its pod deleted) keeps the flows cut, from its saved policy;
+#   - a ClusterNetworkPolicy of the Admin tier denying the client cuts both flows over a
+#     NetworkPolicy that admits it (and names its rule in monitor and /metrics); switched
+#     to Pass, the NetworkPolicy decides again and the same flows resume.
 # Prints one line per check and "N passed, N failed"; exits non-zero on a failure.
-# Everything it creates lives in the namespace swk-np-<pid>, deleted also on failure.
+# Everything it creates lives in the namespace swk-np-<pid>, or is the ClusterNetworkPolicy
+# swk-np-<pid>-admin; both are deleted also on failure. Installs the ClusterNetworkPolicy
+# CRD (scripts/cluster.sh cnp-crd) when it is missing.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 . "$repo/tests/cluster/lib.sh"
@@ -26,7 +31,11 @@ ok() { echo "ok   $*"; passed=$((passed + 1)); }
 bad() { echo "FAIL $*"; failed=$((failed + 1)); }
 sock() { echo "$STATE/nodes/$1/root/run/switchd/switchd.sock"; }
 
-cleanup() { k delete namespace "$ns" --ignore-not-found --wait=false >/dev/null 2>&1; }
+cnp=$ns-admin
+cleanup() {
+    k delete clusternetworkpolicy "$cnp" --ignore-not-found >/dev/null 2>&1
+    k delete namespace "$ns" --ignore-not-found --wait=false >/dev/null 2>&1
+}
 trap cleanup EXIT
 
 "$cluster" is-up || { echo "the cluster is not up: scripts/cluster.sh up" >&2; exit 1; }
@@ -91,7 +100,7 @@ else
     bad "switchctl trace does not explain the denial: $trace"
 fi
 metrics=$(nsenter --net=/run/netns/swk-n1 curl -s http://127.0.0.1:9476/metrics 2>/dev/null)
-if grep -q "switchd_policy_flows_total{namespace=\"$ns\",policy=\"deny-all\",verdict=\"denied\"} [1-9]" <<<"$metrics"; then
+if grep -q "switchd_policy_flows_total{tier=\"NetworkPolicy\",namespace=\"$ns\",policy=\"deny-all\",verdict=\"denied\"} [1-9]" <<<"$metrics"; then
     ok "/metrics counts the denied flows of $ns/deny-all"
 else
     bad "/metrics has no denied count for $ns/deny-all: $(grep switchd_policy_flows <<<"$metrics" | head -3)"
@@ -131,6 +140,44 @@ k -n "$ns" label pod client access=granted >/dev/null
 for f in tcp udp; do
     if until_flow "$f" 1 30; then ok "$f: resumed once the label is back"; else bad "$f: did not resume after the label came back"; fi
 done
+
+# 3. The Admin tier over NetworkPolicy: by-label admits the client, a cluster policy's
+#    Deny cuts it anyway; turned into Pass, by-label decides again.
+"$cluster" cnp-crd >/dev/null || bad "could not install the ClusterNetworkPolicy CRD"
+admin() {
+    cat <<EOF
+{"apiVersion": "policy.networking.k8s.io/v1beta1", "kind": "ClusterNetworkPolicy",
+ "metadata": {"name": "$cnp"},
+ "spec": {"tier": "Admin", "priority": 10,
+          "subject": {"pods": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "$ns"}},
+                               "podSelector": {"matchLabels": {"app": "server"}}}},
+          "ingress": [{"name": "no-clients", "action": "$1",
+                       "from": [{"pods": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "$ns"}},
+                                          "podSelector": {"matchLabels": {"app": "client"}}}}]}]}}
+EOF
+}
+t0=$SECONDS
+admin Deny | k apply -f - >/dev/null
+for f in tcp udp; do
+    if until_flow "$f" 0 10; then ok "$f: stopped by an Admin-tier Deny over the NetworkPolicy that admits it (within $((SECONDS - t0)) s)"; else bad "$f: still flowing 10 s after the Admin-tier Deny"; fi
+done
+events=$(timeout 3 "$switchctl" --socket "$(sock 1)" monitor --rate 0 2>/dev/null)
+if grep -q "policy_denied.*ClusterNetworkPolicy/$cnp (Admin tier, priority 10) ingress rule 0 \"no-clients\" (Deny)" <<<"$events"; then
+    ok "switchctl monitor names the cluster policy and its rule"
+else
+    bad "switchctl monitor did not name $cnp's rule: $(grep -m1 policy_denied <<<"$events" | cut -c1-300)"
+fi
+metrics=$(nsenter --net=/run/netns/swk-n1 curl -s http://127.0.0.1:9476/metrics 2>/dev/null)
+if grep -q "switchd_policy_flows_total{tier=\"Admin\",namespace=\"\",policy=\"$cnp\",verdict=\"denied\"} [1-9]" <<<"$metrics"; then
+    ok "/metrics counts the flows $cnp denied"
+else
+    bad "/metrics has no denied count for $cnp: $(grep switchd_policy_flows <<<"$metrics" | grep -v NetworkPolicy | head -3)"
+fi
+admin Pass | k apply -f - >/dev/null
+for f in tcp udp; do
+    if until_flow "$f" 1 30; then ok "$f: resumed once the rule passes to NetworkPolicy, which admits it"; else bad "$f: did not resume after the rule became Pass"; fi
+done
+k delete clusternetworkpolicy "$cnp" >/dev/null
 
 echo "$passed passed, $failed failed"
 ((failed == 0))

@@ -13,10 +13,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::model::{NetworkPolicy, Peer, Pod, PortSpec, Rule, World};
+use super::model::{
+    ClusterPeer, ClusterPolicy, NetworkPolicy, Peer, Pod, PodsIn, PortSpec, Rule, World,
+};
 use crate::datapath::policy::{
-    ip_key, key_prefix, Direction, Guarded, PeerSet, Policy, PolicyCounters, PolicyInfo, RateGate,
-    RuleInfo, RuleRef, RuleSet,
+    ip_key, key_prefix, Action, ClusterSets, Direction, Guarded, PeerSet, Policy, PolicyCounters,
+    PolicyInfo, RateGate, RuleInfo, RuleRef, RuleSet, Tier, CLUSTER_POLICY_PREFIX,
 };
 
 /// What survives from one compile to the next: the per-policy counters (by name) and the
@@ -121,9 +123,24 @@ impl<'w> Index<'w> {
     }
 }
 
-/// The key pods share a compiled rule set by: which policies, and (when an ingress rule
-/// names a port) the pod's own named ports.
-type SetKey = (Direction, Vec<u32>, Option<Vec<(String, u8, u16)>>);
+impl<'w> Index<'w> {
+    /// The pods `sel` selects (a cluster policy's subject or peer).
+    fn pods_in(&self, sel: &PodsIn) -> Vec<&'w Pod> {
+        let empty = super::model::Labels::new();
+        let mut out = Vec::new();
+        for (ns, pods) in &self.pods_by_ns {
+            let labels = self.ns_labels.get(ns).copied().unwrap_or(&empty);
+            if sel.namespaces.matches(labels) {
+                out.extend(pods.iter().copied().filter(|p| sel.pods.matches(&p.labels)));
+            }
+        }
+        out
+    }
+}
+
+/// The key pods share a compiled rule set by: its tier, which policies, and (when an
+/// ingress rule names a port) the pod's own named ports.
+type SetKey = (Direction, Tier, Vec<u32>, Option<Vec<(String, u8, u16)>>);
 
 fn compile(
     world: &World,
@@ -153,7 +170,46 @@ fn compile(
     for p in &policies {
         let name = format!("{}/{}", p.namespace, p.name);
         let c = counters.entry(name.clone()).or_default().clone();
-        out.policies.push(PolicyInfo { name, counters: c });
+        out.policies.push(PolicyInfo {
+            name,
+            tier: Tier::NetworkPolicy,
+            priority: 0,
+            counters: c,
+        });
+    }
+    // Cluster policies in their order of evaluation: tier, priority, then name (the API
+    // leaves ties to the implementation; the name makes ours stable). Their rules are
+    // numbered first, in that order, so the lowest-numbered match is the one that decides.
+    let mut cluster: Vec<&ClusterPolicy> = world.cluster_policies.iter().collect();
+    cluster.sort_by(|a, b| (a.tier, a.priority, &a.name).cmp(&(b.tier, b.priority, &b.name)));
+    let mut cluster_rules: Vec<[Vec<RuleRef>; 2]> = Vec::with_capacity(cluster.len());
+    for c in &cluster {
+        let name = format!("{CLUSTER_POLICY_PREFIX}{}", c.name);
+        let counters = counters.entry(name.clone()).or_default().clone();
+        let at = out.policies.len() as u32;
+        out.policies.push(PolicyInfo {
+            name,
+            tier: c.tier,
+            priority: c.priority,
+            counters,
+        });
+        let mut refs = [Vec::new(), Vec::new()];
+        for (d, list) in [
+            (Direction::Ingress, &c.ingress),
+            (Direction::Egress, &c.egress),
+        ] {
+            for (i, rule) in list.iter().enumerate() {
+                out.rules.push(RuleInfo {
+                    policy: at,
+                    direction: d,
+                    index: i as u32,
+                    action: rule.action,
+                    name: (!rule.name.is_empty()).then(|| rule.name.clone()),
+                });
+                refs[d as usize].push(RuleRef(out.rules.len() as u32 - 1));
+            }
+        }
+        cluster_rules.push(refs);
     }
     let log_ns: std::collections::HashSet<&str> = world
         .namespaces
@@ -162,6 +218,9 @@ fn compile(
         .map(|n| n.name.as_str())
         .collect();
     let mut sets: HashMap<SetKey, Arc<RuleSet>> = HashMap::new();
+    // Pods with the same cluster sets share one `ClusterSets` (keyed by the sets' addresses,
+    // which `sets` keeps alive).
+    let mut shared_cluster: HashMap<[usize; 4], Arc<ClusterSets>> = HashMap::new();
     // Rule numbers are assigned per (policy, direction, rule) once, in `rule_ids`.
     let mut rule_ids: HashMap<(u32, Direction, u32), RuleRef> = HashMap::new();
     for pod in world
@@ -182,19 +241,49 @@ fn compile(
                 egress.push(i as u32);
             }
         }
-        if ingress.is_empty() && egress.is_empty() {
+        // The cluster policies selecting it, per tier and direction, in order.
+        let ns_labels = index
+            .ns_labels
+            .get(pod.namespace.as_str())
+            .copied()
+            .cloned()
+            .unwrap_or_default();
+        let mut by_tier: [[Vec<u32>; 2]; 2] = Default::default();
+        for (i, c) in cluster.iter().enumerate() {
+            if !c.subject.matches(&ns_labels, &pod.labels) {
+                continue;
+            }
+            let t = usize::from(c.tier == Tier::Baseline);
+            if !c.ingress.is_empty() {
+                by_tier[t][Direction::Ingress as usize].push(i as u32);
+            }
+            if !c.egress.is_empty() {
+                by_tier[t][Direction::Egress as usize].push(i as u32);
+            }
+        }
+        let selected = by_tier.iter().flatten().any(|ids| !ids.is_empty());
+        if ingress.is_empty() && egress.is_empty() && !selected {
             continue;
         }
-        let mut set_for = |direction: Direction, ids: Vec<u32>| -> Option<Arc<RuleSet>> {
+        let mut set_for = |direction: Direction,
+                           tier: Tier,
+                           ids: Vec<u32>|
+         -> Option<Arc<RuleSet>> {
             if ids.is_empty() {
                 return None;
             }
+            let names_ports =
+                |ports: &[PortSpec]| ports.iter().any(|p| matches!(p, PortSpec::Named { .. }));
             let uses_names = direction == Direction::Ingress
-                && ids.iter().any(|&i| {
-                    policies[i as usize]
+                && ids.iter().any(|&i| match tier {
+                    Tier::NetworkPolicy => policies[i as usize]
                         .ingress
                         .iter()
-                        .any(|r| r.ports.iter().any(|p| matches!(p, PortSpec::Named { .. })))
+                        .any(|r| names_ports(&r.ports)),
+                    _ => cluster[i as usize]
+                        .ingress
+                        .iter()
+                        .any(|r| names_ports(&r.ports)),
                 });
             let named = uses_names.then(|| {
                 pod.named_ports
@@ -202,24 +291,47 @@ fn compile(
                     .map(|n| (n.name.clone(), n.proto, n.port))
                     .collect()
             });
-            let key = (direction, ids, named);
+            let key = (direction, tier, ids, named);
             if let Some(s) = sets.get(&key) {
                 return Some(s.clone());
             }
-            let set = Arc::new(build_set(
-                &index,
-                &policies,
-                direction,
-                &key.1,
-                pod,
-                &mut out.rules,
-                &mut rule_ids,
-            ));
+            let set = Arc::new(match tier {
+                Tier::NetworkPolicy => build_set(
+                    &index,
+                    &policies,
+                    direction,
+                    &key.2,
+                    pod,
+                    &mut out.rules,
+                    &mut rule_ids,
+                ),
+                _ => build_cluster_set(&index, &cluster, &cluster_rules, direction, &key.2, pod),
+            });
             sets.insert(key, set.clone());
             Some(set)
         };
-        let ingress = set_for(Direction::Ingress, ingress);
-        let egress = set_for(Direction::Egress, egress);
+        let ingress = set_for(Direction::Ingress, Tier::NetworkPolicy, ingress);
+        let egress = set_for(Direction::Egress, Tier::NetworkPolicy, egress);
+        let cluster_sets = selected.then(|| {
+            let [[ai, ae], [bi, be]] = by_tier;
+            let sets = ClusterSets {
+                admin_ingress: set_for(Direction::Ingress, Tier::Admin, ai),
+                admin_egress: set_for(Direction::Egress, Tier::Admin, ae),
+                baseline_ingress: set_for(Direction::Ingress, Tier::Baseline, bi),
+                baseline_egress: set_for(Direction::Egress, Tier::Baseline, be),
+            };
+            let ptr = |s: &Option<Arc<RuleSet>>| s.as_ref().map_or(0, |a| Arc::as_ptr(a) as usize);
+            let key = [
+                ptr(&sets.admin_ingress),
+                ptr(&sets.admin_egress),
+                ptr(&sets.baseline_ingress),
+                ptr(&sets.baseline_egress),
+            ];
+            shared_cluster
+                .entry(key)
+                .or_insert_with(|| Arc::new(sets))
+                .clone()
+        });
         let pod_at = out.pod_by_ip[&ip_key(pod.ips[0])];
         for ip in &pod.ips {
             let key = ip_key(*ip);
@@ -229,6 +341,7 @@ fn compile(
                     pod: pod_at,
                     ingress: ingress.clone(),
                     egress: egress.clone(),
+                    cluster: cluster_sets.clone(),
                 },
             );
             if log_ns.contains(pod.namespace.as_str()) {
@@ -268,10 +381,50 @@ fn build_set(
                         policy: pi,
                         direction,
                         index: ri as u32,
+                        action: Action::Accept,
+                        name: None,
                     });
                     RuleRef(rules.len() as u32 - 1)
                 });
             add_rule(index, p, rule, direction, target, r, &mut set);
+        }
+    }
+    set
+}
+
+/// The rules of the cluster policies `ids` (indexes into `cluster`, ascending: their order
+/// of evaluation) in `direction` for `target`, numbered by `cluster_rules`.
+fn build_cluster_set(
+    index: &Index<'_>,
+    cluster: &[&ClusterPolicy],
+    cluster_rules: &[[Vec<RuleRef>; 2]],
+    direction: Direction,
+    ids: &[u32],
+    target: &Pod,
+) -> RuleSet {
+    let mut set = RuleSet::default();
+    for &ci in ids {
+        let c = cluster[ci as usize];
+        let list = match direction {
+            Direction::Ingress => &c.ingress,
+            Direction::Egress => &c.egress,
+        };
+        for (ri, rule) in list.iter().enumerate() {
+            let r = cluster_rules[ci as usize][direction as usize][ri];
+            let mut peers = Peers {
+                all: false,
+                pods: Vec::new(),
+                blocks: Vec::new(),
+            };
+            for peer in &rule.peers {
+                match peer {
+                    ClusterPeer::Pods(sel) => peers.pods.extend(index.pods_in(sel)),
+                    ClusterPeer::Networks(nets) => {
+                        peers.blocks.extend(nets.iter().map(|n| (*n, Vec::new())))
+                    }
+                }
+            }
+            add_ports(index, &peers, &rule.ports, direction, target, r, &mut set);
         }
     }
     set
@@ -334,15 +487,28 @@ fn add_rule(
     set: &mut RuleSet,
 ) {
     let peers = resolve_peers(index, p, rule);
-    if rule.ports.is_empty() {
-        fill(&mut set.any, &peers, r);
+    add_ports(index, &peers, &rule.ports, direction, target, r, set);
+}
+
+/// Admit `peers` on `ports` (every port when empty) by rule `r`.
+fn add_ports(
+    index: &Index<'_>,
+    peers: &Peers<'_>,
+    ports: &[PortSpec],
+    direction: Direction,
+    target: &Pod,
+    r: RuleRef,
+    set: &mut RuleSet,
+) {
+    if ports.is_empty() {
+        fill(&mut set.any, peers, r);
         return;
     }
-    for port in &rule.ports {
+    for port in ports {
         match port {
-            PortSpec::All { proto } => fill(set.ports.entry((*proto, 0)).or_default(), &peers, r),
+            PortSpec::All { proto } => fill(set.ports.entry((*proto, 0)).or_default(), peers, r),
             PortSpec::Number { proto, port, end } if end == port => {
-                fill(set.ports.entry((*proto, *port)).or_default(), &peers, r)
+                fill(set.ports.entry((*proto, *port)).or_default(), peers, r)
             }
             PortSpec::Number { proto, port, end } => {
                 if end < port {
@@ -353,10 +519,10 @@ fn add_rule(
                     .iter_mut()
                     .find(|x| (x.0, x.1, x.2) == (*proto, *port, *end))
                 {
-                    Some(x) => fill(&mut x.3, &peers, r),
+                    Some(x) => fill(&mut x.3, peers, r),
                     None => {
                         let mut s = PeerSet::default();
-                        fill(&mut s, &peers, r);
+                        fill(&mut s, peers, r);
                         set.ranges.push((*proto, *port, *end, s));
                     }
                 }
@@ -369,7 +535,7 @@ fn add_rule(
                         .iter()
                         .find(|n| n.name == *name && n.proto == *proto)
                     {
-                        fill(set.ports.entry((*proto, n.port)).or_default(), &peers, r);
+                        fill(set.ports.entry((*proto, n.port)).or_default(), peers, r);
                     }
                 }
                 // Each peer pod's port by that name: the pods the rule names, the pods
@@ -475,6 +641,7 @@ mod tests {
             ],
             namespaces: vec![ns("x", &[("team", "x")]), ns("y", &[("team", "y")])],
             policies,
+            cluster_policies: Vec::new(),
             node_addrs: vec!["10.0.1.1".parse().unwrap(), "172.30.0.11".parse().unwrap()],
             service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
         }
@@ -1002,5 +1169,211 @@ mod tests {
         assert!(crate::datapath::policy::classify(&p, &x).allowed);
         x.src = ip_key("fd10:244:1::4".parse().unwrap());
         assert!(!crate::datapath::policy::classify(&p, &x).allowed);
+    }
+
+    use crate::policy::model::{Action, ClusterPeer, ClusterPolicy, ClusterRule, PodsIn, Tier};
+
+    fn cnp(name: &str, tier: Tier, priority: u16, subject: PodsIn) -> ClusterPolicy {
+        ClusterPolicy {
+            name: name.into(),
+            tier,
+            priority,
+            subject,
+            ingress: Vec::new(),
+            egress: Vec::new(),
+        }
+    }
+
+    fn in_ns(team: &str) -> PodsIn {
+        PodsIn {
+            namespaces: sel(&[("team", team)]),
+            pods: Selector::default(),
+        }
+    }
+
+    fn crule(action: Action, peers: Vec<ClusterPeer>, ports: Vec<PortSpec>) -> ClusterRule {
+        ClusterRule {
+            name: format!("{action:?}").to_lowercase(),
+            action,
+            peers,
+            ports,
+        }
+    }
+
+    fn tcp(port: u16) -> PortSpec {
+        PortSpec::Number {
+            proto: TCP,
+            port,
+            end: port,
+        }
+    }
+
+    #[test]
+    fn the_admin_tier_overrides_network_policy_and_baseline_yields_to_it() {
+        // x/a admits everything from y by NetworkPolicy.
+        let mut np = policy("x", "from-y", sel(&[("app", "a")]));
+        np.ingress = vec![Rule {
+            peers: vec![Peer::Pods {
+                namespaces: Some(sel(&[("team", "y")])),
+                pods: None,
+            }],
+            ports: Vec::new(),
+        }];
+        // Admin: deny y to x on 22.
+        let mut admin = cnp("no-ssh", Tier::Admin, 10, in_ns("x"));
+        admin.ingress = vec![crule(
+            Action::Deny,
+            vec![ClusterPeer::Pods(in_ns("y"))],
+            vec![tcp(22)],
+        )];
+        // Baseline: deny y to x entirely — NetworkPolicy decides for x/a first.
+        let mut baseline = cnp("baseline-deny", Tier::Baseline, 0, in_ns("x"));
+        baseline.ingress = vec![crule(
+            Action::Deny,
+            vec![ClusterPeer::Pods(in_ns("y"))],
+            Vec::new(),
+        )];
+        let mut w = world(vec![np]);
+        w.cluster_policies = vec![admin, baseline];
+        let p = compiled(&w);
+        assert!(
+            allowed(&p, "10.0.2.2", "10.0.1.2", TCP, 80),
+            "NetworkPolicy admits"
+        );
+        let d = crate::datapath::policy::classify(&p, &t("10.0.2.2", "10.0.1.2", TCP, 22));
+        assert!(!d.allowed, "the Admin tier denies first");
+        let why = p.explain(&d);
+        assert!(
+            why.contains("ClusterNetworkPolicy/no-ssh (Admin tier, priority 10) ingress rule 0 \"deny\" (Deny)"),
+            "{why}"
+        );
+        // x/b: no NetworkPolicy, so Baseline decides.
+        let d = crate::datapath::policy::classify(&p, &t("10.0.2.2", "10.0.1.3", TCP, 80));
+        assert!(!d.allowed);
+        assert!(
+            p.explain(&d).contains("baseline-deny (Baseline tier"),
+            "{}",
+            p.explain(&d)
+        );
+        // Within x: nothing matches, allowed by default.
+        assert!(allowed(&p, "10.0.1.2", "10.0.1.3", TCP, 80));
+        // Counted on the policy whose rule denied.
+        p.count(&d);
+        let info = p
+            .policies
+            .iter()
+            .find(|i| i.name.ends_with("baseline-deny"))
+            .unwrap();
+        assert_eq!(
+            info.counters
+                .denied
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(info.namespace_and_name(), ("", "baseline-deny"));
+    }
+
+    #[test]
+    fn priority_then_rule_order_decide_and_pass_hands_over_to_network_policy() {
+        // Priority 5 accepts 80 from y; priority 20 denies all from y; priority 1 passes 81.
+        let mut accept = cnp("accept-80", Tier::Admin, 5, in_ns("x"));
+        accept.ingress = vec![crule(
+            Action::Accept,
+            vec![ClusterPeer::Pods(in_ns("y"))],
+            vec![tcp(80)],
+        )];
+        let mut deny = cnp("deny-y", Tier::Admin, 20, in_ns("x"));
+        deny.ingress = vec![crule(
+            Action::Deny,
+            vec![ClusterPeer::Pods(in_ns("y"))],
+            Vec::new(),
+        )];
+        let mut pass = cnp("pass-81", Tier::Admin, 1, in_ns("x"));
+        pass.ingress = vec![
+            crule(
+                Action::Pass,
+                vec![ClusterPeer::Pods(in_ns("y"))],
+                vec![tcp(81)],
+            ),
+            // Never reached for 81: the rule before it matches first.
+            crule(
+                Action::Deny,
+                vec![ClusterPeer::Pods(in_ns("y"))],
+                vec![tcp(81)],
+            ),
+        ];
+        // NetworkPolicy on x/a: nothing admitted (deny all); x/b has none.
+        let mut w = world(vec![policy("x", "deny-all", sel(&[("app", "a")]))]);
+        w.cluster_policies = vec![deny, accept, pass];
+        let p = compiled(&w);
+        assert!(
+            allowed(&p, "10.0.2.2", "10.0.1.2", TCP, 80),
+            "Accept at 5 before NetworkPolicy"
+        );
+        assert!(!allowed(&p, "10.0.2.2", "10.0.1.2", TCP, 82), "Deny at 20");
+        assert!(
+            !allowed(&p, "10.0.2.2", "10.0.1.2", TCP, 81),
+            "passed to NetworkPolicy, which isolates x/a"
+        );
+        assert!(
+            allowed(&p, "10.0.2.2", "10.0.1.3", TCP, 81),
+            "passed; nothing else decides for x/b"
+        );
+        // Equal priorities: the name decides, the same way on every node.
+        let mut a = cnp("a", Tier::Admin, 7, in_ns("x"));
+        a.ingress = vec![crule(
+            Action::Accept,
+            vec![ClusterPeer::Pods(in_ns("y"))],
+            Vec::new(),
+        )];
+        let mut b = cnp("b", Tier::Admin, 7, in_ns("x"));
+        b.ingress = vec![crule(
+            Action::Deny,
+            vec![ClusterPeer::Pods(in_ns("y"))],
+            Vec::new(),
+        )];
+        let mut w = world(Vec::new());
+        w.cluster_policies = vec![b.clone(), a.clone()];
+        assert!(allowed(&compiled(&w), "10.0.2.2", "10.0.1.3", TCP, 80));
+        b.name = "0b".into();
+        w.cluster_policies = vec![b, a];
+        assert!(!allowed(&compiled(&w), "10.0.2.2", "10.0.1.3", TCP, 80));
+    }
+
+    #[test]
+    fn egress_networks_and_an_accept_that_still_meets_the_peers_ingress() {
+        // x's pods: egress to 0.0.0.0/0 denied except what an earlier Accept lets out.
+        let mut out = cnp("egress", Tier::Admin, 0, in_ns("x"));
+        out.egress = vec![
+            crule(
+                Action::Accept,
+                vec![ClusterPeer::Networks(vec!["10.0.1.0/24".parse().unwrap()])],
+                Vec::new(),
+            ),
+            crule(
+                Action::Deny,
+                vec![ClusterPeer::Networks(vec!["0.0.0.0/0".parse().unwrap()])],
+                Vec::new(),
+            ),
+        ];
+        // x/b isolates its ingress by NetworkPolicy (nothing admitted).
+        let mut w = world(vec![policy("x", "b-closed", sel(&[("app", "b")]))]);
+        w.cluster_policies = vec![out];
+        let p = compiled(&w);
+        assert!(
+            !allowed(&p, "10.0.1.2", "10.0.2.2", UDP, 53),
+            "denied by the Admin egress rule"
+        );
+        assert!(!allowed(&p, "10.0.1.2", "8.8.8.8", TCP, 443));
+        assert!(
+            !allowed(&p, "10.0.1.2", "10.0.1.3", TCP, 80),
+            "accepted on egress, but x/b's own ingress policy still applies"
+        );
+        // The node still reaches its pods (kubelet's probes).
+        let mut probe = t("10.0.1.1", "10.0.1.2", TCP, 8080);
+        probe.from_node = true;
+        assert!(crate::datapath::policy::classify(&p, &probe).allowed);
+        // A pod no cluster policy selects is untouched.
+        assert!(allowed(&p, "10.0.2.2", "10.0.1.2", TCP, 80));
     }
 }

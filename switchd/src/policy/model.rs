@@ -32,6 +32,12 @@ pub enum Operator {
     DoesNotExist,
 }
 
+impl PodsIn {
+    pub fn matches(&self, ns_labels: &Labels, pod_labels: &Labels) -> bool {
+        self.namespaces.matches(ns_labels) && self.pods.matches(pod_labels)
+    }
+}
+
 impl Selector {
     pub fn matches(&self, labels: &Labels) -> bool {
         self.match_labels
@@ -126,6 +132,50 @@ pub enum PortSpec {
     Named { proto: u8, name: String },
 }
 
+pub use crate::datapath::policy::{Action, Tier};
+
+/// A ClusterNetworkPolicy (policy.networking.k8s.io/v1beta1, from
+/// `sigs.k8s.io/network-policy-api`): cluster-scoped, in the Admin or the Baseline tier,
+/// ordered by `priority` (lower first; ties by name), its rules in their order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterPolicy {
+    pub name: String,
+    /// `Admin` or `Baseline` (never `NetworkPolicy`).
+    pub tier: Tier,
+    /// 0–1000.
+    pub priority: u16,
+    pub subject: PodsIn,
+    pub ingress: Vec<ClusterRule>,
+    pub egress: Vec<ClusterRule>,
+}
+
+/// Pods by namespace and pod labels (`subject.namespaces` is `pods` left empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodsIn {
+    pub namespaces: Selector,
+    pub pods: Selector,
+}
+
+/// One rule of a cluster policy: `action` for traffic from/to any of `peers` on any of
+/// `ports`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRule {
+    /// The rule's `name` (may be empty).
+    pub name: String,
+    pub action: Action,
+    pub peers: Vec<ClusterPeer>,
+    /// Empty: every protocol and port. A named port is resolved as a NetworkPolicy's is.
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterPeer {
+    /// `namespaces` or `pods`: pods (never host-network ones).
+    Pods(PodsIn),
+    /// `networks` (egress): addresses by CIDR, pods' included.
+    Networks(Vec<ipnet::IpNet>),
+}
+
 /// What the compiler works from: everything watched, plus this node's facts.
 #[derive(Debug, Clone, Default)]
 pub struct World {
@@ -134,6 +184,7 @@ pub struct World {
     pub pods: Vec<Pod>,
     pub namespaces: Vec<Namespace>,
     pub policies: Vec<NetworkPolicy>,
+    pub cluster_policies: Vec<ClusterPolicy>,
     /// The node's own addresses: always reach its pods.
     pub node_addrs: Vec<IpAddr>,
     /// Service ranges, judged after DNAT.

@@ -28,8 +28,8 @@ use kube::runtime::WatchStreamExt;
 
 use super::compile::Compiler;
 use super::model::{
-    self, protocol_number, Expression, NamedPort, Namespace, NetworkPolicy, Operator, Peer,
-    PortSpec, Rule, Selector, World,
+    self, protocol_number, ClusterPolicy, Expression, NamedPort, Namespace, NetworkPolicy,
+    Operator, Peer, PortSpec, Rule, Selector, World,
 };
 use crate::switch::Switch;
 
@@ -50,6 +50,9 @@ struct Saved {
     pods: Vec<model::Pod>,
     namespaces: Vec<Namespace>,
     policies: Vec<NetworkPolicy>,
+    /// Absent in a file saved before switchd read ClusterNetworkPolicies.
+    #[serde(default)]
+    cluster_policies: Vec<ClusterPolicy>,
 }
 
 /// The annotation that turns on the denied-flow log for a namespace's pods.
@@ -111,6 +114,16 @@ impl<T: PartialEq + Clone> Objects<T> {
             }
             Event::Delete(k) => self.items.remove(&convert(&k).0).is_some(),
         }
+    }
+
+    /// The API has no such resource: none of these exist. True when that changed
+    /// something.
+    pub fn absent(&mut self) -> bool {
+        let changed = !self.items.is_empty() || !self.synced;
+        self.items.clear();
+        self.relist = None;
+        self.synced = true;
+        changed
     }
 
     pub fn values(&self) -> impl Iterator<Item = &T> {
@@ -203,7 +216,7 @@ pub fn namespace_of(n: &core::Namespace) -> (String, Option<Namespace>) {
     (name, Some(ns))
 }
 
-fn selector_of(s: &LabelSelector) -> Result<Selector, String> {
+pub fn selector_of(s: &LabelSelector) -> Result<Selector, String> {
     let mut expressions = Vec::new();
     for e in s.match_expressions.iter().flatten() {
         let op = match e.operator.as_str() {
@@ -370,11 +383,17 @@ pub struct Watched {
     pub pods: Objects<model::Pod>,
     pub namespaces: Objects<Namespace>,
     pub policies: Objects<NetworkPolicy>,
+    /// Synced also when the API has no ClusterNetworkPolicy resource (its CRD is not
+    /// installed): there are none to enforce then.
+    pub cluster_policies: Objects<ClusterPolicy>,
 }
 
 impl Watched {
     pub fn synced(&self) -> bool {
-        self.pods.synced && self.namespaces.synced && self.policies.synced
+        self.pods.synced
+            && self.namespaces.synced
+            && self.policies.synced
+            && self.cluster_policies.synced
     }
 
     pub fn world(
@@ -388,6 +407,7 @@ impl Watched {
             pods: self.pods.values().cloned().collect(),
             namespaces: self.namespaces.values().cloned().collect(),
             policies: self.policies.values().cloned().collect(),
+            cluster_policies: self.cluster_policies.values().cloned().collect(),
             node_addrs: node_addrs.to_vec(),
             service_cidrs: service_cidrs.to_vec(),
         }
@@ -398,7 +418,24 @@ enum Change {
     Pod(Box<Event<core::Pod>>),
     Namespace(Event<core::Namespace>),
     Policy(Event<net::NetworkPolicy>),
+    ClusterPolicy(Box<Event<kube::core::DynamicObject>>),
+    /// The API serves us no ClusterNetworkPolicy: 404 (the CRD is not installed) or 403
+    /// (RBAC from before switchd read them).
+    NoClusterPolicies(u16),
     Failed(&'static str, String),
+}
+
+/// The API's status code when this watch failure says the resource is not there for us:
+/// 404 (no such resource: the CRD is not installed) or 403 (our RBAC does not grant it).
+fn unavailable(e: &watcher::Error) -> Option<u16> {
+    let code = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code,
+        watcher::Error::WatchError(s) => s.code,
+        _ => return None,
+    };
+    matches!(code, 403 | 404).then_some(code)
 }
 
 /// Follow the API and keep the switch's policy current, until the process ends. `client`
@@ -442,6 +479,7 @@ pub async fn run(sw: Arc<Switch>, client: Option<kube::Client>) {
             pods: saved.pods,
             namespaces: saved.namespaces,
             policies: saved.policies,
+            cluster_policies: saved.cluster_policies,
             node_addrs: node_addrs.clone(),
             service_cidrs: service_cidrs.clone(),
         };
@@ -462,14 +500,31 @@ pub async fn run(sw: Arc<Switch>, client: Option<kube::Client>) {
             r.map(Change::Namespace)
                 .unwrap_or_else(|e| Change::Failed("Namespaces", e.to_string()))
         });
-    let nps = watcher::watcher(Api::<net::NetworkPolicy>::all(client), wc())
+    let nps = watcher::watcher(Api::<net::NetworkPolicy>::all(client.clone()), wc())
         .default_backoff()
         .map(|r| {
             r.map(Change::Policy)
                 .unwrap_or_else(|e| Change::Failed("NetworkPolicies", e.to_string()))
         });
-    let mut changes =
-        futures_util::stream::select(futures_util::stream::select(pods, nss), nps).boxed();
+    // Without the CRD this watch fails with 404 and keeps retrying (with backoff), so a
+    // CRD installed later is picked up.
+    let cnps = watcher::watcher(
+        Api::<kube::core::DynamicObject>::all_with(client, &super::cluster::api_resource()),
+        wc(),
+    )
+    .default_backoff()
+    .map(|r| match r {
+        Ok(e) => Change::ClusterPolicy(Box::new(e)),
+        Err(e) => match unavailable(&e) {
+            Some(code) => Change::NoClusterPolicies(code),
+            None => Change::Failed("ClusterNetworkPolicies", e.to_string()),
+        },
+    });
+    let mut changes = futures_util::stream::select(
+        futures_util::stream::select(pods, nss),
+        futures_util::stream::select(nps, cnps),
+    )
+    .boxed();
     let mut watched = Watched::default();
     let mut dirty = false;
     type Done = (Compiler, crate::datapath::policy::Policy, Duration, World);
@@ -501,6 +556,19 @@ pub async fn run(sw: Arc<Switch>, client: Option<kube::Client>) {
                     Change::Pod(e) => watched.pods.apply(*e, pod_of),
                     Change::Namespace(e) => watched.namespaces.apply(e, namespace_of),
                     Change::Policy(e) => watched.policies.apply(e, network_policy_of),
+                    Change::ClusterPolicy(e) => watched
+                        .cluster_policies
+                        .apply(*e, super::cluster::cluster_policy_of),
+                    Change::NoClusterPolicies(code) => {
+                        if !watched.cluster_policies.synced || !watched.cluster_policies.is_empty() {
+                            if code == 403 {
+                                tracing::error!("network policy: switchd may not list ClusterNetworkPolicies (403): apply deploy/ RBAC of this release; until then NetworkPolicy alone is enforced");
+                            } else {
+                                tracing::info!("network policy: the API serves no ClusterNetworkPolicy (its CRD is not installed); NetworkPolicy alone is enforced");
+                            }
+                        }
+                        watched.cluster_policies.absent()
+                    }
                     Change::Failed(kind, e) => {
                         tracing::warn!(kind, error = %e, "the policy watch failed; enforcing the last policy compiled, retrying with backoff");
                         false
@@ -510,7 +578,7 @@ pub async fn run(sw: Arc<Switch>, client: Option<kube::Client>) {
                 if !announced_sync && watched.synced() {
                     announced_sync = true;
                     dirty = true;
-                    tracing::info!(pods = watched.pods.len(), namespaces = watched.namespaces.len(), policies = watched.policies.len(), "network policy: every list has arrived; enforcing from now on");
+                    tracing::info!(pods = watched.pods.len(), namespaces = watched.namespaces.len(), policies = watched.policies.len(), cluster_policies = watched.cluster_policies.len(), "network policy: every list has arrived; enforcing from now on");
                 }
             }
             done = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
@@ -538,6 +606,7 @@ pub async fn run(sw: Arc<Switch>, client: Option<kube::Client>) {
                     pods: world.pods,
                     namespaces: world.namespaces,
                     policies: world.policies,
+                    cluster_policies: world.cluster_policies,
                 };
                 // Off the runtime: a large cluster's state is a few MB.
                 let result = tokio::task::spawn_blocking(move || crate::membership::write_json(&path, &saved)).await;
@@ -680,15 +749,18 @@ mod tests {
             pods: w.pods.clone(),
             namespaces: w.namespaces.clone(),
             policies: w.policies.clone(),
+            cluster_policies: w.cluster_policies.clone(),
         };
         let back: Saved = serde_json::from_slice(&serde_json::to_vec(&saved).unwrap()).unwrap();
         let restored = World {
             pods: back.pods,
             namespaces: back.namespaces,
             policies: back.policies,
+            cluster_policies: back.cluster_policies,
             ..w.clone()
         };
         assert_eq!(restored.policies, w.policies);
+        assert_eq!(restored.cluster_policies, w.cluster_policies);
         assert_eq!(restored.pods, w.pods);
         assert!(super::super::oracle::compare(&restored).is_ok());
     }

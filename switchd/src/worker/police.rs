@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::datapath::frame::VNET_HDR_LEN;
-use crate::datapath::policy::{self, classify, ip_of, Because, Decision, Policy, Tuple};
+use crate::datapath::policy::{self, classify, ip_of, Because, Decision, Direction, Policy, Tuple};
 use crate::datapath::{DropReason, PortId, Verdict};
 use crate::monitor::Source;
 use crate::snapshot::Snapshot;
@@ -82,8 +82,28 @@ fn denied(
 /// change), for pods in namespaces annotated `switchd.dev/log-denied=true`, at most
 /// `policy.denied_log_rate` lines a second.
 fn log_denied(pol: &Policy, t: &Tuple, d: &Decision, now: u32) {
-    let Because::DefaultDeny { direction, pod } = d.because else {
-        return;
+    let (direction, pod, policies, rule) = match d.because {
+        Because::DefaultDeny { direction, pod } => (
+            direction,
+            pod,
+            pol.names(pol.isolating(pod, direction)),
+            String::new(),
+        ),
+        Because::Denied { rule, pod } => {
+            let direction = if pod == t.src {
+                Direction::Egress
+            } else {
+                Direction::Ingress
+            };
+            let policy = pol.policy_of(rule).map(|p| p.name.clone());
+            (
+                direction,
+                pod,
+                policy.unwrap_or_default(),
+                pol.describe_rule(rule),
+            )
+        }
+        _ => return,
     };
     if !pol.logs_denied(pod) || !pol.denied_log.admit(now) {
         return;
@@ -91,7 +111,8 @@ fn log_denied(pol: &Policy, t: &Tuple, d: &Decision, now: u32) {
     tracing::warn!(
         target: "switchd::policy::denied",
         direction = direction.as_str(),
-        policies = %pol.names(pol.isolating(pod, direction)),
+        policies = %policies,
+        rule = %rule,
         src_pod = pol.pod_name(t.src).unwrap_or("-"),
         dst_pod = pol.pod_name(t.dst).unwrap_or("-"),
         src = %ip_of(t.src),

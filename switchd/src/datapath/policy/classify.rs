@@ -2,7 +2,7 @@
 //! decided out. [`police`] puts the verdict cache in front of it.
 
 use super::cache::{Entry, VerdictCache};
-use super::{ip_key, Direction, IpKey, Policy, RuleRef};
+use super::{ip_key, Direction, IpKey, Judged, Policy, RuleRef};
 use crate::datapath::flows::{self, Packet};
 use crate::datapath::frame::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HDR_LEN};
 use crate::datapath::ipv6;
@@ -44,6 +44,9 @@ pub enum Because {
     /// Isolated in `direction` and no rule admits it: the policies isolating the pod at
     /// `pod` (its address).
     DefaultDeny { direction: Direction, pod: IpKey },
+    /// A cluster policy's `Deny` rule, protecting the pod at `pod` (the source for an
+    /// egress rule, the destination for an ingress one).
+    Denied { rule: RuleRef, pod: IpKey },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,15 +69,24 @@ impl Decision {
 }
 
 /// Decide `t` against `policy` as the first packet of a new flow: the egress policy of its
-/// source and the ingress policy of its destination, where this node holds them.
+/// source and the ingress policy of its destination, where this node holds them, each
+/// judged tier by tier ([`Guarded::judge`](super::Guarded::judge)).
 pub fn classify(policy: &Policy, t: &Tuple) -> Decision {
     let mut egress_rule = None;
     if let Some(g) = policy.guarded.get(&t.src) {
-        if let Some(rules) = &g.egress {
+        if g.judges(Direction::Egress) {
             if !(t.to_node && policy.is_deferred(t.dst)) {
-                match rules.admits(t.dst, t.proto, t.dport) {
-                    Some(r) => egress_rule = Some(r),
-                    None => {
+                match g.judge(&policy.rules, Direction::Egress, t.dst, t.proto, t.dport) {
+                    Judged::Accepted(r) => egress_rule = Some(r),
+                    Judged::Undecided => {}
+                    Judged::Denied(rule) => {
+                        return Decision {
+                            allowed: false,
+                            because: Because::Denied { rule, pod: t.src },
+                            egress_rule: None,
+                        }
+                    }
+                    Judged::DefaultDeny => {
                         return Decision {
                             allowed: false,
                             because: Because::DefaultDeny {
@@ -92,7 +104,7 @@ pub fn classify(policy: &Policy, t: &Tuple) -> Decision {
     }
     if t.to_local_pod {
         if let Some(g) = policy.guarded.get(&t.dst) {
-            if let Some(rules) = &g.ingress {
+            if g.judges(Direction::Ingress) {
                 if t.from_node && policy.node_addrs.contains(&t.src) {
                     return Decision {
                         allowed: true,
@@ -100,20 +112,26 @@ pub fn classify(policy: &Policy, t: &Tuple) -> Decision {
                         egress_rule,
                     };
                 }
-                return match rules.admits(t.src, t.proto, t.dport) {
-                    Some(r) => Decision {
-                        allowed: true,
-                        because: Because::Rule(r),
-                        egress_rule,
-                    },
-                    None => Decision {
-                        allowed: false,
-                        because: Because::DefaultDeny {
+                let judged = g.judge(&policy.rules, Direction::Ingress, t.src, t.proto, t.dport);
+                let (allowed, because) = match judged {
+                    Judged::Accepted(r) => (true, Because::Rule(r)),
+                    Judged::Denied(rule) => (false, Because::Denied { rule, pod: t.dst }),
+                    Judged::DefaultDeny => (
+                        false,
+                        Because::DefaultDeny {
                             direction: Direction::Ingress,
                             pod: t.dst,
                         },
-                        egress_rule,
+                    ),
+                    Judged::Undecided => match egress_rule {
+                        Some(r) => (true, Because::Rule(r)),
+                        None => (true, Because::NotIsolated),
                     },
+                };
+                return Decision {
+                    allowed,
+                    because,
+                    egress_rule,
                 };
             }
         }

@@ -95,6 +95,47 @@ impl Direction {
     }
 }
 
+/// What a rule does with the traffic it matches. NetworkPolicy rules only accept; a
+/// ClusterNetworkPolicy rule may also deny, or pass the decision to the next tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Action {
+    Accept,
+    Deny,
+    Pass,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Accept => "Accept",
+            Action::Deny => "Deny",
+            Action::Pass => "Pass",
+        }
+    }
+}
+
+/// Where a policy sits in the order of evaluation: a ClusterNetworkPolicy of the Admin
+/// tier, then NetworkPolicy, then a ClusterNetworkPolicy of the Baseline tier; traffic no
+/// tier decides is allowed.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum Tier {
+    Admin,
+    NetworkPolicy,
+    Baseline,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Admin => "Admin",
+            Tier::NetworkPolicy => "NetworkPolicy",
+            Tier::Baseline => "Baseline",
+        }
+    }
+}
+
 /// One rule of one policy: an index into [`Policy::rules`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RuleRef(pub u32);
@@ -107,6 +148,10 @@ pub struct RuleInfo {
     pub direction: Direction,
     /// The rule's position in the policy's `ingress` or `egress` list.
     pub index: u32,
+    /// Always `Accept` for a NetworkPolicy rule.
+    pub action: Action,
+    /// A ClusterNetworkPolicy rule's `name`, when it has one.
+    pub name: Option<String>,
 }
 
 /// Flows a policy decided, over the switch's life (kept across recompiles by name).
@@ -118,9 +163,26 @@ pub struct PolicyCounters {
 
 #[derive(Debug, Clone)]
 pub struct PolicyInfo {
-    /// "namespace/name".
+    /// "namespace/name" of a NetworkPolicy; "ClusterNetworkPolicy/name" of a cluster one
+    /// (no namespace can be named so: namespace names are lower case).
     pub name: String,
+    pub tier: Tier,
+    /// A ClusterNetworkPolicy's `priority` (0 for a NetworkPolicy).
+    pub priority: u16,
     pub counters: Arc<PolicyCounters>,
+}
+
+/// The prefix of a ClusterNetworkPolicy's [`PolicyInfo::name`].
+pub const CLUSTER_POLICY_PREFIX: &str = "ClusterNetworkPolicy/";
+
+impl PolicyInfo {
+    /// The namespace and name as metrics label them: no namespace for a cluster policy.
+    pub fn namespace_and_name(&self) -> (&str, &str) {
+        match self.name.strip_prefix(CLUSTER_POLICY_PREFIX) {
+            Some(name) => ("", name),
+            None => self.name.split_once('/').unwrap_or(("", &self.name)),
+        }
+    }
 }
 
 /// Addresses by prefix: one hash lookup per distinct prefix length, longest first, each
@@ -155,6 +217,23 @@ impl PrefixSet {
 
     pub fn is_empty(&self) -> bool {
         self.blocks.is_empty()
+    }
+
+    /// The first (lowest-numbered) rule whose block holds `ip`: the one that takes
+    /// precedence when rules are ordered, as a cluster policy's are.
+    pub fn first(&self, ip: IpKey) -> Option<RuleRef> {
+        let mut best: Option<RuleRef> = None;
+        for &len in &self.lens {
+            if let Some(blocks) = self.by_prefix.get(&(len, ip & mask(len))) {
+                for &b in blocks {
+                    let block = &self.blocks[b as usize];
+                    if !block.except.iter().any(|&(p, l)| ip & mask(l) == p) {
+                        best = min_rule(best, Some(block.rule));
+                    }
+                }
+            }
+        }
+        best
     }
 
     pub fn lookup(&self, ip: IpKey) -> Option<RuleRef> {
@@ -206,6 +285,25 @@ impl PeerSet {
 
     pub fn is_empty(&self) -> bool {
         self.all.is_none() && self.ips.is_empty() && self.blocks.is_empty()
+    }
+
+    /// The lowest-numbered rule admitting `ip` (rules inserted in order of precedence).
+    pub fn first(&self, ip: IpKey) -> Option<RuleRef> {
+        let mut best = self.all;
+        best = min_rule(best, self.ips.get(&ip).copied());
+        if !self.blocks.is_empty() {
+            best = min_rule(best, self.blocks.first(ip));
+        }
+        best
+    }
+}
+
+#[inline]
+fn min_rule(a: Option<RuleRef>, b: Option<RuleRef>) -> Option<RuleRef> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if y.0 < x.0 { y } else { x }),
+        (x, None) => x,
+        (None, y) => y,
     }
 }
 
@@ -263,19 +361,158 @@ impl RuleSet {
     }
 }
 
+impl RuleSet {
+    /// The rule of highest precedence (lowest number) matching `peer` on `proto`/`port`,
+    /// for a tier of cluster policies whose rules were numbered in their order of
+    /// evaluation. A later fragment (`port` `None`) matches a rule of its protocol with
+    /// any port.
+    pub fn first(&self, peer: IpKey, proto: u8, port: Option<u16>) -> Option<RuleRef> {
+        let mut best = self.any.first(peer);
+        if self.ports.is_empty() && self.ranges.is_empty() || !has_ports(proto) {
+            return best;
+        }
+        match port {
+            Some(port) => {
+                for p in [port, 0] {
+                    if let Some(s) = self.ports.get(&(proto, p)) {
+                        best = min_rule(best, s.first(peer));
+                    }
+                }
+                for r in self
+                    .ranges
+                    .iter()
+                    .filter(|r| r.0 == proto && r.1 <= port && port <= r.2)
+                {
+                    best = min_rule(best, r.3.first(peer));
+                }
+            }
+            None => {
+                for ((p, _), s) in &self.ports {
+                    if *p == proto {
+                        best = min_rule(best, s.first(peer));
+                    }
+                }
+                for r in self.ranges.iter().filter(|r| r.0 == proto) {
+                    best = min_rule(best, r.3.first(peer));
+                }
+            }
+        }
+        best
+    }
+}
+
 /// Protocols whose policy rules name ports: TCP, UDP, SCTP.
 #[inline]
 pub fn has_ports(proto: u8) -> bool {
     matches!(proto, 6 | 17 | 132)
 }
 
-/// A pod of this node that some policy isolates.
-#[derive(Debug, Clone)]
+/// A pod of this node that some policy isolates or a cluster policy selects.
+#[derive(Debug, Clone, Default)]
 pub struct Guarded {
     /// Index into [`Policy::pods`].
     pub pod: u32,
+    /// What the NetworkPolicies isolating it admit (`None`: not isolated that way).
     pub ingress: Option<Arc<RuleSet>>,
     pub egress: Option<Arc<RuleSet>>,
+    /// The ClusterNetworkPolicies selecting it, when any do.
+    pub cluster: Option<Arc<ClusterSets>>,
+}
+
+/// The rules of the cluster policies selecting one pod, per tier and direction, each set
+/// numbered in order of evaluation (priority, then name, then the rule's position) so
+/// that [`RuleSet::first`] finds the rule that decides.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSets {
+    pub admin_ingress: Option<Arc<RuleSet>>,
+    pub admin_egress: Option<Arc<RuleSet>>,
+    pub baseline_ingress: Option<Arc<RuleSet>>,
+    pub baseline_egress: Option<Arc<RuleSet>>,
+}
+
+/// How one direction of one pod judges a peer, tier by tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judged {
+    /// Allowed by this rule.
+    Accepted(RuleRef),
+    /// Denied by this rule (a cluster policy's `Deny`).
+    Denied(RuleRef),
+    /// Isolated by NetworkPolicy and no rule admits it.
+    DefaultDeny,
+    /// No tier decides: allowed, as Kubernetes allows by default.
+    Undecided,
+}
+
+impl Guarded {
+    /// Whether anything judges this pod's traffic in `direction`.
+    pub fn judges(&self, direction: Direction) -> bool {
+        let np = match direction {
+            Direction::Ingress => self.ingress.is_some(),
+            Direction::Egress => self.egress.is_some(),
+        };
+        np || self.cluster.as_ref().is_some_and(|c| {
+            let (a, b) = c.sides(direction);
+            a.is_some() || b.is_some()
+        })
+    }
+
+    /// Judge `peer` on `proto`/`port` in `direction`: the Admin tier's first matching
+    /// rule (unless it passes), then NetworkPolicy (which decides whenever it isolates
+    /// the pod), then the Baseline tier's first matching rule.
+    pub fn judge(
+        &self,
+        rules: &[RuleInfo],
+        direction: Direction,
+        peer: IpKey,
+        proto: u8,
+        port: Option<u16>,
+    ) -> Judged {
+        let action = |r: RuleRef| rules.get(r.0 as usize).map_or(Action::Deny, |i| i.action);
+        let (admin, baseline) = self
+            .cluster
+            .as_ref()
+            .map_or((None, None), |c| c.sides(direction));
+        if let Some(r) = admin.and_then(|s| s.first(peer, proto, port)) {
+            match action(r) {
+                Action::Accept => return Judged::Accepted(r),
+                Action::Deny => return Judged::Denied(r),
+                Action::Pass => {}
+            }
+        }
+        let np = match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        };
+        if let Some(set) = np {
+            return match set.admits(peer, proto, port) {
+                Some(r) => Judged::Accepted(r),
+                None => Judged::DefaultDeny,
+            };
+        }
+        if let Some(r) = baseline.and_then(|s| s.first(peer, proto, port)) {
+            match action(r) {
+                Action::Accept => return Judged::Accepted(r),
+                Action::Deny => return Judged::Denied(r),
+                Action::Pass => {}
+            }
+        }
+        Judged::Undecided
+    }
+}
+
+impl ClusterSets {
+    fn sides(&self, direction: Direction) -> (Option<&RuleSet>, Option<&RuleSet>) {
+        match direction {
+            Direction::Ingress => (
+                self.admin_ingress.as_deref(),
+                self.baseline_ingress.as_deref(),
+            ),
+            Direction::Egress => (
+                self.admin_egress.as_deref(),
+                self.baseline_egress.as_deref(),
+            ),
+        }
+    }
 }
 
 /// Everything the datapath enforces, as one immutable value.
@@ -352,17 +589,33 @@ impl Policy {
             .map(|&i| self.pods[i as usize].as_str())
     }
 
-    /// "namespace/name ingress rule 2" for a rule.
+    /// "namespace/name ingress rule 2" for a NetworkPolicy's rule;
+    /// "ClusterNetworkPolicy/name (Admin tier, priority 10) egress rule 0 \"no-db\" (Deny)"
+    /// for a cluster policy's.
     pub fn describe_rule(&self, rule: RuleRef) -> String {
-        match self.rules.get(rule.0 as usize) {
-            Some(r) => format!(
-                "{} {} rule {}",
-                self.policies[r.policy as usize].name,
-                r.direction.as_str(),
-                r.index
-            ),
-            None => format!("rule #{}", rule.0),
+        let Some(r) = self.rules.get(rule.0 as usize) else {
+            return format!("rule #{}", rule.0);
+        };
+        let p = &self.policies[r.policy as usize];
+        let mut out = p.name.clone();
+        if p.tier != Tier::NetworkPolicy {
+            out += &format!(" ({} tier, priority {})", p.tier.as_str(), p.priority);
         }
+        out += &format!(" {} rule {}", r.direction.as_str(), r.index);
+        if let Some(name) = &r.name {
+            out += &format!(" {name:?}");
+        }
+        if p.tier != Tier::NetworkPolicy {
+            out += &format!(" ({})", r.action.as_str());
+        }
+        out
+    }
+
+    /// The policy a rule belongs to.
+    pub fn policy_of(&self, rule: RuleRef) -> Option<&PolicyInfo> {
+        self.rules
+            .get(rule.0 as usize)
+            .map(|r| &self.policies[r.policy as usize])
     }
 
     /// The policies' names, comma-separated, for a list of indexes.
@@ -464,19 +717,18 @@ impl Policy {
     pub fn count(&self, d: &Decision) {
         match d.because {
             Because::Rule(r) => {
-                if let Some(info) = self.rules.get(r.0 as usize) {
-                    self.policies[info.policy as usize]
-                        .counters
-                        .allowed
-                        .fetch_add(1, Relaxed);
+                if let Some(p) = self.policy_of(r) {
+                    p.counters.allowed.fetch_add(1, Relaxed);
                 }
                 if let Some(e) = d.egress_rule.filter(|&e| e != r) {
-                    if let Some(info) = self.rules.get(e.0 as usize) {
-                        self.policies[info.policy as usize]
-                            .counters
-                            .allowed
-                            .fetch_add(1, Relaxed);
+                    if let Some(p) = self.policy_of(e) {
+                        p.counters.allowed.fetch_add(1, Relaxed);
                     }
+                }
+            }
+            Because::Denied { rule, .. } => {
+                if let Some(p) = self.policy_of(rule) {
+                    p.counters.denied.fetch_add(1, Relaxed);
                 }
             }
             Because::DefaultDeny { direction, pod } => {
@@ -507,7 +759,7 @@ impl Policy {
     /// default deny (egress) of ns/pod, isolated by ns/a,ns/b".
     pub fn explain(&self, d: &Decision) -> String {
         match d.because {
-            Because::NotIsolated => "allowed: no policy isolates either end here".into(),
+            Because::NotIsolated => "allowed: no policy decides for either end here".into(),
             Because::Rule(r) => match d.egress_rule.filter(|&e| e != r) {
                 Some(e) => format!(
                     "allowed by {} and {}",
@@ -521,6 +773,14 @@ impl Policy {
                 "allowed for now: a Service address, judged after the node's DNAT".into()
             }
             Because::Reply => "allowed: reply of an allowed flow".into(),
+            Because::Denied { rule, .. } => match d.egress_rule {
+                Some(e) => format!(
+                    "denied by {} (its egress allowed by {})",
+                    self.describe_rule(rule),
+                    self.describe_rule(e)
+                ),
+                None => format!("denied by {}", self.describe_rule(rule)),
+            },
             Because::DefaultDeny { direction, pod } => format!(
                 "denied: no rule admits it; {} of {} is isolated by {}",
                 direction.as_str(),

@@ -45,8 +45,10 @@ scripts/fuzz.sh 5
 # used and left up; one started here is removed again, also on failure.
 # switchd's Node watch is then checked in the same cluster: joins, deletes, and an API
 # server that dies and comes back (tests/cluster/kube_membership.sh). Then NetworkPolicy:
-# upstream's netpol suite (docs/network-policy.md), and established flows cut and resumed
-# by policies and labels (tests/cluster/netpol.sh).
+# upstream's netpol suite (docs/network-policy.md), the ClusterNetworkPolicy conformance
+# profile of the pinned sigs.k8s.io/network-policy-api (k8s/netpol-api/, built once per
+# version into /var/cache/switchd/netpol-api/), and established flows cut and resumed by
+# policies, labels and the Admin tier (tests/cluster/netpol.sh).
 if ! scripts/cluster.sh is-up; then
     trap 'scripts/cluster.sh down' EXIT
     scripts/cluster.sh up
@@ -54,4 +56,5 @@ fi
 scripts/cluster.sh e2e-conformance
 tests/cluster/kube_membership.sh
 scripts/cluster.sh e2e-netpol
+scripts/cluster.sh e2e-cnp
 tests/cluster/netpol.sh

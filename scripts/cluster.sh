@@ -11,7 +11,9 @@
 #   scripts/cluster.sh e2e-netpol       upstream's NetworkPolicy suite (netpol), SCTP skipped
 #   scripts/cluster.sh e2e-cnp          the ClusterNetworkPolicy conformance profile of the
 #                                       pinned sigs.k8s.io/network-policy-api (installs its
-#                                       CRD first; SCTP probes skipped, counted)
+#                                       CRD first; SCTP probes skipped, counted). With
+#                                       SWK_CNP_CHANNEL=experimental: that channel's CRD,
+#                                       and named ports claimed too
 #   scripts/cluster.sh cnp-crd          install only that CRD
 #   scripts/cluster.sh e2e-network      every sig-network spec that can run here (the
 #                                       skipped ones and why: NETWORK_SKIP below);
@@ -695,12 +697,19 @@ cnp_build() {
     CNP=$("$repo/k8s/netpol-api/build.sh") || die "building the ClusterNetworkPolicy conformance suite failed"
 }
 
+CNP_CHANNEL=${SWK_CNP_CHANNEL:-standard}
 cnp_crd() {
     cnp_build
-    kubectl apply --server-side -f "$CNP/clusternetworkpolicies.yaml" >/dev/null
+    local crd=$CNP/clusternetworkpolicies.yaml
+    case $CNP_CHANNEL in
+        standard) ;;
+        experimental) crd=$CNP/clusternetworkpolicies-experimental.yaml ;;
+        *) die "SWK_CNP_CHANNEL is standard or experimental, not $CNP_CHANNEL" ;;
+    esac
+    kubectl apply --server-side --force-conflicts -f "$crd" >/dev/null
     kubectl wait --for=condition=Established --timeout=60s \
         crd/clusternetworkpolicies.policy.networking.k8s.io >/dev/null
-    say "ClusterNetworkPolicy CRD $(<"$CNP/VERSION") installed"
+    say "ClusterNetworkPolicy CRD $(<"$CNP/VERSION") ($CNP_CHANNEL channel) installed"
 }
 
 # The suite's conformance profile. Its only image, agnhost:2.45, is our agnhost (built from
@@ -720,13 +729,16 @@ e2e_cnp() {
     rm -rf "$report"
     mkdir -p "$report"
     say "ClusterNetworkPolicy conformance ($(<"$CNP/VERSION")); log in $report/cnp.log"
-    local rc=0
+    local rc=0 features=()
+    # switchd reads destinationNamedPort; only the experimental CRD can carry it. Node
+    # peers are not implemented, so never claimed.
+    [[ $CNP_CHANNEL == experimental ]] && features=(--supported-features=ClusterNetworkPolicyNamedPorts)
     (cd "$report" && in_cp env KUBECONFIG="$KUBECONFIG_ADMIN" "$CNP/cnp-conformance.test" \
         -test.v -test.run '^TestConformanceProfiles$' -test.timeout 75m \
         --conformance-profiles=ClusterNetworkPolicy --organization=switchd --project=switchd \
         --url=https://switchd.dev --version="$(git -C "$repo" describe --always --dirty 2>/dev/null || echo dev)" \
         --additional-info="scripts/cluster.sh e2e-cnp" --contact=none \
-        --report-output="$report/report.yaml") >"$report/cnp.log" 2>&1 || rc=$?
+        --report-output="$report/report.yaml" "${features[@]}") >"$report/cnp.log" 2>&1 || rc=$?
     python3 - "$report/cnp.log" <<'EOF'
 import re, sys
 results, sctp = {}, 0

@@ -7,6 +7,10 @@
 //!   pods (what the cache saves on every later packet).
 //! - `compile`: compiling those 1,000 policies and 5,000 pods for one node.
 //!
+//! The `first_packet` and `compile` lines are repeated with 50 ClusterNetworkPolicies
+//! added (25 per tier, 25 rules per direction each, every local pod selected by several):
+//! a packet then walks the Admin tier, NetworkPolicy and the Baseline tier.
+//!
 //! `docs/network-policy.md` has the figures and the command.
 
 use std::hint::black_box;
@@ -18,7 +22,8 @@ use switchd::datapath::policy::{classify, enforce, ip_key, Memo, Policy, Tuple, 
 use switchd::datapath::{craft, forward, FlowTable, Timeouts, Verdict};
 use switchd::policy::compile::Compiler;
 use switchd::policy::model::{
-    Labels, NamedPort, Namespace, NetworkPolicy, Peer, Pod, PortSpec, Rule, Selector, World,
+    Action, ClusterPeer, ClusterPolicy, ClusterRule, Labels, NamedPort, Namespace, NetworkPolicy,
+    Peer, Pod, PodsIn, PortSpec, Rule, Selector, Tier, World,
 };
 
 const BATCH: usize = 64;
@@ -133,6 +138,68 @@ fn world(pods: usize, policies: usize, all_select_bench: bool) -> World {
     w
 }
 
+/// `w` with 50 cluster policies: 25 in each tier, each selecting the pods of the
+/// namespaces of one team, with 25 rules per direction. Most rules name pods of other
+/// apps on ports nobody uses (no match: the walk goes on); the Admin tier's last rule
+/// passes everything to NetworkPolicy, the Baseline tier's denies one team.
+fn with_cluster_policies(mut w: World) -> World {
+    for i in 0..50 {
+        let tier = if i < 25 { Tier::Admin } else { Tier::Baseline };
+        let rules = |dir: u16| -> Vec<ClusterRule> {
+            let mut rules: Vec<ClusterRule> = (0..24)
+                .map(|r| ClusterRule {
+                    name: format!("r{r}"),
+                    action: if r % 2 == 0 {
+                        Action::Deny
+                    } else {
+                        Action::Accept
+                    },
+                    peers: vec![
+                        ClusterPeer::Pods(PodsIn {
+                            namespaces: Selector::default(),
+                            pods: selector(&[("app", format!("app{}", (i * 24 + r) % 200))]),
+                        }),
+                        ClusterPeer::Networks(vec![format!("172.{}.{r}.0/24", 16 + i % 16)
+                            .parse()
+                            .unwrap()]),
+                    ],
+                    ports: vec![PortSpec::Number {
+                        proto: 17,
+                        port: 20_000 + dir * 100 + r as u16,
+                        end: 20_000 + dir * 100 + r as u16,
+                    }],
+                })
+                .collect();
+            rules.push(ClusterRule {
+                name: "last".into(),
+                action: if tier == Tier::Admin {
+                    Action::Pass
+                } else {
+                    Action::Deny
+                },
+                peers: vec![ClusterPeer::Pods(PodsIn {
+                    namespaces: selector(&[("team", format!("t{}", i % 10))]),
+                    pods: Selector::default(),
+                })],
+                ports: Vec::new(),
+            });
+            rules
+        };
+        w.cluster_policies.push(ClusterPolicy {
+            name: format!("cnp{i}"),
+            tier,
+            priority: (i % 10) as u16,
+            subject: PodsIn {
+                namespaces: selector(&[("team", format!("t{}", i % 10))]),
+                pods: Selector::default(),
+            },
+            ingress: rules(0),
+            egress: rules(1),
+        });
+    }
+    w
+}
+
 /// 64-byte TCP segments (ACK) from pod0 to pod1's port 80, both on this node.
 fn frames() -> Vec<Vec<u8>> {
     let (a, b) = (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 1, 3));
@@ -200,6 +267,7 @@ fn established(c: &mut Criterion) {
 fn first_packet(c: &mut Criterion) {
     let w = world(5000, 1000, false);
     let policy = Compiler::new(0).compile(&w);
+    let tiered = Compiler::new(0).compile(&with_cluster_policies(w.clone()));
     assert!(
         policy.guarded.len() >= 90,
         "{} guarded",
@@ -240,16 +308,32 @@ fn first_packet(c: &mut Criterion) {
         "{allowed} of {} allowed: the benchmark must see both",
         tuples.len()
     );
+    // The cluster policies change some verdicts (the Baseline tier denies where no
+    // NetworkPolicy isolates), not all.
+    let differ = tuples
+        .iter()
+        .filter(|t| classify(&policy, t).allowed != classify(&tiered, t).allowed)
+        .count();
+    assert!(tiered.guarded.len() >= policy.guarded.len());
     let mut group = c.benchmark_group("policy_first_packet");
     group.throughput(Throughput::Elements(tuples.len() as u64));
-    group.bench_function("1000_policies_5000_pods", |bench| {
-        bench.iter(|| {
-            for t in &tuples {
-                black_box(classify(&policy, black_box(t)));
-            }
-        })
-    });
+    for (name, p) in [
+        ("1000_policies_5000_pods", &policy),
+        ("1000_policies_5000_pods_50_cluster_policies", &tiered),
+    ] {
+        group.bench_function(name, |bench| {
+            bench.iter(|| {
+                for t in &tuples {
+                    black_box(classify(p, black_box(t)));
+                }
+            })
+        });
+    }
     group.finish();
+    println!(
+        "policy_first_packet: {differ} of {} verdicts differ with the cluster policies",
+        tuples.len()
+    );
 }
 
 fn compile(c: &mut Criterion) {
@@ -259,6 +343,11 @@ fn compile(c: &mut Criterion) {
     group.bench_function("1000_policies_5000_pods", |bench| {
         let mut compiler = Compiler::new(0);
         bench.iter(|| black_box(compiler.compile(black_box(&w))))
+    });
+    let tiered = with_cluster_policies(w.clone());
+    group.bench_function("1000_policies_5000_pods_50_cluster_policies", |bench| {
+        let mut compiler = Compiler::new(0);
+        bench.iter(|| black_box(compiler.compile(black_box(&tiered))))
     });
     group.finish();
 }

@@ -5,7 +5,9 @@
 # this build. A second call with the same inputs builds nothing.
 #
 #   k8s/netpol-api/build.sh      build (or reuse) and print the folder, which holds
-#                                cnp-conformance.test, clusternetworkpolicies.yaml, VERSION
+#                                cnp-conformance.test, VERSION, and the CRD of both
+#                                channels: clusternetworkpolicies.yaml (standard) and
+#                                clusternetworkpolicies-experimental.yaml
 #
 # Two changes to the suite, because this machine's kernel has no SCTP sockets (say so
 # wherever its results are quoted, docs/network-policy.md):
@@ -71,6 +73,8 @@ echo "k8s/netpol-api/build.sh: building the $module $version conformance suite i
     go test -c -trimpath -o "$out/cnp-conformance.test" ./conformance)
 cp "$tmp/src/config/crd/standard/policy.networking.k8s.io_clusternetworkpolicies.yaml" \
     "$out/clusternetworkpolicies.yaml"
+cp "$tmp/src/config/crd/experimental/policy.networking.k8s.io_clusternetworkpolicies.yaml" \
+    "$out/clusternetworkpolicies-experimental.yaml"
 echo "$version" > "$out/VERSION"
 echo "k8s/netpol-api/build.sh: built in $(( $(date +%s) - start )) s" >&2
 touch "$out/complete"

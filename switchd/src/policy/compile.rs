@@ -68,6 +68,9 @@ struct Index<'w> {
     ns_labels: HashMap<&'w str, &'w super::model::Labels>,
     /// Pods with an address, by namespace.
     pods_by_ns: HashMap<&'w str, Vec<&'w Pod>>,
+    /// Pods with an address, by one of their labels (key, value): a selector with
+    /// `matchLabels` starts from its rarest label's pods instead of every pod.
+    pods_by_label: HashMap<(&'w str, &'w str), Vec<&'w Pod>>,
 }
 
 impl<'w> Index<'w> {
@@ -78,14 +81,44 @@ impl<'w> Index<'w> {
             .map(|n| (n.name.as_str(), &n.labels))
             .collect();
         let mut pods_by_ns: HashMap<&str, Vec<&Pod>> = HashMap::new();
+        let mut pods_by_label: HashMap<(&str, &str), Vec<&Pod>> = HashMap::new();
         for p in world.pods.iter().filter(|p| !p.ips.is_empty()) {
             pods_by_ns.entry(p.namespace.as_str()).or_default().push(p);
+            for (k, v) in &p.labels {
+                pods_by_label
+                    .entry((k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(p);
+            }
         }
         Index {
             world,
             ns_labels,
             pods_by_ns,
+            pods_by_label,
         }
+    }
+
+    /// The fewest pods that can match `sel`, when its `matchLabels` narrow them down (an
+    /// empty list when some label is on no pod); `None` when every pod is a candidate.
+    fn candidates<'s>(&'s self, sel: &'s super::model::Selector) -> Option<&'s [&'w Pod]> {
+        let empty: &'s [&'w Pod] = &[];
+        // The map's keys, seen at the selector's shorter lifetime (a HashMap is covariant
+        // in its key type).
+        fn shorten<'a, 'b: 'a, 's, V>(
+            m: &'s HashMap<(&'b str, &'b str), V>,
+        ) -> &'s HashMap<(&'a str, &'a str), V> {
+            m
+        }
+        let by_label = shorten(&self.pods_by_label);
+        sel.match_labels
+            .iter()
+            .map(|(k, v)| {
+                by_label
+                    .get(&(k.as_str(), v.as_str()))
+                    .map_or(empty, Vec::as_slice)
+            })
+            .min_by_key(|c| c.len())
     }
 
     /// The pods a `Peer::Pods` of a policy in namespace `own_ns` selects.
@@ -110,6 +143,17 @@ impl<'w> Index<'w> {
         match namespaces {
             None => in_ns(own_ns),
             Some(sel) => {
+                if let Some(c) = pods.and_then(|p| self.candidates(p)) {
+                    let ns_ok =
+                        |ns: &str| sel.matches(self.ns_labels.get(ns).copied().unwrap_or(&empty));
+                    return c
+                        .iter()
+                        .copied()
+                        .filter(|p| {
+                            pods.is_none_or(|s| s.matches(&p.labels)) && ns_ok(&p.namespace)
+                        })
+                        .collect();
+                }
                 let mut out = Vec::new();
                 for ns in self.pods_by_ns.keys() {
                     let labels = self.ns_labels.get(ns).copied().unwrap_or(&empty);
@@ -127,6 +171,17 @@ impl<'w> Index<'w> {
     /// The pods `sel` selects (a cluster policy's subject or peer).
     fn pods_in(&self, sel: &PodsIn) -> Vec<&'w Pod> {
         let empty = super::model::Labels::new();
+        let ns_ok = |ns: &str| {
+            sel.namespaces
+                .matches(self.ns_labels.get(ns).copied().unwrap_or(&empty))
+        };
+        if let Some(c) = self.candidates(&sel.pods) {
+            return c
+                .iter()
+                .copied()
+                .filter(|p| sel.pods.matches(&p.labels) && ns_ok(&p.namespace))
+                .collect();
+        }
         let mut out = Vec::new();
         for (ns, pods) in &self.pods_by_ns {
             let labels = self.ns_labels.get(ns).copied().unwrap_or(&empty);

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Deserialize;
 
 use super::model::{Action, ClusterPeer, ClusterPolicy, ClusterRule, PodsIn, PortSpec, Tier};
-use super::watch::selector_of;
+use super::watch::{cidr_of, selector_of};
 
 /// The API's object as the watcher delivers it (re-exported for the fuzz target, which
 /// does not depend on the client crates itself).
@@ -136,11 +136,7 @@ fn peer_of(p: &ApiPeer) -> Result<ClusterPeer, String> {
         )?)),
         (None, None, Some(nets)) => nets
             .iter()
-            .map(|n| {
-                n.parse::<ipnet::IpNet>()
-                    .map(|n| n.trunc())
-                    .map_err(|_| format!("networks entry {n:?} is not a CIDR"))
-            })
+            .map(|n| cidr_of(n, "networks entry"))
             .collect::<Result<_, _>>()
             .map(ClusterPeer::Networks),
         (None, None, None) => {

@@ -103,18 +103,10 @@ impl<'w> Index<'w> {
     /// empty list when some label is on no pod); `None` when every pod is a candidate.
     fn candidates<'s>(&'s self, sel: &'s super::model::Selector) -> Option<&'s [&'w Pod]> {
         let empty: &'s [&'w Pod] = &[];
-        // The map's keys, seen at the selector's shorter lifetime (a HashMap is covariant
-        // in its key type).
-        fn shorten<'a, 'b: 'a, 's, V>(
-            m: &'s HashMap<(&'b str, &'b str), V>,
-        ) -> &'s HashMap<(&'a str, &'a str), V> {
-            m
-        }
-        let by_label = shorten(&self.pods_by_label);
         sel.match_labels
             .iter()
             .map(|(k, v)| {
-                by_label
+                self.pods_by_label
                     .get(&(k.as_str(), v.as_str()))
                     .map_or(empty, Vec::as_slice)
             })
@@ -297,15 +289,15 @@ fn compile(
             }
         }
         // The cluster policies selecting it, per tier and direction, in order.
+        let no_labels = super::model::Labels::new();
         let ns_labels = index
             .ns_labels
             .get(pod.namespace.as_str())
             .copied()
-            .cloned()
-            .unwrap_or_default();
+            .unwrap_or(&no_labels);
         let mut by_tier: [[Vec<u32>; 2]; 2] = Default::default();
         for (i, c) in cluster.iter().enumerate() {
-            if !c.subject.matches(&ns_labels, &pod.labels) {
+            if !c.subject.matches(ns_labels, &pod.labels) {
                 continue;
             }
             let t = usize::from(c.tier == Tier::Baseline);

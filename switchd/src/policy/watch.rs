@@ -238,25 +238,23 @@ pub fn selector_of(s: &LabelSelector) -> Result<Selector, String> {
     })
 }
 
+/// A CIDR as a policy writes it, its host bits cleared; `field` names it in the error.
+pub fn cidr_of(text: &str, field: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .map(|n| n.trunc())
+        .map_err(|_| format!("{field} {text:?} is not a CIDR"))
+}
+
 fn peer_of(p: &net::NetworkPolicyPeer) -> Result<Peer, String> {
     if let Some(b) = &p.ip_block {
-        let cidr: ipnet::IpNet = b
-            .cidr
-            .parse()
-            .map_err(|_| format!("ipBlock.cidr {:?} is not a CIDR", b.cidr))?;
-        let except = b
-            .except
-            .iter()
-            .flatten()
-            .map(|e| {
-                e.parse::<ipnet::IpNet>()
-                    .map(|n| n.trunc())
-                    .map_err(|_| format!("ipBlock.except {e:?} is not a CIDR"))
-            })
-            .collect::<Result<_, _>>()?;
         return Ok(Peer::Block {
-            cidr: cidr.trunc(),
-            except,
+            cidr: cidr_of(&b.cidr, "ipBlock.cidr")?,
+            except: b
+                .except
+                .iter()
+                .flatten()
+                .map(|e| cidr_of(e, "ipBlock.except"))
+                .collect::<Result<_, _>>()?,
         });
     }
     Ok(Peer::Pods {

@@ -36,6 +36,9 @@ target/release/scale --quick
 # The churn soak in its short mode (200 attach/detach cycles beside a long-lived stream):
 # it asserts that no address, port, link, namespace or descriptor leaks.
 target/release/soak --quick
+# The pod-start burst in its short mode (20 pods at once through switchd-cni and through the
+# reference bridge plugin): it asserts every ADD and DEL works and pods reach their gateway.
+target/release/podstart --quick
 # Every fuzz target for a few seconds (coverage-guided, libFuzzer), so they never rot;
 # long runs and their figures: docs/reliability.md.
 scripts/fuzz.sh 5

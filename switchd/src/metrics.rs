@@ -282,6 +282,11 @@ pub fn render(sw: &Switch) -> String {
         "Time to attach a pod",
         sw.attach_seconds.clone(),
     );
+    r.register(
+        "switchd_pod_step_duration_seconds",
+        "Time spent in each step of attaching (address, interface, publish) and detaching (unpublish, interface, address) a pod",
+        sw.pod_steps.clone(),
+    );
 
     peer_health(&mut r, &peers, sw.mtu);
 

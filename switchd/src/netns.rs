@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::TryStreamExt;
@@ -19,7 +20,7 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 use crate::datapath::frame::format_mac;
-use crate::port::tap::Tap;
+use crate::port::tap::{Tap, TapError};
 
 /// The network side of one pod interface, as it must look inside the pod.
 #[derive(Debug, Clone)]
@@ -44,6 +45,8 @@ pub enum NetnsError {
     },
     #[error("interface {ifname} already exists in network namespace {path}")]
     IfaceExists { ifname: String, path: String },
+    #[error("{path} now holds another network namespace than the pod's")]
+    Replaced { path: String },
 }
 
 /// Run `f` on a new OS thread inside the network namespace at `path` (a `/proc/PID/ns/net`
@@ -58,10 +61,32 @@ where
         + Send
         + 'static,
 {
+    run_in_ns(path, None, f)
+}
+
+/// [`run_in`], refusing (with `NetnsError::Replaced`) when the namespace now at `path` is
+/// not the one whose inode is `expect`: a path the runtime reused for another pod.
+fn run_in_ns<T, F>(path: &str, expect: Option<u64>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: for<'h> FnOnce(
+            &'h Handle,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + 'h>>
+        + Send
+        + 'static,
+{
     let ns = File::open(path).map_err(|source| NetnsError::Unavailable {
         path: path.into(),
         source,
     })?;
+    if let Some(expect) = expect {
+        use std::os::unix::fs::MetadataExt;
+        let now = ns.metadata().map(|m| m.ino()).ok();
+        if now != Some(expect) {
+            return Err(NetnsError::Replaced { path: path.into() }.into());
+        }
+    }
     let path = path.to_string();
     std::thread::Builder::new()
         .name("netns".into())
@@ -99,90 +124,118 @@ fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
     matches!(err, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
 }
 
-/// Create the pod's TAP and configure it inside the pod's namespace. The TAP is persistent,
-/// so it survives a restart of switchd; on any failure it is destroyed again.
+/// Create the pod's TAP and configure it inside the pod's namespace, all on one thread
+/// in that namespace. The TAP is persistent, so it survives a restart of switchd; on any
+/// failure it is destroyed again.
 ///
-/// The TAP is created in switchd's own namespace under a temporary name, moved into the
-/// pod's namespace and renamed there. Opening `/dev/net/tun` from inside the pod's
-/// namespace would tie our descriptor to that namespace and keep it alive after the
-/// runtime deleted it; created here, the device dies with the pod's namespace, and switchd
-/// notices (see `Switch::reap_vanished`).
+/// The TAP is created where it lives. Creating it in switchd's namespace and moving it
+/// costs the kernel three RCU synchronisations and an `rcu_barrier` with RTNL held (about
+/// 20 ms in which no other interface on the machine can change), so a burst of 110 pods
+/// queued for seconds behind the moves (docs/performance.md, "Pod start"). A descriptor
+/// opened here pins the pod's namespace for as long as switchd holds it, so the namespace
+/// no longer dies with its last process while switchd watches it: `Switch` sweeps its
+/// pods' namespaces instead (`pod_netns_gone`) and lets go of those the runtime removed.
 ///
-/// `queues` descriptors are opened (one per datapath worker), all before the move.
+/// `queues` descriptors are opened (one per datapath worker).
 pub fn create_pod_tap(netns: &str, iface: PodIface, queues: usize) -> Result<Vec<Tap>> {
-    let name = iface.ifname.clone();
-    let exists = run_in(netns, move |_| {
-        Box::pin(async move { Ok(ifindex(&name).is_some()) })
-    })?;
-    if exists {
-        return Err(NetnsError::IfaceExists {
-            ifname: iface.ifname.clone(),
-            path: netns.to_string(),
-        }
-        .into());
-    }
-    let target = File::open(netns).map_err(|source| NetnsError::Unavailable {
-        path: netns.into(),
-        source,
-    })?;
-    let temp = temp_name();
-    let taps = run_in("/proc/self/ns/net", move |h| {
+    let path = netns.to_string();
+    run_in(netns, move |h| {
         Box::pin(async move {
-            let taps = Tap::open_queues(&temp, queues)?;
-            let tap = &taps[0];
-            let moved = async {
-                tap.set_persistent(true)?;
-                let idx = ifindex(&temp).context("TAP vanished right after creation")?;
-                h.link()
-                    .set(
-                        LinkUnspec::new_with_index(idx)
-                            .setns_by_fd(target.as_raw_fd())
-                            .build(),
-                    )
-                    .execute()
-                    .await
-                    .context("moving the TAP into the pod's namespace")
+            if ifindex(&iface.ifname).is_some() {
+                return Err(NetnsError::IfaceExists {
+                    ifname: iface.ifname.clone(),
+                    path,
+                }
+                .into());
+            }
+            let taps = match Tap::create_queues(&iface.ifname, queues) {
+                Ok(taps) => taps,
+                // Created by someone else between the check and now.
+                Err(TapError::SetIff { source, .. })
+                    if source.raw_os_error() == Some(libc::EBUSY) =>
+                {
+                    return Err(NetnsError::IfaceExists {
+                        ifname: iface.ifname.clone(),
+                        path,
+                    }
+                    .into());
+                }
+                Err(e) => return Err(e.into()),
             };
-            match moved.await {
+            let configured = async {
+                taps[0].set_persistent(true)?;
+                let idx = ifindex(&iface.ifname).context("TAP vanished right after creation")?;
+                configure_pod_link(h, idx, &iface).await
+            };
+            match configured.await {
                 Ok(()) => Ok(taps),
                 Err(e) => {
-                    let _ = tap.set_persistent(false); // dropping the fds now destroys it
+                    let _ = taps[0].set_persistent(false); // dropping the fds now destroys it
                     Err(e)
                 }
             }
         })
-    })?;
-    let temp = taps[0].name().to_string();
-    let spec = iface.clone();
-    let configured = run_in(netns, move |h| {
-        Box::pin(async move {
-            let idx = ifindex(&temp).context("the moved TAP is not in the pod's namespace")?;
-            h.link()
-                .set(
-                    LinkUnspec::new_with_index(idx)
-                        .name(spec.ifname.clone())
-                        .build(),
-                )
-                .execute()
-                .await
-                .with_context(|| format!("renaming {temp} to {}", spec.ifname))?;
-            configure_pod_link(h, idx, &spec).await
-        })
-    });
-    match configured {
-        Ok(()) => Ok(taps.into_iter().map(|t| t.renamed(&iface.ifname)).collect()),
-        Err(e) => {
-            let _ = taps[0].set_persistent(false);
-            Err(e)
-        }
-    }
+    })
 }
 
-/// A name for a TAP between its creation and its move, unique in switchd's namespace.
-fn temp_name() -> String {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("swp{:08x}", (std::process::id() << 16) ^ n)
+/// Delete the pod's interface `ifname` inside `netns`, the namespace of inode `ino` (our TAP, while we still hold its
+/// descriptors). One unregistration takes every queue off at once; closing a queue's
+/// descriptor first would instead cost an RCU synchronisation with RTNL held per queue,
+/// and run wherever the last reference to the port happens to drop (possibly a datapath
+/// worker). `Ok(false)` when the interface is not there.
+pub fn delete_pod_link(netns: &str, ino: u64, ifname: &str) -> Result<bool> {
+    let ifname = ifname.to_string();
+    run_in_ns(netns, Some(ino), move |h| {
+        Box::pin(async move {
+            let Some(idx) = ifindex(&ifname) else {
+                return Ok(false);
+            };
+            match h.link().del(idx).execute().await {
+                Ok(()) => Ok(true),
+                Err(e) if is_errno(&e, libc::ENODEV) => Ok(false),
+                Err(e) => Err(e).with_context(|| format!("deleting {ifname}")),
+            }
+        })
+    })
+}
+
+/// Whether the pod namespace attached from `path` is gone: the runtime removed its path
+/// (or put another namespace there) and no process is left inside it. `ino` is the
+/// namespace's inode, taken when the pod was attached. Our own TAP descriptors keep the
+/// namespace itself alive, so its path and its processes are what tell.
+///
+/// A namespace whose path was removed while its processes live on (an administrator's
+/// `ip netns del`) is not gone: its pod still runs and keeps its network.
+pub fn pod_netns_gone(path: &str, ino: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(path).is_ok_and(|m| m.ino() == ino) {
+        return false;
+    }
+    !any_process_in_netns(Path::new("/proc"), ino)
+}
+
+/// Whether a process under `proc` (a procfs mount) is in the network namespace `ino`.
+fn any_process_in_netns(proc: &Path, ino: u64) -> bool {
+    let want = format!("net:[{ino}]");
+    let Ok(dir) = std::fs::read_dir(proc) else {
+        return true; // cannot tell: keep the pod
+    };
+    dir.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .any(|e| {
+            std::fs::read_link(e.path().join("ns/net"))
+                .is_ok_and(|l| l.as_os_str().as_encoded_bytes() == want.as_bytes())
+        })
+}
+
+/// The inode of the namespace at `path` (what `pod_netns_gone` compares against).
+pub fn netns_inode(path: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ino())
 }
 
 async fn configure_pod_link(h: &Handle, idx: u32, iface: &PodIface) -> Result<()> {
@@ -500,4 +553,47 @@ fn default_route_mtu() -> Result<Option<u32>> {
             link_mtu(h, oif).await
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake procfs: `pid -> namespace link target`, plus entries that are not processes.
+    fn fake_proc(tag: &str, procs: &[(&str, &str)]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("swnsproc-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("self/ns")).unwrap();
+        std::os::unix::fs::symlink("net:[7]", dir.join("self/ns/net")).unwrap();
+        for (pid, target) in procs {
+            std::fs::create_dir_all(dir.join(pid).join("ns")).unwrap();
+            std::os::unix::fs::symlink(target, dir.join(pid).join("ns/net")).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn a_namespace_is_in_use_only_while_a_process_lives_in_it() {
+        let proc = fake_proc(
+            "use",
+            &[("1", "net:[4026531840]"), ("42", "net:[4026532999]")],
+        );
+        assert!(any_process_in_netns(&proc, 4026532999));
+        assert!(any_process_in_netns(&proc, 4026531840));
+        // Not a prefix match, and `self` is not a process.
+        assert!(!any_process_in_netns(&proc, 402653299));
+        assert!(!any_process_in_netns(&proc, 7));
+        std::fs::remove_dir_all(&proc).unwrap();
+        // Cannot read /proc at all: keep the pod rather than tear down a live one.
+        assert!(any_process_in_netns(Path::new("/nonexistent-proc"), 1));
+    }
+
+    #[test]
+    fn a_path_still_naming_the_same_namespace_is_never_gone() {
+        let ino = netns_inode("/proc/self/ns/net").expect("own namespace");
+        assert!(!pod_netns_gone("/proc/self/ns/net", ino));
+        // Another namespace at the path, or none, with no process inside: gone.
+        assert!(pod_netns_gone("/proc/self/ns/net", u64::MAX));
+        assert!(pod_netns_gone("/nonexistent/netns", u64::MAX));
+    }
 }

@@ -14,6 +14,31 @@ pub fn attach_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 13))
 }
 
+/// Durations of the steps of attaching and detaching a pod, by `op` and `step`, from
+/// 0.1 ms to about 1.6 s: where a slow pod start spends its time.
+pub type StepHistograms = prometheus_client::metrics::family::Family<
+    Vec<(&'static str, &'static str)>,
+    Histogram,
+    fn() -> Histogram,
+>;
+
+pub fn step_histograms() -> StepHistograms {
+    StepHistograms::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 15)))
+}
+
+/// Record one step of `op` that started at `since`; returns now, where the next step starts.
+pub fn step(
+    h: &StepHistograms,
+    op: &'static str,
+    step: &'static str,
+    since: std::time::Instant,
+) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    h.get_or_create(&vec![("op", op), ("step", step)])
+        .observe(now.duration_since(since).as_secs_f64());
+    now
+}
+
 /// Wall-clock milliseconds since the Unix epoch (the datapath heartbeat).
 pub fn now_millis() -> u64 {
     SystemTime::now()

@@ -43,6 +43,8 @@ struct Slot {
     registered: bool,
     /// The ingress shaper's drain task, for rate-limited pods.
     drain: Option<tokio::task::JoinHandle<()>>,
+    /// A pod's network namespace (its inode when attached), watched by `reap_loop`.
+    netns: Option<(String, u64)>,
 }
 
 pub struct Switch {
@@ -69,6 +71,8 @@ pub struct Switch {
     _state_lock: std::fs::File,
     /// Attach durations, exported by `/metrics`.
     pub attach_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Attach and detach durations by step, exported by `/metrics`.
+    pub pod_steps: crate::stats::StepHistograms,
     /// Unix milliseconds of the last datapath-runtime heartbeat (see `run_heartbeat`).
     pub heartbeat: std::sync::atomic::AtomicU64,
     /// Flows the node translated (Services): their replies go back through the node.
@@ -256,6 +260,7 @@ impl Switch {
             ready: AtomicBool::new(false),
             _state_lock: state_lock,
             attach_seconds: crate::stats::attach_histogram(),
+            pod_steps: crate::stats::step_histograms(),
             heartbeat: std::sync::atomic::AtomicU64::new(crate::stats::now_millis()),
             flows,
             masquerade: masquerade.clone(),
@@ -381,12 +386,19 @@ impl Switch {
             .ingress
             .as_ref()
             .map(|_| tokio::spawn(shaper::drain(port.clone(), self.stats.clone())));
+        let netns = match &port.owner {
+            PortOwner::Pod { netns, .. } => {
+                netns::netns_inode(netns).map(|ino| (netns.clone(), ino))
+            }
+            PortOwner::Host => None,
+        };
         self.slots.insert(
             id,
             Slot {
                 port,
                 registered: false,
                 drain,
+                netns,
             },
         );
     }
@@ -508,12 +520,14 @@ impl Switch {
                 format!("network namespace {netns} does not exist"),
             ));
         }
+        let started = std::time::Instant::now();
         let addresses = self
             .ipam
             .lock()
             .unwrap()
             .allocate(key.clone(), &network, &netns, pod.clone(), bandwidth)
             .map_err(ipam_error)?;
+        let step = crate::stats::step(&self.pod_steps, "attach", "address", started);
         let address = addresses.v4;
         let iface = self.pod_iface(&key.ifname, address, addresses.v6);
         let (ns, spec) = (netns.clone(), iface.clone());
@@ -526,13 +540,16 @@ impl Switch {
                 }
                 let kind = match e.downcast_ref::<NetnsError>() {
                     Some(NetnsError::IfaceExists { .. }) => ErrorKind::AlreadyExists,
-                    Some(NetnsError::Unavailable { .. }) => ErrorKind::NetnsUnavailable,
+                    Some(NetnsError::Unavailable { .. } | NetnsError::Replaced { .. }) => {
+                        ErrorKind::NetnsUnavailable
+                    }
                     None => ErrorKind::Internal,
                 };
                 tracing::warn!(container = %key.container_id, ifname = %key.ifname, error = %format!("{e:#}"), "attach failed");
                 return Err(ErrorReply::new(kind, format!("{e:#}")));
             }
         };
+        let step = crate::stats::step(&self.pod_steps, "attach", "interface", step);
         let id = self.next_id.fetch_add(1, Relaxed);
         let owner = PortOwner::Pod {
             key: key.clone(),
@@ -551,7 +568,8 @@ impl Switch {
         self.by_key.insert(key.clone(), id);
         self.publish();
         self.stats.attaches.fetch_add(1, Relaxed);
-        tracing::info!(port = id, container = %key.container_id, ifname = %key.ifname, pod = %pod.name, namespace = %pod.namespace, address = %address, address_v6 = ?addresses.v6, bandwidth = ?bandwidth, "attached pod");
+        crate::stats::step(&self.pod_steps, "attach", "publish", step);
+        tracing::info!(took_ms = started.elapsed().as_millis() as u64, port = id, container = %key.container_id, ifname = %key.ifname, pod = %pod.name, namespace = %pod.namespace, address = %address, address_v6 = ?addresses.v6, bandwidth = ?bandwidth, "attached pod");
         Ok(self.attachment_of(&iface, netns))
     }
 
@@ -602,11 +620,13 @@ impl Switch {
     /// Remove a pod's port and release its address. Returns whether anything existed.
     pub async fn detach(&self, key: &AttachmentKey) -> OpResult<bool> {
         let mut existed = false;
+        let started = std::time::Instant::now();
         if let Some((_, id)) = self.by_key.remove(key) {
             if let Some((_, slot)) = self.slots.remove(&id) {
                 self.publish();
                 self.workers.remove_port(&slot.port);
-                slot.port.alive.store(false, Relaxed);
+                let step = crate::stats::step(&self.pod_steps, "detach", "unpublish", started);
+                let was_alive = slot.port.alive.swap(false, Relaxed);
                 if let Some(drain) = slot.drain {
                     drain.abort();
                     let _ = drain.await;
@@ -617,10 +637,25 @@ impl Switch {
                 // Not persistent any more: the device goes away when the last reference to
                 // the fd is dropped. If it is already gone (namespace deleted), nothing to do.
                 let _ = slot.port.tap.set_persistent(false);
+                // Delete it now, in one unregistration, rather than queue by queue as the
+                // descriptors close (see `netns::delete_pod_link`). A vanished device (not
+                // alive) may have left its name to another interface: leave that alone.
+                if let (true, Some((ns, ino))) = (was_alive, slot.netns) {
+                    let ifname = key.ifname.clone();
+                    if let Err(e) =
+                        blocking(move || netns::delete_pod_link(&ns, ino, &ifname)).await
+                    {
+                        tracing::debug!(error = %format!("{e:#}"), "pod interface not deleted by name; closing its descriptors removes it");
+                    }
+                }
+                drop(slot.port);
+                crate::stats::step(&self.pod_steps, "detach", "interface", step);
                 existed = true;
             }
         }
+        let step = std::time::Instant::now();
         let released = self.ipam.lock().unwrap().release(key).map_err(ipam_error)?;
+        crate::stats::step(&self.pod_steps, "detach", "address", step);
         if existed || released.is_some() {
             self.stats.detaches.fetch_add(1, Relaxed);
             tracing::info!(container = %key.container_id, ifname = %key.ifname, address = ?released.as_ref().map(|r| r.address), "detached pod");
@@ -1017,6 +1052,43 @@ impl Switch {
         }
     }
 
+    /// Detach every pod whose network namespace is gone (`netns::pod_netns_gone`).
+    async fn reap_gone_namespaces(&self) {
+        let watched: Vec<(PortId, String, u64)> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.netns.clone().map(|(path, ino)| (*s.key(), path, ino)))
+            .collect();
+        if watched.is_empty() {
+            return;
+        }
+        let gone = match tokio::task::spawn_blocking(move || {
+            watched
+                .into_iter()
+                .filter(|(_, path, ino)| netns::pod_netns_gone(path, *ino))
+                .map(|(id, path, _)| (id, path))
+                .collect::<Vec<_>>()
+        })
+        .await
+        {
+            Ok(gone) => gone,
+            Err(e) => {
+                tracing::error!(error = %e, "namespace sweep panicked");
+                return;
+            }
+        };
+        for (id, netns) in gone {
+            let owner = self.slots.get(&id).map(|s| s.port.owner.clone());
+            let Some(PortOwner::Pod { key, .. }) = owner else {
+                continue;
+            };
+            tracing::warn!(container = %key.container_id, ifname = %key.ifname, netns = %netns, "pod's network namespace vanished without a DEL; releasing its address");
+            if let Err(e) = self.detach(&key).await {
+                tracing::error!(error = %e.message, "cannot release the vanished pod");
+            }
+        }
+    }
+
     /// The snapshot the datapath reads right now.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.cell.load_full()
@@ -1099,17 +1171,33 @@ fn lock_state_dir(dir: &Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
-/// Reap ports whose device vanished. Holds only a weak reference, so it never keeps a
-/// stopped switch alive.
+/// Reap ports whose device vanished, and every `NETNS_SWEEP` the pods whose namespace the
+/// runtime removed without a DEL (our descriptors keep such a namespace alive, so its
+/// device never vanishes by itself; see `netns::create_pod_tap`). Holds only a weak
+/// reference, so it never keeps a stopped switch alive.
 async fn reap_loop(
     sw: std::sync::Weak<Switch>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<PortId>,
 ) {
-    while let Some(id) = rx.recv().await {
-        let Some(sw) = sw.upgrade() else { return };
-        sw.reap_vanished(id).await;
+    let mut sweep = tokio::time::interval(NETNS_SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            id = rx.recv() => {
+                let Some(id) = id else { return };
+                let Some(sw) = sw.upgrade() else { return };
+                sw.reap_vanished(id).await;
+            }
+            _ = sweep.tick() => {
+                let Some(sw) = sw.upgrade() else { return };
+                sw.reap_gone_namespaces().await;
+            }
+        }
     }
 }
+
+/// How often `reap_loop` looks for pod namespaces removed without a DEL.
+const NETNS_SWEEP: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The translated-flow table, in the file beside the control socket (`switchd.flows` for
 /// `switchd.sock`) so that the next switchd finds its flows (see `flow_store`); in memory

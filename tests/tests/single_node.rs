@@ -558,3 +558,51 @@ fn pod_mtu_defaults_to_the_default_route_mtu_minus_tunnel_overhead() {
         "1350-byte packet fits"
     );
 }
+
+/// switchd's descriptors keep a pod's namespace alive, so it watches the namespace instead:
+/// removing its path while a process still lives inside keeps the pod's network; once the
+/// last process is gone too, the port and address are released without any DEL.
+#[test]
+fn a_namespace_removed_without_del_is_released_once_its_last_process_is_gone() {
+    let node = Node::start("10.244.1.0/24");
+    let pod = Netns::new("v");
+    let addr = node.add_pod(&pod);
+    let mut sleeper = std::process::Command::new("ip")
+        .args(["netns", "exec", &pod.name, "sleep", "120"])
+        .spawn()
+        .expect("spawn sleep in the pod");
+    // The process is inside before the path goes.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        sleeper.try_wait().unwrap().is_none(),
+        "sleep in the pod exited early"
+    );
+    let name = pod.name.clone();
+    drop(pod); // ip netns del: the path is gone, the sleeper keeps the namespace in use
+    std::thread::sleep(std::time::Duration::from_secs(5)); // more than two sweeps
+    assert_eq!(
+        node.pod_ports(),
+        1,
+        "a namespace with a live process lost its pod"
+    );
+    assert_eq!(node.ipam_records().len(), 1);
+    assert!(
+        !node.log().contains("vanished without a DEL"),
+        "reaped while in use: {}",
+        node.log()
+    );
+
+    sleeper.kill().expect("kill sleep");
+    sleeper.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while node.pod_ports() != 0 || !node.ipam_records().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} ({addr}) not released after its last process exited: ports {}, records {:?}",
+            node.pod_ports(),
+            node.ipam_records()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(node.log().contains("vanished without a DEL"));
+}

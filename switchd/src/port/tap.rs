@@ -22,6 +22,8 @@ const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+/// Fail instead of attaching when the device already exists (the bit is 0x8000).
+const IFF_TUN_EXCL: libc::c_short = 0x8000_u16 as libc::c_short;
 
 const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
@@ -80,13 +82,24 @@ impl Tap {
     /// that several workers can read it at once. A device created earlier with a single
     /// queue (by an older switchd) cannot gain queues: it is opened as it is.
     pub fn open_queues(name: &str, queues: usize) -> Result<Vec<Tap>, TapError> {
+        Tap::queues(name, queues, 0)
+    }
+
+    /// Create the TAP `name` with `queues` queues; unlike [`Tap::open_queues`] it fails
+    /// (`SetIff` with `EBUSY`) when a device of that name already exists, so it never
+    /// adopts someone else's interface.
+    pub fn create_queues(name: &str, queues: usize) -> Result<Vec<Tap>, TapError> {
+        Tap::queues(name, queues, IFF_TUN_EXCL)
+    }
+
+    fn queues(name: &str, queues: usize, first_flags: libc::c_short) -> Result<Vec<Tap>, TapError> {
         if queues <= 1 {
-            return Ok(vec![Tap::open(name)?]);
+            return Ok(vec![Tap::open_flags(name, first_flags)?]);
         }
-        let first = match Tap::open_flags(name, IFF_MULTI_QUEUE) {
+        let first = match Tap::open_flags(name, IFF_MULTI_QUEUE | first_flags) {
             Ok(t) => t,
             Err(TapError::SetIff { ref source, .. })
-                if source.raw_os_error() == Some(libc::EINVAL) =>
+                if source.raw_os_error() == Some(libc::EINVAL) && first_flags == 0 =>
             {
                 return Ok(vec![Tap::open(name)?]);
             }

@@ -445,6 +445,8 @@ failSwapOn: false
 imageGCHighThresholdPercent: 100
 evictionHard: {nodefs.available: "0%", nodefs.inodesFree: "0%", imagefs.available: "0%"}
 serializeImagePulls: false
+# Room for 110 pods of a workload (tests/cluster/podstart.sh) beside the DaemonSet's.
+maxPods: 120
 healthzBindAddress: 127.0.0.1
 readOnlyPort: 0
 EOF

@@ -7,12 +7,18 @@
 //! deleted pod must not reach its successor). The whole state is one small JSON file,
 //! rewritten crash-safely on every change: temp file, fsync, rename, fsync of the directory.
 //! A change that cannot be written is rolled back in memory and reported, so memory and
-//! disk never disagree.
+//! disk never disagree about it. No caller hears "done" before its change is on disk.
+//!
+//! Writes are grouped: a change is made in memory, then its caller waits for the writer.
+//! The writer writes the whole current state, so callers who queued behind one fsync are
+//! all covered by the next (110 pods starting at once cost a handful of fsyncs, not 110).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
@@ -70,12 +76,26 @@ pub enum IpamError {
     Load { path: PathBuf, detail: String },
 }
 
+/// The allocations, shared by every control-plane task (`&self` everywhere).
 #[derive(Debug)]
 pub struct Ipam {
-    dir: PathBuf,
+    path: PathBuf,
+    book: Mutex<Book>,
+    /// The generation last written to disk. Held while writing, so writers queue here and
+    /// the first one through writes every change made meanwhile.
+    durable: Mutex<u64>,
+    /// Files written so far (each one a temp file, fsync, rename, fsync of the directory).
+    writes: AtomicU64,
+}
+
+/// The state in memory and the pure allocation rules over it.
+#[derive(Debug)]
+struct Book {
     pod_cidr: Ipv4Net,
     pod_cidr_v6: Option<Ipv6Net>,
     state: State,
+    /// Bumped by every change, so a writer knows which changes a file covers.
+    generation: u64,
 }
 
 impl Ipam {
@@ -133,23 +153,117 @@ impl Ipam {
         state.pod_cidr = Some(pod_cidr);
         state.pod_cidr_v6 = pod_cidr_v6;
         Ok(Ipam {
-            dir: dir.to_path_buf(),
-            pod_cidr,
-            pod_cidr_v6,
-            state,
+            path,
+            book: Mutex::new(Book {
+                pod_cidr,
+                pod_cidr_v6,
+                state,
+                generation: 0,
+            }),
+            durable: Mutex::new(0),
+            writes: AtomicU64::new(0),
         })
     }
 
-    pub fn records(&self) -> &[Record] {
-        &self.state.records
+    /// Every attachment, as of now.
+    pub fn records(&self) -> Vec<Record> {
+        self.book.lock().unwrap().state.records.clone()
     }
 
-    pub fn get(&self, key: &AttachmentKey) -> Option<&Record> {
+    pub fn get(&self, key: &AttachmentKey) -> Option<Record> {
+        self.book.lock().unwrap().get(key).cloned()
+    }
+
+    /// How many times the state file was written since `open`.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Relaxed)
+    }
+
+    /// Reserve the next free address (one per family) for `key`, and return once that is
+    /// on disk. Blocks on the disk: call it off the async workers.
+    pub fn allocate(
+        &self,
+        key: AttachmentKey,
+        network: &str,
+        netns: &str,
+        pod: PodRef,
+        bandwidth: Option<Bandwidth>,
+    ) -> Result<Addresses, IpamError> {
+        let (addresses, generation) = {
+            let mut book = self.book.lock().unwrap();
+            let addresses = book.reserve(key.clone(), network, netns, pod, bandwidth)?;
+            (addresses, book.bump())
+        };
+        self.commit(generation, |book| {
+            book.take(&key);
+        })?;
+        Ok(addresses)
+    }
+
+    /// Release `key`'s address and return once that is on disk. `Ok(None)` when it had none.
+    pub fn release(&self, key: &AttachmentKey) -> Result<Option<Record>, IpamError> {
+        let (record, generation) = {
+            let mut book = self.book.lock().unwrap();
+            let Some(record) = book.take(key) else {
+                return Ok(None);
+            };
+            (record, book.bump())
+        };
+        let restore = record.clone();
+        self.commit(generation, move |book| book.state.records.push(restore))?;
+        Ok(Some(record))
+    }
+
+    /// Make the change of `generation` durable: return at once if a write since covered
+    /// it, else write the current state. If that write fails, `undo` takes the change back
+    /// (still under the writer's lock, so no later write can contain it) and the error is
+    /// returned.
+    fn commit(&self, generation: u64, undo: impl FnOnce(&mut Book)) -> Result<(), IpamError> {
+        let mut durable = self.durable.lock().unwrap();
+        if *durable >= generation {
+            return Ok(());
+        }
+        let (json, covers) = {
+            let book = self.book.lock().unwrap();
+            let json = serde_json::to_vec_pretty(&book.state).expect("IPAM state serialises");
+            (json, book.generation)
+        };
+        match write_atomically(&self.path, &json) {
+            Ok(()) => {
+                *durable = covers;
+                self.writes.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Err(source) => {
+                let mut book = self.book.lock().unwrap();
+                undo(&mut book);
+                book.bump();
+                Err(IpamError::Persist {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+impl Book {
+    fn get(&self, key: &AttachmentKey) -> Option<&Record> {
         self.state.records.iter().find(|r| &r.key == key)
     }
 
-    /// Reserve the next free address (one per family) for `key` and persist them.
-    pub fn allocate(
+    fn bump(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    fn take(&mut self, key: &AttachmentKey) -> Option<Record> {
+        let pos = self.state.records.iter().position(|r| &r.key == key)?;
+        Some(self.state.records.remove(pos))
+    }
+
+    /// Reserve the next free address (one per family) for `key`, in memory.
+    fn reserve(
         &mut self,
         key: AttachmentKey,
         network: &str,
@@ -174,8 +288,9 @@ impl Ipam {
             })?),
             None => None,
         };
-        let previous_last = self.state.last_reserved.replace(address);
-        let previous_last_v6 = self.state.last_reserved_v6;
+        // The round robin moves on even if the write fails: harmless, and another change
+        // may have moved it meanwhile.
+        self.state.last_reserved = Some(address);
         if address_v6.is_some() {
             self.state.last_reserved_v6 = address_v6;
         }
@@ -188,29 +303,10 @@ impl Ipam {
             address_v6,
             bandwidth,
         });
-        if let Err(e) = self.persist() {
-            self.state.records.pop();
-            self.state.last_reserved = previous_last;
-            self.state.last_reserved_v6 = previous_last_v6;
-            return Err(e);
-        }
         Ok(Addresses {
             v4: address,
             v6: address_v6,
         })
-    }
-
-    /// Release `key`'s address. `Ok(None)` when it had none.
-    pub fn release(&mut self, key: &AttachmentKey) -> Result<Option<Record>, IpamError> {
-        let Some(pos) = self.state.records.iter().position(|r| &r.key == key) else {
-            return Ok(None);
-        };
-        let record = self.state.records.remove(pos);
-        if let Err(e) = self.persist() {
-            self.state.records.insert(pos, record);
-            return Err(e);
-        }
-        Ok(Some(record))
     }
 
     /// The usable host range: everything but the network address, the gateway (`.1`) and
@@ -255,12 +351,6 @@ impl Ipam {
             .map(|i| Ipv6Addr::from(first + (start + i) % size))
             .find(|c| !self.state.records.iter().any(|r| r.address_v6 == Some(*c)))
     }
-
-    fn persist(&self) -> Result<(), IpamError> {
-        let path = self.dir.join(STATE_FILE);
-        let json = serde_json::to_vec_pretty(&self.state).expect("IPAM state serialises");
-        write_atomically(&path, &json).map_err(|source| IpamError::Persist { path, source })
-    }
 }
 
 /// Replace `path` with `bytes` so that a crash at any point leaves either the old or the new
@@ -303,7 +393,7 @@ mod tests {
         d
     }
 
-    fn alloc(ipam: &mut Ipam, i: usize) -> Result<Ipv4Addr, IpamError> {
+    fn alloc(ipam: &Ipam, i: usize) -> Result<Ipv4Addr, IpamError> {
         ipam.allocate(key(i), "net", "/ns", PodRef::default(), None)
             .map(|a| a.v4)
     }
@@ -311,17 +401,17 @@ mod tests {
     #[test]
     fn first_pod_gets_dot_two_and_released_addresses_are_not_reused_at_once() {
         let dir = tempdir("rr");
-        let mut ipam = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap(), None).unwrap();
-        assert_eq!(alloc(&mut ipam, 0).unwrap(), Ipv4Addr::new(10, 244, 1, 2));
-        assert_eq!(alloc(&mut ipam, 1).unwrap(), Ipv4Addr::new(10, 244, 1, 3));
+        let ipam = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap(), None).unwrap();
+        assert_eq!(alloc(&ipam, 0).unwrap(), Ipv4Addr::new(10, 244, 1, 2));
+        assert_eq!(alloc(&ipam, 1).unwrap(), Ipv4Addr::new(10, 244, 1, 3));
         ipam.release(&key(0)).unwrap().unwrap();
         assert_eq!(
-            alloc(&mut ipam, 2).unwrap(),
+            alloc(&ipam, 2).unwrap(),
             Ipv4Addr::new(10, 244, 1, 4),
             "round robin, not .2 again"
         );
         assert!(matches!(
-            alloc(&mut ipam, 1),
+            alloc(&ipam, 1),
             Err(IpamError::AlreadyAllocated { .. })
         ));
         fs::remove_dir_all(dir).unwrap();
@@ -331,16 +421,16 @@ mod tests {
     fn exhaustion_is_reported_and_wraps_around_to_freed_addresses() {
         let dir = tempdir("full");
         // /29: .0 network, .1 gateway, .2-.6 usable, .7 broadcast.
-        let mut ipam = Ipam::open(&dir, "10.244.1.0/29".parse().unwrap(), None).unwrap();
-        let got: Vec<_> = (0..5).map(|i| alloc(&mut ipam, i).unwrap()).collect();
+        let ipam = Ipam::open(&dir, "10.244.1.0/29".parse().unwrap(), None).unwrap();
+        let got: Vec<_> = (0..5).map(|i| alloc(&ipam, i).unwrap()).collect();
         assert_eq!(got.last(), Some(&Ipv4Addr::new(10, 244, 1, 6)));
-        let err = alloc(&mut ipam, 9).unwrap_err();
+        let err = alloc(&ipam, 9).unwrap_err();
         assert!(matches!(err, IpamError::Exhausted { used: 5, .. }));
         assert!(err
             .to_string()
             .contains("no free address left in 10.244.1.0/29"));
         ipam.release(&key(2)).unwrap();
-        assert_eq!(alloc(&mut ipam, 9).unwrap(), Ipv4Addr::new(10, 244, 1, 4));
+        assert_eq!(alloc(&ipam, 9).unwrap(), Ipv4Addr::new(10, 244, 1, 4));
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -349,18 +439,18 @@ mod tests {
         let dir = tempdir("restart");
         let cidr: Ipv4Net = "10.244.1.0/24".parse().unwrap();
         {
-            let mut ipam = Ipam::open(&dir, cidr, None).unwrap();
-            alloc(&mut ipam, 0).unwrap();
-            alloc(&mut ipam, 1).unwrap();
+            let ipam = Ipam::open(&dir, cidr, None).unwrap();
+            alloc(&ipam, 0).unwrap();
+            alloc(&ipam, 1).unwrap();
             ipam.release(&key(1)).unwrap();
         }
-        let mut ipam = Ipam::open(&dir, cidr, None).unwrap();
+        let ipam = Ipam::open(&dir, cidr, None).unwrap();
         assert_eq!(ipam.records().len(), 1);
         assert_eq!(
             ipam.get(&key(0)).unwrap().address,
             Ipv4Addr::new(10, 244, 1, 2)
         );
-        assert_eq!(alloc(&mut ipam, 5).unwrap(), Ipv4Addr::new(10, 244, 1, 4));
+        assert_eq!(alloc(&ipam, 5).unwrap(), Ipv4Addr::new(10, 244, 1, 4));
         assert!(!dir.join("ipam.tmp").exists(), "no temp file left behind");
         fs::remove_dir_all(dir).unwrap();
     }
@@ -368,8 +458,8 @@ mod tests {
     #[test]
     fn a_changed_pod_cidr_or_a_corrupt_file_is_a_clear_error() {
         let dir = tempdir("bad");
-        let mut ipam = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap(), None).unwrap();
-        alloc(&mut ipam, 0).unwrap();
+        let ipam = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap(), None).unwrap();
+        alloc(&ipam, 0).unwrap();
         let err = Ipam::open(&dir, "10.244.2.0/24".parse().unwrap(), None).unwrap_err();
         assert!(err.to_string().contains("was pod_cidr changed"), "{err}");
         fs::write(dir.join(STATE_FILE), b"{not json").unwrap();
@@ -381,11 +471,11 @@ mod tests {
     #[test]
     fn a_failed_write_changes_nothing() {
         let dir = tempdir("ro");
-        let mut ipam = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap(), None).unwrap();
-        alloc(&mut ipam, 0).unwrap();
+        let ipam = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap(), None).unwrap();
+        alloc(&ipam, 0).unwrap();
         // Make the temp file path a directory so the write fails the way a full disk would.
         fs::create_dir(dir.join("ipam.tmp")).unwrap();
-        let err = alloc(&mut ipam, 1).unwrap_err();
+        let err = alloc(&ipam, 1).unwrap_err();
         assert!(matches!(err, IpamError::Persist { .. }), "{err}");
         assert_eq!(ipam.records().len(), 1);
         assert!(ipam.release(&key(0)).is_err());
@@ -394,11 +484,67 @@ mod tests {
     }
 
     #[test]
+    fn changes_queued_behind_a_write_are_written_together_and_each_waits_for_its_own() {
+        let dir = tempdir("group");
+        let ipam =
+            std::sync::Arc::new(Ipam::open(&dir, "10.244.1.0/24".parse().unwrap(), None).unwrap());
+        // Hold the writer, as a slow fsync would, while eight attaches arrive.
+        let writer = ipam.durable.lock().unwrap();
+        let waiting: Vec<_> = (0..8)
+            .map(|i| {
+                let ipam = ipam.clone();
+                std::thread::spawn(move || alloc(&ipam, i))
+            })
+            .collect();
+        while ipam.records().len() < 8 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(
+            waiting.iter().all(|t| !t.is_finished()),
+            "an attach returned before its address was on disk"
+        );
+        assert!(!dir.join(STATE_FILE).exists(), "nothing written yet");
+        drop(writer);
+        let mut got: Vec<Ipv4Addr> = waiting
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap())
+            .collect();
+        got.sort();
+        got.dedup();
+        assert_eq!(got.len(), 8, "distinct addresses");
+        assert_eq!(ipam.writes(), 1, "one write covered all eight");
+        let reread = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap(), None).unwrap();
+        assert_eq!(reread.records().len(), 8, "all eight on disk");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_group_write_takes_back_only_what_it_could_not_write() {
+        let dir = tempdir("group-fail");
+        let ipam = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap(), None).unwrap();
+        alloc(&ipam, 0).unwrap();
+        fs::create_dir(dir.join("ipam.tmp")).unwrap(); // the next write fails
+        assert!(matches!(alloc(&ipam, 1), Err(IpamError::Persist { .. })));
+        assert!(ipam.get(&key(1)).is_none(), "rolled back in memory");
+        fs::remove_dir(dir.join("ipam.tmp")).unwrap(); // space again
+        alloc(&ipam, 2).unwrap();
+        let reread = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap(), None).unwrap();
+        let keys: Vec<_> = reread
+            .records()
+            .into_iter()
+            .map(|r| r.key.container_id)
+            .collect();
+        assert_eq!(keys, ["c0", "c2"], "memory and disk agree");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_dual_stack_attachment_gets_one_address_per_family_released_together() {
         let dir = tempdir("dual");
         let v4: Ipv4Net = "10.244.1.0/24".parse().unwrap();
         let v6: Ipv6Net = "fd10:244:0:1::/64".parse().unwrap();
-        let mut ipam = Ipam::open(&dir, v4, Some(v6)).unwrap();
+        let ipam = Ipam::open(&dir, v4, Some(v6)).unwrap();
         let a = ipam
             .allocate(key(1), "net", "/ns", PodRef::default(), None)
             .unwrap();
@@ -412,7 +558,7 @@ mod tests {
         assert_eq!(released.address_v6, a.v6, "both go with the record");
         // Round robin per family, and the state survives a restart.
         drop(ipam);
-        let mut ipam = Ipam::open(&dir, v4, Some(v6)).unwrap();
+        let ipam = Ipam::open(&dir, v4, Some(v6)).unwrap();
         let c = ipam
             .allocate(key(3), "net", "/ns", PodRef::default(), None)
             .unwrap();
@@ -430,10 +576,10 @@ mod tests {
     fn a_small_ipv6_prefix_runs_out_and_says_which() {
         let dir = tempdir("dual-small");
         let v6: Ipv6Net = "fd10:244:0:1::/126".parse().unwrap();
-        let mut ipam = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap(), Some(v6)).unwrap();
-        alloc(&mut ipam, 1).unwrap();
-        alloc(&mut ipam, 2).unwrap();
-        let err = alloc(&mut ipam, 3).unwrap_err();
+        let ipam = Ipam::open(&dir, "10.244.1.0/24".parse().unwrap(), Some(v6)).unwrap();
+        alloc(&ipam, 1).unwrap();
+        alloc(&ipam, 2).unwrap();
+        let err = alloc(&ipam, 3).unwrap_err();
         assert!(err.to_string().contains("fd10:244:0:1::/126"), "{err}");
         assert_eq!(ipam.records().len(), 2, "nothing half-allocated");
     }

@@ -225,6 +225,12 @@ pub fn render(sw: &Switch) -> String {
         "Pods detached",
         [(Labels::new(), stats.detaches)],
     );
+    counter_family(
+        &mut r,
+        "switchd_ipam_writes",
+        "Times the address state file was written (one write covers every change queued behind the one before)",
+        [(Labels::new(), sw.ipam_writes())],
+    );
     let f = &stats.flows;
     for (name, help, v) in [
         (

@@ -61,7 +61,7 @@ pub struct Switch {
     by_key: DashMap<AttachmentKey, PortId>,
     cell: Arc<SnapshotCell>,
     pub stats: Arc<Stats>,
-    ipam: Mutex<Ipam>,
+    ipam: Arc<Ipam>,
     next_id: AtomicU32,
     publish_lock: Mutex<()>,
     /// The etcd membership's state for `switchctl status`; `None` in static mode.
@@ -253,7 +253,7 @@ impl Switch {
             by_key: DashMap::new(),
             cell,
             stats,
-            ipam: Mutex::new(ipam),
+            ipam: Arc::new(ipam),
             next_id: AtomicU32::new(HOST_PORT + 1),
             publish_lock: Mutex::new(()),
             membership: Mutex::new(None),
@@ -296,7 +296,7 @@ impl Switch {
     /// Re-open the TAPs of pods attached before a restart; forget those whose namespace or
     /// interface is gone.
     async fn readopt(&self, inherited: &mut HashMap<String, OwnedFd>) {
-        let records = self.ipam.lock().unwrap().records().to_vec();
+        let records = self.ipam.records();
         for rec in records {
             let (ns, ifname) = (rec.netns.clone(), rec.key.ifname.clone());
             let kept = take_kept(inherited, &fd_name(&rec.key));
@@ -335,7 +335,7 @@ impl Switch {
                         _ => "network namespace or interface is gone".into(),
                     };
                     tracing::warn!(container = %rec.key.container_id, ifname = %rec.key.ifname, address = %rec.address, reason = %why, "releasing stale attachment");
-                    if let Err(e) = self.ipam.lock().unwrap().release(&rec.key) {
+                    if let Err(e) = self.release_address(&rec.key).await {
                         tracing::error!(error = %e, "cannot release stale attachment");
                     }
                 }
@@ -521,12 +521,26 @@ impl Switch {
             ));
         }
         let started = std::time::Instant::now();
-        let addresses = self
-            .ipam
-            .lock()
-            .unwrap()
-            .allocate(key.clone(), &network, &netns, pod.clone(), bandwidth)
-            .map_err(ipam_error)?;
+        let addresses = {
+            let (ipam, key, network, netns, pod) = (
+                self.ipam.clone(),
+                key.clone(),
+                network.clone(),
+                netns.clone(),
+                pod.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                ipam.allocate(key, &network, &netns, pod, bandwidth)
+            })
+            .await
+            .map_err(|e| {
+                ErrorReply::new(
+                    ErrorKind::Internal,
+                    format!("address allocation panicked: {e}"),
+                )
+            })?
+            .map_err(ipam_error)?
+        };
         let step = crate::stats::step(&self.pod_steps, "attach", "address", started);
         let address = addresses.v4;
         let iface = self.pod_iface(&key.ifname, address, addresses.v6);
@@ -535,7 +549,7 @@ impl Switch {
         let tap = match blocking(move || netns::create_pod_tap(&ns, spec, queues)).await {
             Ok(tap) => tap,
             Err(e) => {
-                if let Err(rel) = self.ipam.lock().unwrap().release(&key) {
+                if let Err(rel) = self.release_address(&key).await {
                     tracing::error!(error = %rel, "cannot roll back address after failed attach");
                 }
                 let kind = match e.downcast_ref::<NetnsError>() {
@@ -617,6 +631,23 @@ impl Switch {
         }
     }
 
+    /// How many times the address state was written since start.
+    pub fn ipam_writes(&self) -> u64 {
+        self.ipam.writes()
+    }
+
+    /// Release `key`'s address, off the async workers (it waits for the disk).
+    async fn release_address(
+        &self,
+        key: &AttachmentKey,
+    ) -> Result<Option<crate::ipam::Record>, IpamError> {
+        let (ipam, key) = (self.ipam.clone(), key.clone());
+        match tokio::task::spawn_blocking(move || ipam.release(&key)).await {
+            Ok(result) => result,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
     /// Remove a pod's port and release its address. Returns whether anything existed.
     pub async fn detach(&self, key: &AttachmentKey) -> OpResult<bool> {
         let mut existed = false;
@@ -654,7 +685,7 @@ impl Switch {
             }
         }
         let step = std::time::Instant::now();
-        let released = self.ipam.lock().unwrap().release(key).map_err(ipam_error)?;
+        let released = self.release_address(key).await.map_err(ipam_error)?;
         crate::stats::step(&self.pod_steps, "detach", "address", step);
         if existed || released.is_some() {
             self.stats.detaches.fetch_add(1, Relaxed);
@@ -664,7 +695,7 @@ impl Switch {
     }
 
     pub async fn check(&self, key: &AttachmentKey, netns: &str) -> OpResult<Attachment> {
-        let Some(rec) = self.ipam.lock().unwrap().get(key).cloned() else {
+        let Some(rec) = self.ipam.get(key) else {
             return Err(ErrorReply::new(
                 ErrorKind::NotFound,
                 format!(
@@ -707,8 +738,6 @@ impl Switch {
     pub async fn gc(&self, network: &str, valid: &[AttachmentKey]) -> OpResult<Vec<AttachmentKey>> {
         let stale: Vec<AttachmentKey> = self
             .ipam
-            .lock()
-            .unwrap()
             .records()
             .iter()
             .filter(|r| r.network == network && !valid.contains(&r.key))

@@ -98,31 +98,31 @@ fn burst(
             let (call, gate) = (call.clone(), gate.clone());
             std::thread::spawn(move || {
                 gate.wait();
+                let started = Instant::now();
                 let out = call(i);
-                (out, Instant::now())
+                (out, started, Instant::now())
             })
         })
         .collect();
     gate.wait();
-    let start = Instant::now();
-    let results: Vec<(CniOutput, Instant)> =
+    let results: Vec<(CniOutput, Instant, Instant)> =
         threads.into_iter().map(|t| t.join().unwrap()).collect();
+    // From the first call's start to the last call's end (the main thread may be scheduled
+    // late after the gate opens, so its own clock would start too late).
+    let first = results.iter().map(|r| r.1).min().expect("at least one pod");
     let last = results
         .iter()
-        .map(|(_, end)| end.duration_since(start))
+        .map(|r| r.2.duration_since(first))
         .max()
         .unwrap_or_default();
-    let mut latencies: Vec<f64> = results
-        .iter()
-        .map(|(o, _)| o.elapsed.as_secs_f64())
-        .collect();
+    let mut latencies: Vec<f64> = results.iter().map(|r| r.0.elapsed.as_secs_f64()).collect();
     latencies.sort_by(f64::total_cmp);
     let figures = Burst {
         p50: quantile(&latencies, 0.5),
         p99: quantile(&latencies, 0.99),
         last: last.as_secs_f64(),
     };
-    (figures, results.into_iter().map(|(o, _)| o).collect())
+    (figures, results.into_iter().map(|r| r.0).collect())
 }
 
 /// Every ADD succeeded with its own address; panics with the first failure otherwise.
@@ -288,6 +288,19 @@ fn print_steps(node: &Node) {
             .collect();
         println!("- {op}: {}", cells.join(", "));
     }
+    let counter = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_total ")))
+            .unwrap_or("?")
+            .trim()
+            .to_string()
+    };
+    println!(
+        "- address state writes: {} for {} attaches and {} detaches",
+        counter("switchd_ipam_writes"),
+        counter("switchd_attaches"),
+        counter("switchd_detaches")
+    );
 }
 
 fn main() {

@@ -51,7 +51,9 @@ scripts/fuzz.sh 5
 # upstream's netpol suite (docs/network-policy.md), the ClusterNetworkPolicy conformance
 # profile of the pinned sigs.k8s.io/network-policy-api (k8s/netpol-api/, built once per
 # version into /var/cache/switchd/netpol-api/), and established flows cut and resumed by
-# policies, labels and the Admin tier (tests/cluster/netpol.sh).
+# policies, labels and the Admin tier (tests/cluster/netpol.sh). Last, 20 pods started on
+# one node at once through switchd and through the reference bridge plugin, both Running
+# and reachable from another node (tests/cluster/podstart.sh; 110 pods: docs/performance.md).
 if ! scripts/cluster.sh is-up; then
     trap 'scripts/cluster.sh down' EXIT
     scripts/cluster.sh up
@@ -61,3 +63,4 @@ tests/cluster/kube_membership.sh
 scripts/cluster.sh e2e-netpol
 scripts/cluster.sh e2e-cnp
 tests/cluster/netpol.sh
+tests/cluster/podstart.sh 20 1

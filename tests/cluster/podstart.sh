@@ -121,6 +121,27 @@ burst() { # PLUGIN ROUND
     fi
     awk -v a="$t_run" -v b="$t_reach" -v z="$t0" 'BEGIN {printf "%.2f %.2f\n", a - z, b - z}'
     k delete namespace "$ns" --wait=true --timeout=300s >/dev/null
+    # The API forgets a pod before its node has torn the sandbox down; wait for the
+    # plugin's own DELs, or the next round's conflist would receive them.
+    deadline=$(($(date +%s) + 300))
+    until [[ $(attached "$1" "$ns") -eq 0 ]]; do
+        if (($(date +%s) >= deadline)); then
+            echo "podstart: $1 round $2: pods still attached 300 s after their namespace went" >&2
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+
+# How many of the burst's pods the plugin still holds: switchd's ports of that namespace,
+# or host-local's allocations.
+attached() { # PLUGIN NAMESPACE
+    if [[ $1 == switchd ]]; then
+        "$repo/target/release/switchctl" --socket "$STATE/nodes/$NODE/root/run/switchd/switchd.sock" ports |
+            grep -c " $2/"
+    else
+        find "$bridge_data/swk-podstart-bridge" -name "$bridge_net.*" 2>/dev/null | grep -c .
+    fi
 }
 
 declare -A run reach

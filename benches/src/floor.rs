@@ -49,6 +49,9 @@ pub struct Floor {
     stop: Arc<AtomicBool>,
     /// Frames that arrived split over two receive batches and were copied (across nodes).
     pub spilled: Arc<AtomicU64>,
+    /// Zero-copy floor only: sends the kernel reported complete, and how many of them it
+    /// had to copy after all (`SO_EE_CODE_ZEROCOPY_COPIED`).
+    pub zerocopy: Arc<ZeroCopyCounts>,
     threads: Vec<JoinHandle<()>>,
     _nodes: Vec<Netns>,
     _underlay: Option<Underlay>,
@@ -82,6 +85,7 @@ impl Floor {
             server_addr: Ipv4Addr::new(10, 98, 0, 2),
             stop,
             spilled: Arc::new(AtomicU64::new(0)),
+            zerocopy: Arc::default(),
             threads,
             _nodes: vec![node],
             _underlay: None,
@@ -90,11 +94,23 @@ impl Floor {
 
     /// Two nodes on their own underlay of the kind switchd's nodes use, a pod on each.
     pub fn cross_node() -> Floor {
+        Floor::cross_node_with(false)
+    }
+
+    /// The cross-node floor with `MSG_ZEROCOPY` sends: the TAP's frame is handed to the
+    /// UDP socket without the kernel copying it, if the kernel can; each buffer is reused
+    /// only once the kernel reported its sends complete.
+    pub fn cross_node_zerocopy() -> Floor {
+        Floor::cross_node_with(true)
+    }
+
+    fn cross_node_with(zerocopy: bool) -> Floor {
         let mut underlay = Underlay::new();
         let (n1, n2) = (Netns::new("fn"), Netns::new("fn"));
         let (u1, u2) = (underlay.attach(&n1, 1500), underlay.attach(&n2, 1500));
         let stop = Arc::new(AtomicBool::new(false));
         let spilled = Arc::new(AtomicU64::new(0));
+        let counts = Arc::new(ZeroCopyCounts::default());
         let (client, server) = (Netns::new("fa"), Netns::new("fb"));
         let mut threads = Vec::new();
         for (i, (node, (local, remote), pod, addr)) in [
@@ -111,8 +127,11 @@ impl Floor {
             plug(node, "fl0", pod, addr);
             let (tap, socket) = (Arc::new(tap), Arc::new(socket));
             threads.push(relay(&format!("floor-tx{i}"), stop.clone(), {
-                let (tap, socket) = (tap.clone(), socket.clone());
-                move |stop| tap_to_udp(&tap, &socket, stop)
+                let (tap, socket, counts) = (tap.clone(), socket.clone(), counts.clone());
+                move |stop| match zerocopy {
+                    false => tap_to_udp(&tap, &socket, stop),
+                    true => tap_to_udp_zerocopy(&tap, &socket, stop, &counts),
+                }
             }));
             let spilled = spilled.clone();
             threads.push(relay(&format!("floor-rx{i}"), stop.clone(), move |stop| {
@@ -125,6 +144,7 @@ impl Floor {
             server_addr: Ipv4Addr::new(10, 98, 1, 2),
             stop,
             spilled,
+            zerocopy: counts,
             threads,
             _nodes: vec![n1, n2],
             _underlay: Some(underlay),
@@ -264,6 +284,165 @@ fn tap_to_udp(tap: &Tap, socket: &UdpSocket, stop: &AtomicBool) {
                 }
             }
         }
+    }
+}
+
+/// What the kernel said about the zero-copy floor's sends.
+#[derive(Debug, Default)]
+pub struct ZeroCopyCounts {
+    /// Sends reported complete.
+    pub completed: AtomicU64,
+    /// Of those, sends the kernel copied anyway (`SO_EE_CODE_ZEROCOPY_COPIED`).
+    pub copied: AtomicU64,
+}
+
+/// Frame buffers the zero-copy sender cycles through while the kernel still holds earlier
+/// ones.
+const ZC_RING: usize = 32;
+/// Datagrams per zero-copy `sendmsg`: each takes two page fragments (its header and its
+/// slice of the frame), and a zero-copy skb holds at most `MAX_SKB_FRAGS` (17) of them;
+/// more fail with `EMSGSIZE`.
+const ZC_PER_SEND: usize = 4;
+const SO_EE_ORIGIN_ZEROCOPY: u8 = 5;
+const SO_EE_CODE_ZEROCOPY_COPIED: u8 = 1;
+
+/// [`tap_to_udp`] with `MSG_ZEROCOPY`: the kernel pins the buffer's pages instead of
+/// copying them, and reports on the socket's error queue when it is done with each send
+/// (numbered from 0 per socket). A buffer is read into again only once every send made
+/// from it has completed.
+fn tap_to_udp_zerocopy(tap: &Tap, socket: &UdpSocket, stop: &AtomicBool, counts: &ZeroCopyCounts) {
+    let fd = socket.as_raw_fd();
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads one int through a pointer valid for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ZEROCOPY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "floor: SO_ZEROCOPY: {}", io::Error::last_os_error());
+    let mut ring: Vec<Vec<u8>> = (0..ZC_RING).map(|_| vec![0u8; FRAME_BUF]).collect();
+    // Sends still outstanding per buffer, and which buffer each send id came from.
+    let mut pending = [0u32; ZC_RING];
+    let mut owner = vec![0u8; 1 << 16];
+    let mut next_id: u32 = 0;
+    let mut heads = [[0u8; 4]; ZC_PER_SEND];
+    let mut iovs = Vec::with_capacity(2 * ZC_PER_SEND);
+    let mut slot = 0;
+    while wait(tap.as_raw_fd(), stop) {
+        loop {
+            while pending[slot] != 0 {
+                if !reap_completions(fd, &mut pending, &owner, counts) {
+                    // Nothing queued yet: wait for the error queue (POLLERR), or stop.
+                    let mut p = libc::pollfd {
+                        fd,
+                        events: 0,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd for the duration of the call.
+                    unsafe { libc::poll(&mut p, 1, 10) };
+                    if stop.load(Relaxed) {
+                        return;
+                    }
+                }
+            }
+            let Ok(n) = tap.read(&mut ring[slot]) else {
+                break;
+            };
+            let frame = &ring[slot][..n];
+            let mut chunks = frame.chunks(CHUNK).enumerate().peekable();
+            while chunks.peek().is_some() {
+                iovs.clear();
+                for (k, (i, chunk)) in chunks.by_ref().take(ZC_PER_SEND).enumerate() {
+                    let first = if i == 0 { FIRST } else { 0 };
+                    heads[k] = (first | n as u32).to_be_bytes();
+                    iovs.push(iov(&heads[k]));
+                    iovs.push(iov(chunk));
+                }
+                // SAFETY: as in `tap_to_udp`; the pages of `ring[slot]` stay untouched
+                // until the kernel reports this send complete (`pending`). `heads` are
+                // small and may be copied by the kernel; they are rewritten only for the
+                // next send, after this call returned.
+                let sent = unsafe {
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_iov = iovs.as_mut_ptr();
+                    msg.msg_iovlen = iovs.len();
+                    libc::sendmsg(fd, &msg, libc::MSG_ZEROCOPY)
+                };
+                if sent < 0 {
+                    static SHOWN: AtomicBool = AtomicBool::new(false);
+                    if !SHOWN.swap(true, Relaxed) {
+                        eprintln!(
+                            "floor: zero-copy send failed: {}",
+                            io::Error::last_os_error()
+                        );
+                    }
+                    break; // full send buffer: the frame is lost, as a full NIC queue would
+                }
+                owner[(next_id & 0xffff) as usize] = slot as u8;
+                pending[slot] += 1;
+                next_id = next_id.wrapping_add(1);
+            }
+            slot = (slot + 1) % ZC_RING;
+        }
+    }
+}
+
+/// Read every completion queued on `fd`'s error queue; false if there was none.
+fn reap_completions(
+    fd: RawFd,
+    pending: &mut [u32; ZC_RING],
+    owner: &[u8],
+    counts: &ZeroCopyCounts,
+) -> bool {
+    let mut any = false;
+    loop {
+        let mut control = [0u64; 16];
+        // SAFETY: a zeroed msghdr with only a control buffer we own, valid for the call;
+        // the cmsg walk stays inside what recvmsg filled (the CMSG_* macros check it).
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&control);
+            if libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) < 0 {
+                return any;
+            }
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_IP && (*cmsg).cmsg_type == libc::IP_RECVERR {
+                    let err = std::ptr::read_unaligned(
+                        libc::CMSG_DATA(cmsg) as *const libc::sock_extended_err
+                    );
+                    if err.ee_origin == SO_EE_ORIGIN_ZEROCOPY {
+                        complete(err, pending, owner, counts);
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        any = true;
+    }
+}
+
+/// Sends `ee_info` to `ee_data` (inclusive) are complete: their buffers may be reused.
+fn complete(
+    err: libc::sock_extended_err,
+    pending: &mut [u32; ZC_RING],
+    owner: &[u8],
+    counts: &ZeroCopyCounts,
+) {
+    let (lo, hi) = (err.ee_info, err.ee_data);
+    let n = hi.wrapping_sub(lo).wrapping_add(1);
+    for id in 0..n {
+        let slot = owner[(lo.wrapping_add(id) & 0xffff) as usize] as usize;
+        pending[slot] = pending[slot].saturating_sub(1);
+    }
+    counts.completed.fetch_add(n as u64, Relaxed);
+    if err.ee_code & SO_EE_CODE_ZEROCOPY_COPIED != 0 {
+        counts.copied.fetch_add(n as u64, Relaxed);
     }
 }
 

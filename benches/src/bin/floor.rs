@@ -1,7 +1,8 @@
 //! Runs one of the bare floors (`switchd_benches::floor`) under an iperf3 TCP stream, so
 //! that a profiler can watch it alone: `perf record -a -g -- target/release/floor cross 5`.
 //!
-//! Usage (root): `floor same|cross [SECONDS] [STREAMS]`; prints Gbit/s and retransmits.
+//! Usage (root): `floor same|cross|cross-zerocopy [SECONDS] [STREAMS]`; prints Gbit/s and
+//! retransmits, and for `cross-zerocopy` how many sends the kernel copied after all.
 
 use switchd_benches::floor::Floor;
 use switchd_benches::iperf::iperf_tcp;
@@ -11,8 +12,9 @@ fn main() {
     let floor = match args.first().map(String::as_str) {
         Some("same") => Floor::same_node(),
         Some("cross") => Floor::cross_node(),
+        Some("cross-zerocopy") => Floor::cross_node_zerocopy(),
         _ => {
-            eprintln!("usage: floor same|cross [SECONDS] [STREAMS]");
+            eprintln!("usage: floor same|cross|cross-zerocopy [SECONDS] [STREAMS]");
             std::process::exit(2);
         }
     };
@@ -38,4 +40,12 @@ fn main() {
         seconds,
     );
     println!("{gbps:.2} Gbit/s, {retransmits} segments retransmitted");
+    let zc = &floor.zerocopy;
+    let completed = zc.completed.load(std::sync::atomic::Ordering::Relaxed);
+    if completed > 0 {
+        println!(
+            "zero-copy sends completed: {completed}, of which the kernel copied anyway: {}",
+            zc.copied.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
 }

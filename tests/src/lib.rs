@@ -520,11 +520,19 @@ pub fn cni(
     if let Some(ns) = netns {
         cmd.env("CNI_NETNS", ns);
     }
+    execute_plugin(cmd, conf)
+}
+
+/// Execute a CNI plugin as a runtime does: `cmd` carries its environment, `conf` goes to
+/// its stdin. What it printed (JSON, or null for nothing), its exit code and how long it took.
+pub fn execute_plugin(mut cmd: Command, conf: &str) -> CniOutput {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd.spawn().expect("spawn switchd-cni");
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
     child
         .stdin
         .take()
@@ -538,7 +546,8 @@ pub fn cni(
     } else {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
-                "switchd-cni printed non-JSON ({e}): {}",
+                "{:?} printed non-JSON ({e}): {}",
+                cmd.get_program(),
                 String::from_utf8_lossy(&out.stdout)
             )
         })

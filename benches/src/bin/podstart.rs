@@ -24,12 +24,12 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use switchd_benches::measure::quantile;
-use switchd_e2e::{cni, metrics_get, CniOutput, Netns, Node};
+use switchd_e2e::{cni, execute_plugin, metrics_get, CniOutput, Netns, Node};
 
 const BRIDGE_PLUGINS: &str = "/usr/lib/cni";
 
@@ -199,10 +199,7 @@ impl Bridge {
             .env("CNI_CONTAINERID", &pod.name)
             .env("CNI_NETNS", pod.path())
             .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", BRIDGE_PLUGINS)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .env("CNI_PATH", BRIDGE_PLUGINS);
         let fd = self.node.as_raw_fd();
         // SAFETY: between fork and exec only setns (async-signal-safe) runs, on an fd the
         // parent keeps open; it moves the child into the node's namespace as a runtime on
@@ -215,37 +212,13 @@ impl Bridge {
                 Ok(())
             });
         }
-        run_plugin(cmd, &self.conf)
+        execute_plugin(cmd, &self.conf)
     }
 }
 
 impl Drop for Bridge {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.data_dir);
-    }
-}
-
-/// Execute a plugin with `conf` on stdin; its output and how long the call took.
-fn run_plugin(mut cmd: Command, conf: &str) -> CniOutput {
-    use std::io::Write;
-    let start = Instant::now();
-    let mut child = cmd.spawn().expect("spawn plugin");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let elapsed = start.elapsed();
-    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    if !out.status.success() {
-        eprintln!("plugin failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    CniOutput {
-        code: out.status.code(),
-        json,
-        elapsed,
     }
 }
 

@@ -49,33 +49,35 @@ pub enum NetnsError {
     Replaced { path: String },
 }
 
-/// Run `f` on a new OS thread inside the network namespace at `path` (a `/proc/PID/ns/net`
-/// or a bind mount such as `/var/run/netns/NAME`), with a netlink handle for that namespace.
-pub fn run_in<T, F>(path: &str, f: F) -> Result<T>
-where
-    T: Send + 'static,
+/// What [`run_in`] runs: a future over a netlink handle of the namespace.
+pub trait InNetns<T>:
+    for<'h> FnOnce(
+        &'h Handle,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + 'h>>
+    + Send
+    + 'static
+{
+}
+
+impl<T, F> InNetns<T> for F where
     F: for<'h> FnOnce(
             &'h Handle,
         )
             -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + 'h>>
         + Send
-        + 'static,
+        + 'static
 {
+}
+
+/// Run `f` on a new OS thread inside the network namespace at `path` (a `/proc/PID/ns/net`
+/// or a bind mount such as `/var/run/netns/NAME`), with a netlink handle for that namespace.
+pub fn run_in<T: Send + 'static>(path: &str, f: impl InNetns<T>) -> Result<T> {
     run_in_ns(path, None, f)
 }
 
 /// [`run_in`], refusing (with `NetnsError::Replaced`) when the namespace now at `path` is
 /// not the one whose inode is `expect`: a path the runtime reused for another pod.
-fn run_in_ns<T, F>(path: &str, expect: Option<u64>, f: F) -> Result<T>
-where
-    T: Send + 'static,
-    F: for<'h> FnOnce(
-            &'h Handle,
-        )
-            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + 'h>>
-        + Send
-        + 'static,
-{
+fn run_in_ns<T: Send + 'static>(path: &str, expect: Option<u64>, f: impl InNetns<T>) -> Result<T> {
     let ns = File::open(path).map_err(|source| NetnsError::Unavailable {
         path: path.into(),
         source,

@@ -522,24 +522,11 @@ impl Switch {
         }
         let started = std::time::Instant::now();
         let addresses = {
-            let (ipam, key, network, netns, pod) = (
-                self.ipam.clone(),
-                key.clone(),
-                network.clone(),
-                netns.clone(),
-                pod.clone(),
-            );
-            tokio::task::spawn_blocking(move || {
-                ipam.allocate(key, &network, &netns, pod, bandwidth)
-            })
-            .await
-            .map_err(|e| {
-                ErrorReply::new(
-                    ErrorKind::Internal,
-                    format!("address allocation panicked: {e}"),
-                )
-            })?
-            .map_err(ipam_error)?
+            let (key, network, netns, pod) =
+                (key.clone(), network.clone(), netns.clone(), pod.clone());
+            self.with_ipam(move |ipam| ipam.allocate(key, &network, &netns, pod, bandwidth))
+                .await
+                .map_err(ipam_error)?
         };
         let step = crate::stats::step(&self.pod_steps, "attach", "address", started);
         let address = addresses.v4;
@@ -636,13 +623,19 @@ impl Switch {
         self.ipam.writes()
     }
 
-    /// Release `key`'s address, off the async workers (it waits for the disk).
+    /// Release `key`'s address (see `with_ipam`).
     async fn release_address(
         &self,
         key: &AttachmentKey,
     ) -> Result<Option<crate::ipam::Record>, IpamError> {
-        let (ipam, key) = (self.ipam.clone(), key.clone());
-        match tokio::task::spawn_blocking(move || ipam.release(&key)).await {
+        let key = key.clone();
+        self.with_ipam(move |ipam| ipam.release(&key)).await
+    }
+
+    /// Change the addresses off the async workers: a change returns once it is on disk.
+    async fn with_ipam<T: Send + 'static>(&self, f: impl FnOnce(&Ipam) -> T + Send + 'static) -> T {
+        let ipam = self.ipam.clone();
+        match tokio::task::spawn_blocking(move || f(&ipam)).await {
             Ok(result) => result,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }

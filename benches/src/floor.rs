@@ -260,31 +260,55 @@ fn tap_to_udp(tap: &Tap, socket: &UdpSocket, stop: &AtomicBool) {
     let mut iovs = Vec::with_capacity(2 * PER_SEND);
     while wait(tap.as_raw_fd(), stop) {
         while let Ok(n) = tap.read(&mut buf) {
-            let frame = &buf[..n];
-            let mut chunks = frame.chunks(CHUNK).enumerate().peekable();
-            while chunks.peek().is_some() {
-                iovs.clear();
-                for (slot, (i, chunk)) in chunks.by_ref().take(PER_SEND).enumerate() {
-                    let first = if i == 0 { FIRST } else { 0 };
-                    heads[slot] = (first | n as u32).to_be_bytes();
-                    iovs.push(iov(&heads[slot]));
-                    iovs.push(iov(chunk));
-                }
-                // SAFETY: a zeroed msghdr is valid; iov points at `iovs`, whose entries
-                // point into `heads` and `buf`, all alive and unmodified during the call.
-                let sent = unsafe {
-                    let mut msg: libc::msghdr = std::mem::zeroed();
-                    msg.msg_iov = iovs.as_mut_ptr();
-                    msg.msg_iovlen = iovs.len();
-                    libc::sendmsg(socket.as_raw_fd(), &msg, 0)
-                };
-                if sent < 0 {
-                    // A full send buffer loses the frame, as a full NIC queue would.
-                    break;
-                }
-            }
+            let _ = send_datagrams(
+                socket.as_raw_fd(),
+                &buf[..n],
+                &mut heads,
+                &mut iovs,
+                0,
+                || {},
+            );
         }
     }
+}
+
+/// Send `frame` as length-prefixed datagrams, `heads.len()` of them per `sendmsg` with
+/// `flags` (the socket's `UDP_SEGMENT` cuts them apart); `sent()` runs after every call
+/// that succeeded. A failed call (a full send buffer) loses the rest of the frame, as a
+/// full NIC queue would, and is returned.
+fn send_datagrams(
+    fd: RawFd,
+    frame: &[u8],
+    heads: &mut [[u8; 4]],
+    iovs: &mut Vec<libc::iovec>,
+    flags: libc::c_int,
+    mut sent: impl FnMut(),
+) -> io::Result<()> {
+    let n = frame.len() as u32;
+    let mut chunks = frame.chunks(CHUNK).enumerate().peekable();
+    while chunks.peek().is_some() {
+        iovs.clear();
+        for (slot, (i, chunk)) in chunks.by_ref().take(heads.len()).enumerate() {
+            let first = if i == 0 { FIRST } else { 0 };
+            heads[slot] = (first | n).to_be_bytes();
+            iovs.push(iov(&heads[slot]));
+            iovs.push(iov(chunk));
+        }
+        // SAFETY: a zeroed msghdr is valid; iov points at `iovs`, whose entries point into
+        // `heads` and `frame`, all alive and unmodified during the call. (With
+        // `MSG_ZEROCOPY` the caller keeps `frame` untouched until the kernel says so.)
+        let rc = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = iovs.as_mut_ptr();
+            msg.msg_iovlen = iovs.len();
+            libc::sendmsg(fd, &msg, flags)
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        sent();
+    }
+    Ok(())
 }
 
 /// What the kernel said about the zero-copy floor's sends.
@@ -352,39 +376,25 @@ fn tap_to_udp_zerocopy(tap: &Tap, socket: &UdpSocket, stop: &AtomicBool, counts:
             let Ok(n) = tap.read(&mut ring[slot]) else {
                 break;
             };
-            let frame = &ring[slot][..n];
-            let mut chunks = frame.chunks(CHUNK).enumerate().peekable();
-            while chunks.peek().is_some() {
-                iovs.clear();
-                for (k, (i, chunk)) in chunks.by_ref().take(ZC_PER_SEND).enumerate() {
-                    let first = if i == 0 { FIRST } else { 0 };
-                    heads[k] = (first | n as u32).to_be_bytes();
-                    iovs.push(iov(&heads[k]));
-                    iovs.push(iov(chunk));
+            // The pages of `ring[slot]` stay untouched until the kernel reports every send
+            // made from them complete (`pending`).
+            let result = send_datagrams(
+                fd,
+                &ring[slot][..n],
+                &mut heads,
+                &mut iovs,
+                libc::MSG_ZEROCOPY,
+                || {
+                    owner[(next_id & 0xffff) as usize] = slot as u8;
+                    pending[slot] += 1;
+                    next_id = next_id.wrapping_add(1);
+                },
+            );
+            if let Err(e) = result {
+                static SHOWN: AtomicBool = AtomicBool::new(false);
+                if !SHOWN.swap(true, Relaxed) {
+                    eprintln!("floor: zero-copy send failed: {e}");
                 }
-                // SAFETY: as in `tap_to_udp`; the pages of `ring[slot]` stay untouched
-                // until the kernel reports this send complete (`pending`). `heads` are
-                // small and may be copied by the kernel; they are rewritten only for the
-                // next send, after this call returned.
-                let sent = unsafe {
-                    let mut msg: libc::msghdr = std::mem::zeroed();
-                    msg.msg_iov = iovs.as_mut_ptr();
-                    msg.msg_iovlen = iovs.len();
-                    libc::sendmsg(fd, &msg, libc::MSG_ZEROCOPY)
-                };
-                if sent < 0 {
-                    static SHOWN: AtomicBool = AtomicBool::new(false);
-                    if !SHOWN.swap(true, Relaxed) {
-                        eprintln!(
-                            "floor: zero-copy send failed: {}",
-                            io::Error::last_os_error()
-                        );
-                    }
-                    break; // full send buffer: the frame is lost, as a full NIC queue would
-                }
-                owner[(next_id & 0xffff) as usize] = slot as u8;
-                pending[slot] += 1;
-                next_id = next_id.wrapping_add(1);
             }
             slot = (slot + 1) % ZC_RING;
         }

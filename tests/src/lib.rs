@@ -401,6 +401,22 @@ impl Node {
             .count()
     }
 
+    /// Wait up to `limit` until the node holds no pod port and no address, as after a DEL
+    /// (or switchd's own release of a pod whose namespace vanished); panics with what is
+    /// left, after `why`.
+    pub fn wait_released(&self, limit: Duration, why: &str) {
+        let deadline = Instant::now() + limit;
+        while self.pod_ports() != 0 || !self.ipam_records().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{why}: not released after {limit:?}: ports {}, records {:?}",
+                self.pod_ports(),
+                self.ipam_records()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The IPAM records on disk.
     pub fn ipam_records(&self) -> Vec<Value> {
         let text = fs::read_to_string(self.dir.join("state/ipam.json"))

@@ -298,16 +298,10 @@ fn a_container_whose_netns_was_removed_behind_podmans_back_still_releases_its_ad
     );
     // podman skips DEL when the namespace path is gone; switchd notices the pod's device
     // and namespace vanished and releases the address itself.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while node.pod_ports() != 0 || !node.ipam_records().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not released: ports {}, records {:?}",
-            node.pod_ports(),
-            node.ipam_records()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    node.wait_released(
+        std::time::Duration::from_secs(15),
+        "a container whose namespace was removed behind podman's back",
+    );
     assert!(node.log().contains("vanished without a DEL"));
 }
 

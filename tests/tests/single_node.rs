@@ -594,15 +594,9 @@ fn a_namespace_removed_without_del_is_released_once_its_last_process_is_gone() {
 
     sleeper.kill().expect("kill sleep");
     sleeper.wait().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while node.pod_ports() != 0 || !node.ipam_records().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name} ({addr}) not released after its last process exited: ports {}, records {:?}",
-            node.pod_ports(),
-            node.ipam_records()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    node.wait_released(
+        std::time::Duration::from_secs(10),
+        &format!("{name} ({addr}), its last process gone"),
+    );
     assert!(node.log().contains("vanished without a DEL"));
 }
